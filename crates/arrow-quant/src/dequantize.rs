@@ -1,0 +1,135 @@
+//! Dequantization: `(code - zero) * scale` per element, parallel over chunks, to f32, f16 or bf16.
+
+use crate::config::BitWidth;
+use crate::error::{QuantError, Result};
+use crate::group::{self, GroupParams};
+use crate::layout::GroupLayout;
+use crate::packing::unpack_codes;
+use crate::quantized::{ParamSlice, QuantizedView};
+use crate::simd::multiversion;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// The read-only inputs of one chunk: its packed codes and where its parameters start.
+struct ChunkSource<'a> {
+    packed: &'a [u8],
+    layout: GroupLayout,
+    bits: BitWidth,
+    scales: ParamSlice<'a>,
+    zeros: Option<ParamSlice<'a>>,
+    first_group: usize,
+}
+
+multiversion! {
+    /// Dequantizes one chunk of rows into `out`, unpacking through `codes`.
+    fn dequantize_chunk(src: &ChunkSource<'_>, codes: &mut [u8], out: &mut [f32]) -> () {
+        let n = out.len();
+        unpack_codes(src.packed, src.bits, &mut codes[..n]);
+        let implicit_zero = (1u32 << (src.bits.bits() - 1)) as f32;
+        let cols = src.layout.cols;
+        let mut g = src.first_group;
+        for (row_index, row) in out.chunks_mut(cols).enumerate() {
+            let row_offset = row_index * cols;
+            for (start, len) in src.layout.groups_in_row() {
+                let p = GroupParams {
+                    scale: src.scales.get(g),
+                    zero: src.zeros.map_or(implicit_zero, |z| z.get(g)),
+                };
+                let at = row_offset + start;
+                group::decode(&codes[at..at + len], p, &mut row[start..start + len]);
+                g += 1;
+            }
+        }
+    }
+}
+
+/// Output element types of dequantization.
+pub trait DequantOutput: Copy + Default + Send + Sync {
+    /// Converts a chunk of f32 values.
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]);
+}
+
+impl DequantOutput for f16 {
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl DequantOutput for bf16 {
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    codes: Vec<u8>,
+    values: Vec<f32>,
+}
+
+impl QuantizedView<'_> {
+    /// The inputs of chunk `index` (chunks of `layout.chunk_rows()` rows).
+    fn chunk_source(&self, layout: GroupLayout, index: usize) -> ChunkSource<'_> {
+        ChunkSource {
+            packed: &self.data[index * layout.chunk_bytes(self.bits)..],
+            layout,
+            bits: self.bits,
+            scales: self.scales,
+            zeros: self.zero_points,
+            first_group: index * layout.chunk_rows() * layout.groups_per_row,
+        }
+    }
+
+    /// Dequantizes into `out` (f32), which must hold exactly one value per element.
+    pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
+        self.check_output(out.len())?;
+        let layout = self.layout();
+        out.par_chunks_mut(layout.chunk_rows() * layout.cols)
+            .enumerate()
+            .for_each_init(Scratch::default, |scratch, (ci, chunk)| {
+                scratch.codes.resize(chunk.len(), 0);
+                dequantize_chunk(&self.chunk_source(layout, ci), &mut scratch.codes, chunk);
+            });
+        Ok(())
+    }
+
+    /// Dequantizes into `out` as f16 or bf16 (rounded to nearest).
+    pub fn dequantize_into_half<T: DequantOutput>(&self, out: &mut [T]) -> Result<()> {
+        self.check_output(out.len())?;
+        let layout = self.layout();
+        out.par_chunks_mut(layout.chunk_rows() * layout.cols)
+            .enumerate()
+            .for_each_init(Scratch::default, |scratch, (ci, chunk)| {
+                scratch.codes.resize(chunk.len(), 0);
+                scratch.values.resize(chunk.len(), 0.0);
+                dequantize_chunk(
+                    &self.chunk_source(layout, ci),
+                    &mut scratch.codes,
+                    &mut scratch.values,
+                );
+                T::from_f32_slice(&scratch.values, chunk);
+            });
+        Ok(())
+    }
+
+    /// Dequantizes to a new f32 vector in row-major order.
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.layout().len()];
+        self.dequantize_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn check_output(&self, len: usize) -> Result<()> {
+        self.validate()?;
+        let n = self.layout().len();
+        if len != n {
+            return Err(QuantError::corrupt(
+                self.name,
+                format!("output buffer holds {len} values but the tensor has {n}"),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! The one error type of the core crate: every failure says what was wrong, where, and how to fix it.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in the core. Each variant maps to one Python exception class in the bindings.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum QuantError {
+    /// A configuration field has a value outside its allowed set.
+    #[error("invalid {field} = {value}: expected {expected}")]
+    InvalidConfig {
+        /// The field name as the user spells it (`bit_width`, `group_size`, ...).
+        field: &'static str,
+        /// The value that was given, rendered for the message.
+        value: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+    /// The input data has a type or layout the kernels cannot take.
+    #[error("tensor '{tensor}': {problem}")]
+    Schema {
+        /// The tensor (layer) name.
+        tensor: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// A NaN or infinite value was found in the input weights.
+    #[error(
+        "tensor '{tensor}': non-finite value {value} at element {index}; \
+         clean the weights (e.g. numpy.nan_to_num) or keep this layer unquantized"
+    )]
+    NonFinite {
+        /// The tensor (layer) name.
+        tensor: String,
+        /// Flat (row-major) index of the first offending element.
+        index: usize,
+        /// The offending value, rendered (`NaN`, `inf`, `-inf`).
+        value: String,
+    },
+    /// A quantized tensor's buffers do not agree with its metadata.
+    #[error("quantized tensor '{tensor}': {problem}")]
+    Corrupt {
+        /// The tensor (layer) name.
+        tensor: String,
+        /// Which buffer has which length and what was expected.
+        problem: String,
+    },
+    /// The work was stopped by the caller (a progress callback raised, or Ctrl-C).
+    #[error("cancelled before tensor '{tensor}' was quantized")]
+    Cancelled {
+        /// The first tensor that was not processed.
+        tensor: String,
+    },
+}
+
+/// Result alias used throughout the core.
+pub type Result<T, E = QuantError> = std::result::Result<T, E>;
+
+impl QuantError {
+    /// Builds an [`QuantError::InvalidConfig`].
+    pub fn config(field: &'static str, value: impl ToString, expected: impl ToString) -> Self {
+        Self::InvalidConfig {
+            field,
+            value: value.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    /// Builds a [`QuantError::Schema`].
+    pub fn schema(tensor: &str, problem: impl ToString) -> Self {
+        Self::Schema {
+            tensor: tensor.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    /// Builds a [`QuantError::Corrupt`].
+    pub fn corrupt(tensor: &str, problem: impl ToString) -> Self {
+        Self::Corrupt {
+            tensor: tensor.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}

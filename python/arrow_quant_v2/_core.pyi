@@ -1,0 +1,127 @@
+"""Type stubs of the compiled module `arrow_quant_v2._core` (checked against the build by mypy.stubtest)."""
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeAlias, final
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+__all__ = [
+    "ArrowQuantV2",
+    "BatchResult",
+    "CancelledError",
+    "ConfigurationError",
+    "CorruptDataError",
+    "InvalidWeightsError",
+    "ModelNotFoundError",
+    "QualityError",
+    "QuantizationError",
+    "QuantizedTensor",
+    "SchemaError",
+    "__version__",
+    "_kernel_seconds",
+]
+
+_GroupSize: TypeAlias = int | Literal["per_channel"]
+_Method: TypeAlias = Literal["rtn", "mse"]
+_ScaleDtype: TypeAlias = Literal["float16", "float32"]
+
+class QuantizationError(Exception): ...
+class ConfigurationError(QuantizationError): ...
+class SchemaError(QuantizationError): ...
+class InvalidWeightsError(QuantizationError): ...
+class CorruptDataError(QuantizationError): ...
+class CancelledError(QuantizationError): ...
+class ModelNotFoundError(QuantizationError): ...
+class QualityError(QuantizationError): ...
+
+@final
+class QuantizedTensor:
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> Literal["f32", "f16", "bf16"]: ...
+    @property
+    def encoding(self) -> Literal["int8", "int4", "int2"]: ...
+    @property
+    def bits(self) -> int: ...
+    @property
+    def group_size(self) -> _GroupSize: ...
+    @property
+    def symmetric(self) -> bool: ...
+    @property
+    def method(self) -> _Method: ...
+    @property
+    def scale_dtype(self) -> _ScaleDtype: ...
+    @property
+    def data(self) -> npt.NDArray[np.uint8]: ...
+    @property
+    def scales(self) -> npt.NDArray[np.floating[Any]]: ...
+    @property
+    def zero_points(self) -> npt.NDArray[np.floating[Any]] | None: ...
+    @property
+    def cosine(self) -> float: ...
+    @property
+    def rel_mse(self) -> float: ...
+    @property
+    def bits_per_weight(self) -> float: ...
+    @property
+    def nbytes(self) -> int: ...
+    def dequantize(self, dtype: Literal["float32", "float16"] = "float32") -> npt.NDArray[np.floating[Any]]: ...
+
+@final
+class BatchResult(dict[str, QuantizedTensor]):
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> BatchResult: ...
+    @property
+    def errors(self) -> dict[str, QuantizationError]: ...
+
+@final
+class ArrowQuantV2:
+    def __new__(cls, mode: Literal["diffusion"] = "diffusion") -> ArrowQuantV2: ...
+    @property
+    def mode(self) -> str: ...
+    def quantize(
+        self,
+        weights: npt.NDArray[Any],
+        bit_width: int = 4,
+        group_size: _GroupSize | None = None,
+        symmetric: bool = False,
+        method: _Method = "mse",
+        scale_dtype: _ScaleDtype = "float16",
+        name: str = "weights",
+    ) -> QuantizedTensor: ...
+    def quantize_batch(
+        self,
+        weights: Mapping[str, npt.NDArray[Any]],
+        bit_width: int | None = None,
+        group_size: _GroupSize | None = None,
+        symmetric: bool | None = None,
+        method: _Method | None = None,
+        scale_dtype: _ScaleDtype | None = None,
+        continue_on_error: bool = False,
+    ) -> BatchResult: ...
+    def quantize_batch_with_progress(
+        self,
+        weights: Mapping[str, npt.NDArray[Any]],
+        bit_width: int | None = None,
+        progress_callback: Callable[[str, float], object] | None = None,
+        continue_on_error: bool = False,
+        group_size: _GroupSize | None = None,
+        symmetric: bool | None = None,
+        method: _Method | None = None,
+        scale_dtype: _ScaleDtype | None = None,
+    ) -> BatchResult: ...
+    def dequantize(
+        self, quantized: QuantizedTensor, dtype: Literal["float32", "float16"] = "float32"
+    ) -> npt.NDArray[np.floating[Any]]: ...
+
+def _kernel_seconds(
+    weights: Mapping[str, npt.NDArray[Any]],
+    bit_width: int = 4,
+    group_size: _GroupSize | None = None,
+    method: _Method = "mse",
+    repeats: int = 5,
+) -> float: ...

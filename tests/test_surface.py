@@ -1,0 +1,59 @@
+"""The exported surface: every promised name exists on the compiled module and works, and the stubs match."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import arrow_quant_v2 as aq
+from arrow_quant_v2 import _core
+
+PROMISED_METHODS = ["quantize", "quantize_batch", "quantize_batch_with_progress", "dequantize"]
+EXCEPTIONS = [
+    "ConfigurationError",
+    "SchemaError",
+    "InvalidWeightsError",
+    "CorruptDataError",
+    "CancelledError",
+    "ModelNotFoundError",
+    "QualityError",
+]
+
+
+def test_every_promised_method_is_exported_and_works():
+    q = aq.ArrowQuantV2(mode="diffusion")
+    public = {name for name in dir(q) if not name.startswith("_")}
+    assert set(PROMISED_METHODS) <= public, f"missing: {set(PROMISED_METHODS) - public}"
+    w = np.linspace(-1, 1, 256, dtype=np.float32).reshape(2, 128)
+    t = q.quantize(w)
+    assert isinstance(t, aq.QuantizedTensor)
+    batch = q.quantize_batch({"w": w})
+    assert isinstance(batch["w"], aq.QuantizedTensor)
+    seen = []
+    q.quantize_batch_with_progress({"w": w}, progress_callback=lambda n, f: seen.append((n, f)))
+    assert seen == [("w", 1.0)]
+    assert q.dequantize(t).shape == (2, 128)
+
+
+def test_exception_hierarchy_is_registered_on_the_module():
+    assert issubclass(aq.QuantizationError, Exception)
+    for name in EXCEPTIONS:
+        cls = getattr(_core, name)
+        assert issubclass(cls, aq.QuantizationError), name
+        assert getattr(aq, name) is cls
+
+
+def test_package_reexports_everything_in_all():
+    for name in aq.__all__:
+        assert getattr(aq, name) is getattr(_core, name)
+    assert aq.__version__ == "0.1.0"
+
+
+@pytest.mark.parametrize("module", ["arrow_quant_v2"])
+def test_stubs_match_the_compiled_module(module):
+    pytest.importorskip("mypy")
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", module], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
