@@ -1,10 +1,11 @@
 """Type stubs of the compiled module `arrow_quant_v2._core` (checked against the build by mypy.stubtest)."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa  # type: ignore[import-untyped]
 
 __version__: str
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
 _GroupSize: TypeAlias = int | Literal["per_channel"]
 _Method: TypeAlias = Literal["rtn", "mse"]
 _ScaleDtype: TypeAlias = Literal["float16", "float32"]
+# Any Arrow producer: an object with __arrow_c_stream__ or __arrow_c_array__ (pyarrow, polars, arro3, nanoarrow).
+_ArrowInput: TypeAlias = Any
 
 class QuantizationError(Exception): ...
 class ConfigurationError(QuantizationError): ...
@@ -114,6 +117,27 @@ class ArrowQuantV2:
         method: _Method | None = None,
         scale_dtype: _ScaleDtype | None = None,
     ) -> BatchResult: ...
+    def quantize_arrow(
+        self,
+        table: _ArrowInput,
+        bit_width: int | None = None,
+        group_size: _GroupSize | None = None,
+        symmetric: bool | None = None,
+        method: _Method | None = None,
+        scale_dtype: _ScaleDtype | None = None,
+    ) -> pa.Table: ...
+    def quantize_arrow_batch(
+        self,
+        record_batch: _ArrowInput,
+        bit_width: int | None = None,
+        group_size: _GroupSize | None = None,
+        symmetric: bool | None = None,
+        method: _Method | None = None,
+        scale_dtype: _ScaleDtype | None = None,
+    ) -> pa.RecordBatch: ...
+    def dequantize_arrow(self, result: _ArrowInput) -> pa.Table: ...
+    def to_arrow(self, tensors: Mapping[str, QuantizedTensor] | Iterable[QuantizedTensor]) -> pa.Table: ...
+    def from_arrow(self, result: _ArrowInput) -> BatchResult: ...
     def dequantize(
         self, quantized: QuantizedTensor, dtype: Literal["float32", "float16"] = "float32"
     ) -> npt.NDArray[np.floating[Any]]: ...

@@ -86,7 +86,9 @@ impl From<Error> for PyErr {
                 let message = e.to_string();
                 match e {
                     QuantError::InvalidConfig { .. } => ConfigurationError::new_err(message),
-                    QuantError::Schema { .. } => SchemaError::new_err(message),
+                    QuantError::Schema { .. } | QuantError::Column { .. } => {
+                        SchemaError::new_err(message)
+                    }
                     QuantError::NonFinite { .. } => InvalidWeightsError::new_err(message),
                     QuantError::Corrupt { .. } => CorruptDataError::new_err(message),
                     QuantError::Cancelled { .. } => CancelledError::new_err(message),

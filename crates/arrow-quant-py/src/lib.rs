@@ -2,6 +2,7 @@
 //! released around all kernel work, results out as numpy arrays owning the Rust buffers, core errors mapped to
 //! the exception classes registered here.
 
+mod arrow_io;
 mod batch_result;
 mod detach;
 mod errors;

@@ -3,6 +3,7 @@
 
 use crate::errors::{Error, Result};
 use crate::options::group_size_to_py;
+use arrow_quant::arrow::output::RowMeta;
 use arrow_quant::{
     GroupSize, ParamBuffer, ParamSlice, Quality, QuantConfig, QuantizedView, SourceDtype,
 };
@@ -35,7 +36,14 @@ fn params_to_numpy(py: Python<'_>, p: ParamBuffer) -> Py<PyUntypedArray> {
     .expect("a numpy array is a numpy array")
 }
 
-/// Read-only access to the numpy parameter buffers for the duration of a dequantization.
+/// Read-only borrows of a tensor's numpy buffers, alive while core views of them are in use.
+pub struct TensorBorrow<'py> {
+    data: numpy::PyReadonlyArray1<'py, u8>,
+    scales: ParamBorrow<'py>,
+    zeros: Option<ParamBorrow<'py>>,
+}
+
+/// Read-only access to a numpy parameter buffer.
 enum ParamBorrow<'py> {
     F16(numpy::PyReadonlyArray1<'py, f16>),
     F32(numpy::PyReadonlyArray1<'py, f32>),
@@ -87,28 +95,52 @@ impl PyQuantizedTensor {
         }
     }
 
+    /// Read-only borrows of the numpy buffers, to build core views from.
+    pub fn borrow<'py>(&self, py: Python<'py>) -> Result<TensorBorrow<'py>> {
+        Ok(TensorBorrow {
+            data: self.data.bind(py).readonly(),
+            scales: ParamBorrow::new(&self.name, self.scales.bind(py))?,
+            zeros: match &self.zero_points {
+                Some(z) => Some(ParamBorrow::new(&self.name, z.bind(py))?),
+                None => None,
+            },
+        })
+    }
+
+    /// The core view of this tensor over borrowed buffers.
+    pub fn view<'a>(&'a self, b: &'a TensorBorrow<'_>) -> Result<QuantizedView<'a>> {
+        Ok(QuantizedView {
+            name: &self.name,
+            shape: &self.shape,
+            bits: self.config.bits,
+            group_size: self.config.group_size,
+            data: b
+                .data
+                .as_slice()
+                .map_err(|e| crate::errors::schema(&self.name, e))?,
+            scales: b.scales.slice(&self.name)?,
+            zero_points: b.zeros.as_ref().map(|z| z.slice(&self.name)).transpose()?,
+        })
+    }
+
+    /// The metadata of this tensor as a result row.
+    pub fn row_meta(&self) -> RowMeta<'_> {
+        RowMeta {
+            name: &self.name,
+            shape: &self.shape,
+            dtype: self.source_dtype,
+            config: self.config,
+            quality: self.quality,
+        }
+    }
+
     /// Dequantizes to a new array of the source shape, f32 or f16 (the GIL is released while the kernels run).
     pub fn dequantize_to<'py, T: DequantTarget>(
         &self,
         py: Python<'py>,
     ) -> Result<Bound<'py, PyArrayDyn<T>>> {
-        let data = self.data.bind(py).readonly();
-        let scales = ParamBorrow::new(&self.name, self.scales.bind(py))?;
-        let zeros = match &self.zero_points {
-            Some(z) => Some(ParamBorrow::new(&self.name, z.bind(py))?),
-            None => None,
-        };
-        let view = QuantizedView {
-            name: &self.name,
-            shape: &self.shape,
-            bits: self.config.bits,
-            group_size: self.config.group_size,
-            data: data
-                .as_slice()
-                .map_err(|e| crate::errors::schema(&self.name, e))?,
-            scales: scales.slice(&self.name)?,
-            zero_points: zeros.as_ref().map(|z| z.slice(&self.name)).transpose()?,
-        };
+        let borrowed = self.borrow(py)?;
+        let view = self.view(&borrowed)?;
         let cancel = AtomicBool::new(false);
         let values =
             crate::detach::run_detached(py, &cancel, |_| T::dequantize(&view), |_| Ok(()))??;

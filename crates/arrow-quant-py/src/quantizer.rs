@@ -1,11 +1,16 @@
 //! `ArrowQuantV2`: the quantizer class. Every Python method lives in the one `#[pymethods]` block below.
 
+use crate::arrow_io::{collect_batches, to_pyarrow_batch, to_pyarrow_table};
 use crate::batch_result::BatchResult;
 use crate::detach::run_detached;
 use crate::errors::{schema, Error, Result};
 use crate::input::LayerInput;
 use crate::options::Overrides;
 use crate::quantized::PyQuantizedTensor;
+use arrow_array::RecordBatch;
+use arrow_quant::arrow::{
+    dequantize_to_batch, quantize_to_batch, read_layers, read_results, tensors_to_batch, ArrowLayer,
+};
 use arrow_quant::{quantize_batch, OnError, QuantConfig, QuantError, QuantizedTensor, TensorView};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -22,7 +27,7 @@ pub struct ArrowQuantV2 {
 }
 
 /// Reads the layers of a `dict[str, ndarray]`.
-fn read_layers<'py>(weights: &Bound<'py, PyDict>) -> Result<Vec<LayerInput<'py>>> {
+fn read_dict_layers<'py>(weights: &Bound<'py, PyDict>) -> Result<Vec<LayerInput<'py>>> {
     weights
         .iter()
         .map(|(key, value)| {
@@ -45,6 +50,29 @@ fn prefix_sizes(views: &[TensorView<'_>]) -> (Vec<usize>, usize) {
 }
 
 impl ArrowQuantV2 {
+    /// Reads an Arrow input and quantizes every row into one result batch (without the GIL).
+    fn run_arrow(
+        &self,
+        py: Python<'_>,
+        input: &Bound<'_, PyAny>,
+        overrides: Overrides<'_, '_>,
+    ) -> Result<RecordBatch> {
+        let config = overrides.apply(self.defaults)?;
+        let batches = collect_batches(input)?;
+        let layers = read_layers(&batches)?;
+        let views = layers
+            .iter()
+            .map(ArrowLayer::view)
+            .collect::<arrow_quant::Result<Vec<_>>>()?;
+        let cancel = AtomicBool::new(false);
+        Ok(run_detached(
+            py,
+            &cancel,
+            |_| quantize_to_batch(&views, &config),
+            |_| Ok(()),
+        )??)
+    }
+
     /// Runs a batch and builds the `BatchResult`; `progress` gets `(layer_name, fraction)` as layers finish.
     fn run_batch<'py>(
         &self,
@@ -55,7 +83,7 @@ impl ArrowQuantV2 {
         progress: Option<&Bound<'py, PyAny>>,
     ) -> Result<Bound<'py, BatchResult>> {
         let config = overrides.apply(self.defaults)?;
-        let layers = read_layers(weights)?;
+        let layers = read_dict_layers(weights)?;
         let views = layers
             .iter()
             .map(LayerInput::view)
@@ -231,6 +259,135 @@ impl ArrowQuantV2 {
             scale_dtype,
         };
         self.run_batch(py, weights, overrides, continue_on_error, progress_callback)
+    }
+
+    /// Quantizes every row of an Arrow table `{layer_name, weights, shape?}` (any producer: pyarrow Table,
+    /// RecordBatch or RecordBatchReader, polars DataFrame, ...), reading the weights in place; returns a pyarrow
+    /// Table of the result schema whose buffers are the Rust output buffers.
+    #[pyo3(signature = (table, bit_width = None, group_size = None, symmetric = None, method = None,
+                        scale_dtype = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn quantize_arrow<'py>(
+        &self,
+        py: Python<'py>,
+        table: &Bound<'py, PyAny>,
+        bit_width: Option<i64>,
+        group_size: Option<&Bound<'py, PyAny>>,
+        symmetric: Option<bool>,
+        method: Option<&str>,
+        scale_dtype: Option<&str>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let overrides = Overrides {
+            bit_width,
+            group_size,
+            symmetric,
+            method,
+            scale_dtype,
+        };
+        let batch = self.run_arrow(py, table, overrides)?;
+        to_pyarrow_table(py, batch)
+    }
+
+    /// Like `quantize_arrow`, returning one pyarrow RecordBatch.
+    #[pyo3(signature = (record_batch, bit_width = None, group_size = None, symmetric = None, method = None,
+                        scale_dtype = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn quantize_arrow_batch<'py>(
+        &self,
+        py: Python<'py>,
+        record_batch: &Bound<'py, PyAny>,
+        bit_width: Option<i64>,
+        group_size: Option<&Bound<'py, PyAny>>,
+        symmetric: Option<bool>,
+        method: Option<&str>,
+        scale_dtype: Option<&str>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let overrides = Overrides {
+            bit_width,
+            group_size,
+            symmetric,
+            method,
+            scale_dtype,
+        };
+        let batch = self.run_arrow(py, record_batch, overrides)?;
+        to_pyarrow_batch(py, batch)
+    }
+
+    /// Dequantizes a result table (of `quantize_arrow` or `to_arrow`) to a pyarrow Table
+    /// `{layer_name: utf8, weights: list<float32>, shape: list<int64>}`.
+    fn dequantize_arrow<'py>(
+        &self,
+        py: Python<'py>,
+        result: &Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let batches = collect_batches(result)?;
+        let cancel = AtomicBool::new(false);
+        let batch = run_detached(
+            py,
+            &cancel,
+            |_| read_results(&batches).and_then(|rows| dequantize_to_batch(&rows)),
+            |_| Ok(()),
+        )??;
+        to_pyarrow_table(py, batch)
+    }
+
+    /// Converts `QuantizedTensor`s (a dict of them, or any iterable) to a result table (the packed bytes are
+    /// copied once into the Arrow buffers).
+    fn to_arrow<'py>(
+        &self,
+        py: Python<'py>,
+        tensors: &Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let items = match tensors.cast::<PyDict>() {
+            Ok(d) => d.values().into_any(),
+            Err(_) => tensors.clone(),
+        };
+        let mut held = Vec::new();
+        for item in items.try_iter()? {
+            let item = item?;
+            let t = item.cast_into::<PyQuantizedTensor>().map_err(|e| {
+                schema(
+                    "<tensors>",
+                    format!(
+                        "to_arrow takes QuantizedTensor objects, got {}",
+                        e.into_inner()
+                            .get_type()
+                            .name()
+                            .map_or_else(|_| "?".to_string(), |n| n.to_string())
+                    ),
+                )
+            })?;
+            held.push(t);
+        }
+        let tensors: Vec<&PyQuantizedTensor> = held.iter().map(|t| t.get()).collect();
+        let borrows = tensors
+            .iter()
+            .map(|t| t.borrow(py))
+            .collect::<Result<Vec<_>>>()?;
+        let views = tensors
+            .iter()
+            .zip(&borrows)
+            .map(|(t, b)| t.view(b))
+            .collect::<Result<Vec<_>>>()?;
+        let metas: Vec<_> = tensors.iter().map(|t| t.row_meta()).collect();
+        let batch = tensors_to_batch(&metas, &views)?;
+        to_pyarrow_table(py, batch)
+    }
+
+    /// Reads a result table back into a `BatchResult` of `QuantizedTensor`s (buffers copied once).
+    #[pyo3(name = "from_arrow")]
+    fn read_arrow<'py>(
+        &self,
+        py: Python<'py>,
+        result: &Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, BatchResult>> {
+        let batches = collect_batches(result)?;
+        let rows = read_results(&batches)?;
+        let out = Bound::new(py, BatchResult::empty(py))?;
+        for row in &rows {
+            out.set_item(row.name, PyQuantizedTensor::from_core(py, row.to_tensor()))?;
+        }
+        Ok(out)
     }
 
     /// Dequantizes a `QuantizedTensor` to an array of its source shape ("float32" or "float16").

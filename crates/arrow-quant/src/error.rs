@@ -23,6 +23,14 @@ pub enum QuantError {
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// An Arrow input or result column is missing or of the wrong type, or a row breaks the schema.
+    #[error("column '{column}': {problem}")]
+    Column {
+        /// The column name.
+        column: String,
+        /// What was found, what the schema expects, and (for row errors) which row.
+        problem: String,
+    },
     /// A NaN or infinite value was found in the input weights.
     #[error(
         "tensor '{tensor}': non-finite value {value} at element {index}; \
@@ -69,6 +77,14 @@ impl QuantError {
     pub fn schema(tensor: &str, problem: impl ToString) -> Self {
         Self::Schema {
             tensor: tensor.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    /// Builds a [`QuantError::Column`].
+    pub fn column(column: &str, problem: impl ToString) -> Self {
+        Self::Column {
+            column: column.to_string(),
             problem: problem.to_string(),
         }
     }

@@ -16,6 +16,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod arrow;
 pub mod batch;
 pub mod config;
 pub mod dequantize;

@@ -7,7 +7,7 @@ use crate::layout::GroupLayout;
 use crate::packing::pack_codes;
 use crate::quantized::{ParamBuffer, Quality, QuantizedTensor};
 use crate::simd::multiversion;
-use crate::tensor::{SourceDtype, TensorData, TensorView};
+use crate::tensor::{TensorData, TensorView};
 use rayon::prelude::*;
 
 /// Per-thread buffers reused across chunks.
@@ -68,32 +68,86 @@ multiversion! {
     }
 }
 
-/// Quantizes one tensor with `config`.
+/// The output buffers of one tensor, sized for its layout: `data` holds `bits.packed_len(n)` bytes, `scales` and
+/// `zeros` one value per group (`zeros` is filled for symmetric tensors too, with the implicit zero point).
+pub struct OutputSlices<'a> {
+    /// Packed codes.
+    pub data: &'a mut [u8],
+    /// Scales, rounded to the storage type but held as f32.
+    pub scales: &'a mut [f32],
+    /// Zero points, held as f32.
+    pub zeros: &'a mut [f32],
+}
+
+/// Quantizes one tensor with `config` into new buffers.
 ///
 /// Errors: a NaN or infinite element ([`QuantError::NonFinite`], naming the tensor and the flat index), or a
 /// group range too wide for float16 scales ([`QuantError::Schema`]: use float32 scales).
 pub fn quantize_tensor(tensor: &TensorView<'_>, config: &QuantConfig) -> Result<QuantizedTensor> {
     let layout = GroupLayout::new(tensor.shape, config.group_size);
+    let mut data = vec![0u8; config.bits.packed_len(layout.len())];
+    let mut scales = vec![0f32; layout.num_groups()];
+    let mut zeros = vec![0f32; layout.num_groups()];
+    let out = OutputSlices {
+        data: &mut data,
+        scales: &mut scales,
+        zeros: &mut zeros,
+    };
+    let quality = quantize_into(tensor, config, out)?;
+    Ok(QuantizedTensor {
+        name: tensor.name.to_string(),
+        shape: tensor.shape.to_vec(),
+        source_dtype: tensor.data.dtype(),
+        config: *config,
+        data,
+        scales: ParamBuffer::from_f32(scales, config.scale_dtype),
+        zero_points: (!config.symmetric).then(|| ParamBuffer::from_f32(zeros, config.scale_dtype)),
+        quality,
+    })
+}
+
+/// Quantizes one tensor into caller-provided buffers (see [`OutputSlices`] for their sizes) and returns its
+/// quality figures. This is how a batch writes every layer straight into one shared Arrow buffer.
+pub fn quantize_into(
+    tensor: &TensorView<'_>,
+    config: &QuantConfig,
+    out: OutputSlices<'_>,
+) -> Result<Quality> {
+    let layout = GroupLayout::new(tensor.shape, config.group_size);
     let n = layout.len();
     let bits = config.bits;
+    if out.data.len() != bits.packed_len(n)
+        || out.scales.len() != layout.num_groups()
+        || out.zeros.len() != layout.num_groups()
+    {
+        return Err(QuantError::corrupt(
+            tensor.name,
+            format!(
+                "output buffers of {} bytes / {} scales / {} zero points do not fit {} elements in {} groups",
+                out.data.len(),
+                out.scales.len(),
+                out.zeros.len(),
+                n,
+                layout.num_groups()
+            ),
+        ));
+    }
     let rule = GroupRule {
         bits,
         symmetric: config.symmetric,
         search: config.method == Method::Mse,
         dtype: config.scale_dtype,
     };
-    let mut data = vec![0u8; bits.packed_len(n)];
-    let mut scales = vec![0f32; layout.num_groups()];
-    let mut zeros = vec![0f32; layout.num_groups()];
     let chunk_rows = layout.chunk_rows();
     let chunk_elems = chunk_rows * layout.cols;
     let chunk_groups = chunk_rows * layout.groups_per_row;
     let results: Vec<ChunkResult> = if n == 0 {
         Vec::new()
     } else {
-        data.par_chunks_mut(layout.chunk_bytes(bits))
-            .zip(scales.par_chunks_mut(chunk_groups))
-            .zip(zeros.par_chunks_mut(chunk_groups))
+        out.data
+            .par_chunks_mut(layout.chunk_bytes(bits))
+            .zip(out.scales.par_chunks_mut(chunk_groups))
+            .zip(out.zeros.par_chunks_mut(chunk_groups))
             .enumerate()
             .map_init(Scratch::default, |scratch, (ci, ((packed, sc), zp))| {
                 let start = ci * chunk_elems;
@@ -136,19 +190,5 @@ pub fn quantize_tensor(tensor: &TensorView<'_>, config: &QuantConfig) -> Result<
             }
         }
     }
-    Ok(QuantizedTensor {
-        name: tensor.name.to_string(),
-        shape: tensor.shape.to_vec(),
-        source_dtype: tensor.data.dtype(),
-        config: *config,
-        data,
-        scales: ParamBuffer::from_f32(scales, config.scale_dtype),
-        zero_points: (!config.symmetric).then(|| ParamBuffer::from_f32(zeros, config.scale_dtype)),
-        quality: Quality::from_sums(sums[0], sums[1], sums[2], sums[3]),
-    })
-}
-
-/// Bytes a source tensor of `n` elements of `dtype` occupies (for throughput and compression figures).
-pub fn source_nbytes(n: usize, dtype: SourceDtype) -> usize {
-    n * dtype.size()
+    Ok(Quality::from_sums(sums[0], sums[1], sums[2], sums[3]))
 }

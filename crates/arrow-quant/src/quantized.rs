@@ -77,6 +77,14 @@ impl ParamSlice<'_> {
     pub fn nbytes(&self) -> usize {
         self.len() * self.dtype().size()
     }
+
+    /// An owned copy.
+    pub fn to_buffer(&self) -> ParamBuffer {
+        match self {
+            Self::F16(v) => ParamBuffer::F16(v.to_vec()),
+            Self::F32(v) => ParamBuffer::F32(v.to_vec()),
+        }
+    }
 }
 
 /// Fidelity of a quantized tensor to its source, computed in the same pass as the codes.

@@ -1,0 +1,13 @@
+//! Arrow interfaces: layers in from any Arrow table (`input`), quantized results out as record batches with the
+//! documented result schema (`schema`, `output`), and results read back and dequantized (`result`).
+
+mod buffers;
+pub mod input;
+pub mod output;
+pub mod result;
+pub mod schema;
+
+pub use input::{read_layers, ArrowLayer};
+pub use output::{quantize_to_batch, tensors_to_batch};
+pub use result::{dequantize_to_batch, read_results, ResultRow};
+pub use schema::result_schema;

@@ -1,0 +1,275 @@
+//! Quantized tensors out as one Arrow record batch of the result schema.
+//!
+//! `quantize_to_batch` sizes one buffer for all packed codes and one for all scales (and zero points), lets each
+//! layer's kernel write into its own slice of them in parallel, and hands the buffers to Arrow without copying.
+
+use super::buffers::{offsets, split_mut};
+use super::schema::{list_of, param_type, result_schema};
+use crate::config::{QuantConfig, ScaleDtype};
+use crate::error::{QuantError, Result};
+use crate::layout::GroupLayout;
+use crate::quantize::{quantize_into, OutputSlices};
+use crate::quantized::{ParamSlice, Quality, QuantizedView};
+use crate::tensor::{SourceDtype, TensorView};
+use arrow_array::builder::{ListBuilder, PrimitiveBuilder};
+use arrow_array::types::Int64Type;
+use arrow_array::{
+    new_null_array, ArrayRef, BooleanArray, Float16Array, Float32Array, Float64Array,
+    LargeBinaryArray, ListArray, RecordBatch, StringArray, UInt32Array, UInt8Array,
+};
+use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
+use arrow_schema::{DataType, Field};
+use half::f16;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Everything a result row says besides its buffers.
+pub struct RowMeta<'a> {
+    /// Tensor name.
+    pub name: &'a str,
+    /// Source shape.
+    pub shape: &'a [usize],
+    /// Source dtype.
+    pub dtype: SourceDtype,
+    /// Settings (bits, group size, symmetry, scale storage).
+    pub config: QuantConfig,
+    /// Fidelity figures.
+    pub quality: Quality,
+}
+
+fn param_list(
+    values: ParamValues,
+    lens: &[usize],
+    nulls: Option<NullBuffer>,
+    column: &str,
+) -> Result<ArrayRef> {
+    let (item, array): (DataType, ArrayRef) = match values {
+        ParamValues::F16(v) => (
+            DataType::Float16,
+            Arc::new(Float16Array::new(ScalarBuffer::from(v), None)),
+        ),
+        ParamValues::F32(v) => (
+            DataType::Float32,
+            Arc::new(Float32Array::new(ScalarBuffer::from(v), None)),
+        ),
+    };
+    let field = Arc::new(Field::new("item", item, false));
+    let list = ListArray::try_new(field, offsets::<i32>(lens, column)?, array, nulls)
+        .map_err(|e| QuantError::column(column, e))?;
+    Ok(Arc::new(list))
+}
+
+/// Flat scales or zero points of all rows in their storage type.
+enum ParamValues {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl ParamValues {
+    fn from_f32(values: Vec<f32>, dtype: ScaleDtype) -> Self {
+        match dtype {
+            ScaleDtype::F32 => Self::F32(values),
+            ScaleDtype::F16 => {
+                let mut out = vec![f16::ZERO; values.len()];
+                half::slice::HalfFloatSliceExt::convert_from_f32_slice(out.as_mut_slice(), &values);
+                Self::F16(out)
+            }
+        }
+    }
+}
+
+/// Zero points of all rows: the values, the count per row, and which rows have none (symmetric rows).
+struct ZeroColumn {
+    values: ParamValues,
+    lens: Vec<usize>,
+    nulls: Option<NullBuffer>,
+}
+
+/// Builds the batch from row metadata and the flat buffers (`zeros` is `None` when every row is symmetric).
+fn build_batch(
+    rows: &[RowMeta<'_>],
+    data: Vec<u8>,
+    data_lens: &[usize],
+    scales: ParamValues,
+    zeros: Option<ZeroColumn>,
+    group_lens: &[usize],
+) -> Result<RecordBatch> {
+    let scale_dtype = rows
+        .first()
+        .map_or(ScaleDtype::F16, |r| r.config.scale_dtype);
+    let schema = Arc::new(result_schema(scale_dtype));
+    let n = rows.len();
+    let mut shapes = ListBuilder::new(PrimitiveBuilder::<Int64Type>::new())
+        .with_field(Arc::new(Field::new("item", DataType::Int64, false)));
+    for r in rows {
+        shapes
+            .values()
+            .append_slice(&r.shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+        shapes.append(true);
+    }
+    let data = LargeBinaryArray::try_new(
+        offsets::<i64>(data_lens, "data")?,
+        Buffer::from_vec(data),
+        None,
+    )
+    .map_err(|e| QuantError::column("data", e))?;
+    let zero_points: ArrayRef = match zeros {
+        Some(z) => param_list(z.values, &z.lens, z.nulls, "zero_points")?,
+        None => new_null_array(&list_of(param_type(scale_dtype)), n),
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.name))),
+        Arc::new(shapes.finish()),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.dtype.name()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.config.bits.encoding_name()),
+        )),
+        Arc::new(UInt8Array::from_iter_values(
+            rows.iter().map(|r| r.config.bits.bits() as u8),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.config.group_size.as_stored()),
+        )),
+        Arc::new(BooleanArray::from(
+            rows.iter().map(|r| r.config.symmetric).collect::<Vec<_>>(),
+        )),
+        Arc::new(data),
+        param_list(scales, group_lens, None, "scales")?,
+        zero_points,
+        new_null_array(&DataType::LargeBinary, n),
+        new_null_array(&list_of(DataType::Float32), n),
+        new_null_array(&list_of(super::schema::time_group_type()), n),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.quality.cosine),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.quality.rel_mse),
+        )),
+    ];
+    RecordBatch::try_new(schema, columns).map_err(|e| QuantError::column("*", e))
+}
+
+/// Quantizes `layers` with one config, in parallel, straight into the buffers of one result batch.
+/// The first failing layer (in input order) is returned as the error.
+pub fn quantize_to_batch(layers: &[TensorView<'_>], config: &QuantConfig) -> Result<RecordBatch> {
+    let layouts: Vec<GroupLayout> = layers
+        .iter()
+        .map(|l| GroupLayout::new(l.shape, config.group_size))
+        .collect();
+    let data_lens: Vec<usize> = layouts
+        .iter()
+        .map(|l| config.bits.packed_len(l.len()))
+        .collect();
+    let group_lens: Vec<usize> = layouts.iter().map(GroupLayout::num_groups).collect();
+    let total_groups = group_lens.iter().sum();
+    let mut data = vec![0u8; data_lens.iter().sum()];
+    let mut scales = vec![0f32; total_groups];
+    let mut zeros = vec![0f32; total_groups];
+    let jobs: Vec<_> = layers
+        .iter()
+        .zip(split_mut(&mut data, &data_lens))
+        .zip(split_mut(&mut scales, &group_lens))
+        .zip(split_mut(&mut zeros, &group_lens))
+        .collect();
+    let qualities: Vec<Result<Quality>> = jobs
+        .into_par_iter()
+        .map(|(((layer, data), scales), zeros)| {
+            quantize_into(
+                layer,
+                config,
+                OutputSlices {
+                    data,
+                    scales,
+                    zeros,
+                },
+            )
+        })
+        .collect();
+    let mut rows = Vec::with_capacity(layers.len());
+    for (layer, quality) in layers.iter().zip(qualities) {
+        rows.push(RowMeta {
+            name: layer.name,
+            shape: layer.shape,
+            dtype: layer.data.dtype(),
+            config: *config,
+            quality: quality?,
+        });
+    }
+    let zeros = (!config.symmetric).then(|| ZeroColumn {
+        values: ParamValues::from_f32(zeros, config.scale_dtype),
+        lens: group_lens.clone(),
+        nulls: None,
+    });
+    build_batch(
+        &rows,
+        data,
+        &data_lens,
+        ParamValues::from_f32(scales, config.scale_dtype),
+        zeros,
+        &group_lens,
+    )
+}
+
+fn param_f32(p: ParamSlice<'_>) -> impl Iterator<Item = f32> + '_ {
+    (0..p.len()).map(move |i| p.get(i))
+}
+
+/// Copies already-quantized tensors into one result batch (rows must share the scale storage type; symmetric
+/// rows get a null zero-point list).
+pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Result<RecordBatch> {
+    let dtype = rows
+        .first()
+        .map_or(ScaleDtype::F16, |r| r.config.scale_dtype);
+    if let Some(r) = rows.iter().find(|r| r.config.scale_dtype != dtype) {
+        return Err(QuantError::column(
+            "scales",
+            format!(
+                "tensor '{}' stores {} scales but the batch stores {}; convert them separately",
+                r.name,
+                r.config.scale_dtype.name(),
+                dtype.name()
+            ),
+        ));
+    }
+    for v in views {
+        v.validate()?;
+    }
+    let data_lens: Vec<usize> = views.iter().map(|v| v.data.len()).collect();
+    let group_lens: Vec<usize> = views.iter().map(|v| v.scales.len()).collect();
+    let mut data = Vec::with_capacity(data_lens.iter().sum());
+    views.iter().for_each(|v| data.extend_from_slice(v.data));
+    let scales: Vec<f32> = views.iter().flat_map(|v| param_f32(v.scales)).collect();
+    let zeros = views
+        .iter()
+        .any(|v| v.zero_points.is_some())
+        .then(|| ZeroColumn {
+            values: ParamValues::from_f32(
+                views
+                    .iter()
+                    .filter_map(|v| v.zero_points)
+                    .flat_map(param_f32)
+                    .collect(),
+                dtype,
+            ),
+            lens: views
+                .iter()
+                .map(|v| v.zero_points.map_or(0, |z| z.len()))
+                .collect(),
+            nulls: Some(NullBuffer::from(
+                views
+                    .iter()
+                    .map(|v| v.zero_points.is_some())
+                    .collect::<Vec<_>>(),
+            )),
+        });
+    build_batch(
+        rows,
+        data,
+        &data_lens,
+        ParamValues::from_f32(scales, dtype),
+        zeros,
+        &group_lens,
+    )
+}
