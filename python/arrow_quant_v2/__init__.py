@@ -1,35 +1,51 @@
 """arrow-quant: weight quantization for diffusion models.
 
-Packed INT8 / INT4 / INT2 groupwise quantization with a Rust core, zero-copy numpy input, and per-layer quality
-figures (cosine similarity, relative MSE). See README.md for the API and examples.
+Packed INT8 / INT4 / INT2 groupwise quantization with a Rust core, zero-copy numpy and Arrow input, per-layer
+quality figures (cosine similarity, relative MSE), and a whole-checkpoint pipeline with a quality floor.
+See README.md for the API and examples.
 """
 
+from collections.abc import Mapping
+
+from ._async import AsyncArrowQuantV2
 from ._core import (
     ArrowQuantV2,
     BatchResult,
     CancelledError,
     ConfigurationError,
     CorruptDataError,
+    DiffusionQuantConfig,
     InvalidWeightsError,
     ModelNotFoundError,
     QualityError,
     QuantizationError,
+    QuantizedModel,
     QuantizedTensor,
     SchemaError,
     __version__,
+    export_safetensors,
+    load_quantized,
 )
+
+# A QuantizedModel behaves as a read-only mapping from tensor names to arrays.
+Mapping.register(QuantizedModel)
 
 __all__ = [
     "ArrowQuantV2",
+    "AsyncArrowQuantV2",
     "BatchResult",
     "CancelledError",
     "ConfigurationError",
     "CorruptDataError",
+    "DiffusionQuantConfig",
     "InvalidWeightsError",
     "ModelNotFoundError",
     "QualityError",
     "QuantizationError",
+    "QuantizedModel",
     "QuantizedTensor",
     "SchemaError",
     "__version__",
+    "export_safetensors",
+    "load_quantized",
 ]

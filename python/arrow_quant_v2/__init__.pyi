@@ -1,5 +1,6 @@
-"""Public API of arrow_quant_v2 (re-exported from the compiled module)."""
+"""Public API of arrow_quant_v2 (re-exported from the compiled module and the async front)."""
 
+from ._async import AsyncArrowQuantV2 as AsyncArrowQuantV2
 from ._core import (
     ArrowQuantV2 as ArrowQuantV2,
 )
@@ -16,6 +17,9 @@ from ._core import (
     CorruptDataError as CorruptDataError,
 )
 from ._core import (
+    DiffusionQuantConfig as DiffusionQuantConfig,
+)
+from ._core import (
     InvalidWeightsError as InvalidWeightsError,
 )
 from ._core import (
@@ -28,6 +32,9 @@ from ._core import (
     QuantizationError as QuantizationError,
 )
 from ._core import (
+    QuantizedModel as QuantizedModel,
+)
+from ._core import (
     QuantizedTensor as QuantizedTensor,
 )
 from ._core import (
@@ -36,18 +43,29 @@ from ._core import (
 from ._core import (
     __version__ as __version__,
 )
+from ._core import (
+    export_safetensors as export_safetensors,
+)
+from ._core import (
+    load_quantized as load_quantized,
+)
 
 __all__ = [
     "ArrowQuantV2",
+    "AsyncArrowQuantV2",
     "BatchResult",
     "CancelledError",
     "ConfigurationError",
     "CorruptDataError",
+    "DiffusionQuantConfig",
     "InvalidWeightsError",
     "ModelNotFoundError",
     "QualityError",
     "QuantizationError",
+    "QuantizedModel",
     "QuantizedTensor",
     "SchemaError",
     "__version__",
+    "export_safetensors",
+    "load_quantized",
 ]

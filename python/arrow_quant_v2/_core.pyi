@@ -1,6 +1,7 @@
 """Type stubs of the compiled module `arrow_quant_v2._core` (checked against the build by mypy.stubtest)."""
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from os import PathLike
 from typing import Any, Literal, TypeAlias, final
 
 import numpy as np
@@ -22,6 +23,10 @@ __all__ = [
     "SchemaError",
     "__version__",
     "_kernel_seconds",
+    "DiffusionQuantConfig",
+    "QuantizedModel",
+    "load_quantized",
+    "export_safetensors",
 ]
 
 _GroupSize: TypeAlias = int | Literal["per_channel"]
@@ -138,10 +143,88 @@ class ArrowQuantV2:
     def dequantize_arrow(self, result: _ArrowInput) -> pa.Table: ...
     def to_arrow(self, tensors: Mapping[str, QuantizedTensor] | Iterable[QuantizedTensor]) -> pa.Table: ...
     def from_arrow(self, result: _ArrowInput) -> BatchResult: ...
+    def quantize_diffusion_model(
+        self,
+        model_path: str | PathLike[str],
+        output_path: str | PathLike[str],
+        config: DiffusionQuantConfig | None = None,
+        progress_callback: Callable[[str, float], object] | None = None,
+    ) -> dict[str, Any]: ...
+    def quantize_from_safetensors(
+        self,
+        safetensors_path: str | PathLike[str],
+        output_path: str | PathLike[str],
+        config: DiffusionQuantConfig | None = None,
+        progress_callback: Callable[[str, float], object] | None = None,
+    ) -> dict[str, Any]: ...
+    def validate_quality(
+        self, original_path: str | PathLike[str], quantized_path: str | PathLike[str]
+    ) -> dict[str, Any]: ...
     def dequantize(
         self, quantized: QuantizedTensor, dtype: Literal["float32", "float16"] = "float32"
     ) -> npt.NDArray[np.floating[Any]]: ...
 
+@final
+class DiffusionQuantConfig:
+    def __new__(
+        cls,
+        *,
+        profile: Literal["edge", "local", "cloud"] | None = None,
+        bit_width: int | None = None,
+        group_size: _GroupSize | None = None,
+        symmetric: bool | None = None,
+        method: _Method | None = None,
+        scale_dtype: _ScaleDtype | None = None,
+        quality_floor: float | None = None,
+        fail_fast: bool | None = None,
+        min_elements: int | None = None,
+        keep_patterns: list[str] | None = None,
+        keep_first_last: bool | None = None,
+        format: Literal["parquet", "arrow"] | None = None,
+    ) -> DiffusionQuantConfig: ...
+    @staticmethod
+    def from_profile(name: Literal["edge", "local", "cloud"], **overrides: Any) -> DiffusionQuantConfig: ...
+    @property
+    def profile(self) -> str | None: ...
+    @property
+    def bit_width(self) -> int: ...
+    @property
+    def group_size(self) -> _GroupSize: ...
+    @property
+    def symmetric(self) -> bool: ...
+    @property
+    def method(self) -> _Method: ...
+    @property
+    def scale_dtype(self) -> _ScaleDtype: ...
+    @property
+    def quality_floor(self) -> float: ...
+    @property
+    def fail_fast(self) -> bool: ...
+    @property
+    def min_elements(self) -> int: ...
+    @property
+    def keep_patterns(self) -> list[str]: ...
+    @property
+    def keep_first_last(self) -> bool: ...
+    @property
+    def format(self) -> Literal["parquet", "arrow"]: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class QuantizedModel:
+    def keys(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def __getitem__(self, key: str, /) -> npt.NDArray[Any]: ...
+    def quantized(self, name: str) -> QuantizedTensor: ...
+    @property
+    def metadata(self) -> dict[str, str]: ...
+
+def load_quantized(path: str | PathLike[str]) -> QuantizedModel: ...
+def export_safetensors(
+    quantized_path: str | PathLike[str], output_path: str | PathLike[str], dtype: Literal["f16", "bf16", "f32"] = "f16"
+) -> None: ...
 def _kernel_seconds(
     weights: Mapping[str, npt.NDArray[Any]],
     bit_width: int = 4,

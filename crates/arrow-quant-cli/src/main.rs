@@ -1,20 +1,105 @@
-//! `arrow-quant`: the command line over the core crate. This version only describes itself; the model
-//! pipeline (`quantize`, `validate`, `inspect`, `export`) arrives with the pipeline work.
+//! `arrow-quant`: the command line over the core crate: `quantize`, `validate`, `inspect`, `export`.
+//!
+//! Exit codes: 0 success, 1 a quality floor was missed (`quantize --fail-fast`, or `validate`), 2 bad input.
 
-use clap::Parser;
+mod commands;
+mod progress;
+mod table;
 
-/// Weight quantization for diffusion models: INT8 / INT4 / INT2 with a per-layer quality guarantee.
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Weight quantization for diffusion models: INT8 / INT4 / INT2 with a per-layer quality guarantee
 #[derive(Debug, Parser)]
 #[command(name = "arrow-quant", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    println!(
-        "arrow-quant {}: kernels for INT2/INT4/INT8 ({}); see --help",
-        env!("CARGO_PKG_VERSION"),
-        [arrow_quant::Method::Rtn, arrow_quant::Method::Mse]
-            .map(|m| m.name())
-            .join(", ")
-    );
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Quantize a checkpoint (.safetensors file, sharded folder or index) into a model file
+    Quantize {
+        /// The checkpoint
+        input: PathBuf,
+        /// The model file to write (appears only when the run succeeds)
+        output: PathBuf,
+        /// Deployment profile: edge (INT2, group 256, floor 0.65), local (INT4, 128, 0.85), cloud (INT8, 64, 0.95)
+        #[arg(long, default_value = "local")]
+        profile: String,
+        /// First bit width tried: 2, 4 or 8 (overrides the profile)
+        #[arg(long)]
+        bits: Option<u32>,
+        /// Group size: 32, 64, 128, 256 or per_channel (overrides the profile)
+        #[arg(long)]
+        group_size: Option<String>,
+        /// Parameter search: rtn or mse
+        #[arg(long)]
+        method: Option<String>,
+        /// Minimum cosine similarity per layer (overrides the profile)
+        #[arg(long)]
+        floor: Option<f64>,
+        /// Stop with exit code 1 when a layer misses the floor instead of falling back to more bits
+        #[arg(long)]
+        fail_fast: bool,
+        /// Output format: parquet or arrow
+        #[arg(long, default_value = "parquet")]
+        format: String,
+        /// Print the report as JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        /// No progress output
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Re-read a checkpoint and its model file and check every layer's quality
+    Validate {
+        /// The source checkpoint
+        original: PathBuf,
+        /// The model file
+        quantized: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tensors of a model file with their encodings and quality
+    Inspect {
+        /// The model file
+        model: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a dequantized .safetensors from a model file
+    Export {
+        /// The model file
+        model: PathBuf,
+        /// The .safetensors file to write
+        output: PathBuf,
+        /// Element type of float tensors: f16, bf16 or f32
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+    },
+}
+
+fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`arrow-quant inspect m.parquet | head`) like other command-line tools.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    match commands::run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(match e {
+                arrow_quant::QuantError::Quality { .. } => 1,
+                _ => 2,
+            })
+        }
+    }
 }

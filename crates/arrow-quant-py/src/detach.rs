@@ -10,10 +10,10 @@ use std::time::Duration;
 /// How often the waiting thread checks for signals when no event arrives.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
-/// Runs `work` without the GIL. `work` gets a `notify(index)` function; each notification is delivered to
+/// Runs `work` without the GIL. `work` gets a `notify(event)` function; each notification is delivered to
 /// `on_event` on the calling thread, with the GIL held. If `on_event` (or a signal) raises, `cancel` is set,
 /// the remaining events are dropped, and that exception is returned once `work` has returned.
-pub fn run_detached<T, W, E>(
+pub fn run_detached<T, V, W, E>(
     py: Python<'_>,
     cancel: &AtomicBool,
     work: W,
@@ -21,13 +21,14 @@ pub fn run_detached<T, W, E>(
 ) -> PyResult<T>
 where
     T: Send,
-    W: FnOnce(&(dyn Fn(usize) + Sync)) -> T + Send,
-    E: FnMut(usize) -> PyResult<()>,
+    V: Send,
+    W: FnOnce(&(dyn Fn(V) + Sync)) -> T + Send,
+    E: FnMut(V) -> PyResult<()>,
 {
-    let (tx, rx) = mpsc::channel::<usize>();
+    let (tx, rx) = mpsc::channel::<V>();
     std::thread::scope(|scope| {
         let worker = scope.spawn(move || {
-            let notify = move |i: usize| {
+            let notify = move |i: V| {
                 // The receiver lives until the worker ends; a failed send only means nobody listens.
                 let _ = tx.send(i);
             };
@@ -58,4 +59,10 @@ where
         };
         failure.map_or(Ok(value), Err)
     })
+}
+
+/// Runs `work` without the GIL for calls that report no progress (Ctrl-C still raises `KeyboardInterrupt`).
+pub fn without_gil<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> PyResult<T> {
+    let cancel = AtomicBool::new(false);
+    run_detached(py, &cancel, |_: &(dyn Fn(()) + Sync)| work(), |()| Ok(()))
 }

@@ -90,7 +90,12 @@ impl From<Error> for PyErr {
                         SchemaError::new_err(message)
                     }
                     QuantError::NonFinite { .. } => InvalidWeightsError::new_err(message),
-                    QuantError::Corrupt { .. } => CorruptDataError::new_err(message),
+                    QuantError::Corrupt { .. } | QuantError::Format { .. } => {
+                        CorruptDataError::new_err(message)
+                    }
+                    QuantError::ModelNotFound { .. } => ModelNotFoundError::new_err(message),
+                    QuantError::Io { .. } => pyo3::exceptions::PyOSError::new_err(message),
+                    QuantError::Quality { .. } => QualityError::new_err(message),
                     QuantError::Cancelled { .. } => CancelledError::new_err(message),
                 }
             }

@@ -8,6 +8,7 @@ mod detach;
 mod errors;
 mod input;
 mod options;
+mod pipeline;
 mod quantized;
 mod quantizer;
 mod timing;
@@ -20,6 +21,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<quantizer::ArrowQuantV2>()?;
     m.add_class::<quantized::PyQuantizedTensor>()?;
     m.add_class::<batch_result::BatchResult>()?;
+    m.add_class::<pipeline::PyDiffusionQuantConfig>()?;
+    m.add_class::<pipeline::QuantizedModel>()?;
+    m.add_function(wrap_pyfunction!(pipeline::load_quantized, m)?)?;
+    m.add_function(wrap_pyfunction!(pipeline::export, m)?)?;
     m.add_function(wrap_pyfunction!(timing::_kernel_seconds, m)?)?;
     errors::register(m)?;
     Ok(())

@@ -11,7 +11,6 @@ use half::f16;
 use numpy::{IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArray};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
-use std::sync::atomic::AtomicBool;
 
 /// A quantized layer. Python sees read-only attributes and `dequantize()`.
 #[pyclass(module = "arrow_quant_v2._core", name = "QuantizedTensor", frozen)]
@@ -125,13 +124,13 @@ impl PyQuantizedTensor {
 
     /// The metadata of this tensor as a result row.
     pub fn row_meta(&self) -> RowMeta<'_> {
-        RowMeta {
-            name: &self.name,
-            shape: &self.shape,
-            dtype: self.source_dtype,
-            config: self.config,
-            quality: self.quality,
-        }
+        RowMeta::quantized(
+            &self.name,
+            &self.shape,
+            self.source_dtype,
+            self.config,
+            self.quality,
+        )
     }
 
     /// Dequantizes to a new array of the source shape, f32 or f16 (the GIL is released while the kernels run).
@@ -141,9 +140,7 @@ impl PyQuantizedTensor {
     ) -> Result<Bound<'py, PyArrayDyn<T>>> {
         let borrowed = self.borrow(py)?;
         let view = self.view(&borrowed)?;
-        let cancel = AtomicBool::new(false);
-        let values =
-            crate::detach::run_detached(py, &cancel, |_| T::dequantize(&view), |_| Ok(()))??;
+        let values = crate::detach::without_gil(py, || T::dequantize(&view))??;
         Ok(values.into_pyarray(py).reshape(self.shape.as_slice())?)
     }
 

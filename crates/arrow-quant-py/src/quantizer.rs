@@ -2,10 +2,11 @@
 
 use crate::arrow_io::{collect_batches, to_pyarrow_batch, to_pyarrow_table};
 use crate::batch_result::BatchResult;
-use crate::detach::run_detached;
+use crate::detach::{run_detached, without_gil};
 use crate::errors::{schema, Error, Result};
 use crate::input::LayerInput;
 use crate::options::Overrides;
+use crate::pipeline::{run_model, validate, PyDiffusionQuantConfig};
 use crate::quantized::PyQuantizedTensor;
 use arrow_array::RecordBatch;
 use arrow_quant::arrow::{
@@ -14,6 +15,7 @@ use arrow_quant::arrow::{
 use arrow_quant::{quantize_batch, OnError, QuantConfig, QuantError, QuantizedTensor, TensorView};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 /// Modes the quantizer accepts.
@@ -64,13 +66,7 @@ impl ArrowQuantV2 {
             .iter()
             .map(ArrowLayer::view)
             .collect::<arrow_quant::Result<Vec<_>>>()?;
-        let cancel = AtomicBool::new(false);
-        Ok(run_detached(
-            py,
-            &cancel,
-            |_| quantize_to_batch(&views, &config),
-            |_| Ok(()),
-        )??)
+        Ok(without_gil(py, || quantize_to_batch(&views, &config))??)
     }
 
     /// Runs a batch and builds the `BatchResult`; `progress` gets `(layer_name, fraction)` as layers finish.
@@ -186,13 +182,7 @@ impl ArrowQuantV2 {
         .apply(self.defaults)?;
         let layer = LayerInput::from_py(name.to_string(), weights)?;
         let view = layer.view()?;
-        let cancel = AtomicBool::new(false);
-        let q: QuantizedTensor = run_detached(
-            py,
-            &cancel,
-            |_| arrow_quant::quantize_tensor(&view, &config),
-            |_| Ok(()),
-        )??;
+        let q: QuantizedTensor = without_gil(py, || arrow_quant::quantize_tensor(&view, &config))??;
         Ok(PyQuantizedTensor::from_core(py, q))
     }
 
@@ -321,13 +311,9 @@ impl ArrowQuantV2 {
         result: &Bound<'py, PyAny>,
     ) -> Result<Bound<'py, PyAny>> {
         let batches = collect_batches(result)?;
-        let cancel = AtomicBool::new(false);
-        let batch = run_detached(
-            py,
-            &cancel,
-            |_| read_results(&batches).and_then(|rows| dequantize_to_batch(&rows)),
-            |_| Ok(()),
-        )??;
+        let batch = without_gil(py, || {
+            read_results(&batches).and_then(|rows| dequantize_to_batch(&rows))
+        })??;
         to_pyarrow_table(py, batch)
     }
 
@@ -385,9 +371,72 @@ impl ArrowQuantV2 {
         let rows = read_results(&batches)?;
         let out = Bound::new(py, BatchResult::empty(py))?;
         for row in &rows {
-            out.set_item(row.name, PyQuantizedTensor::from_core(py, row.to_tensor()))?;
+            out.set_item(row.name, PyQuantizedTensor::from_core(py, row.to_tensor()?))?;
         }
         Ok(out)
+    }
+
+    /// Quantizes a checkpoint (a `.safetensors` file, a sharded folder, or its `*.safetensors.index.json`) into a
+    /// model file at `output_path` (Parquet or Arrow IPC per `config.format`), tensor by tensor; returns the
+    /// report `{layers: [...], totals: {...}}`. `progress_callback(tensor_name, fraction)` runs on this thread.
+    #[pyo3(signature = (model_path, output_path, config = None, progress_callback = None))]
+    fn quantize_diffusion_model(
+        &self,
+        py: Python<'_>,
+        model_path: PathBuf,
+        output_path: PathBuf,
+        config: Option<PyRef<'_, PyDiffusionQuantConfig>>,
+        progress_callback: Option<&Bound<'_, PyAny>>,
+    ) -> Result<Py<PyAny>> {
+        run_model(
+            py,
+            &model_path,
+            &output_path,
+            config.as_deref(),
+            progress_callback,
+        )
+    }
+
+    /// Like `quantize_diffusion_model` for one `.safetensors` file.
+    #[pyo3(signature = (safetensors_path, output_path, config = None, progress_callback = None))]
+    fn quantize_from_safetensors(
+        &self,
+        py: Python<'_>,
+        safetensors_path: PathBuf,
+        output_path: PathBuf,
+        config: Option<PyRef<'_, PyDiffusionQuantConfig>>,
+        progress_callback: Option<&Bound<'_, PyAny>>,
+    ) -> Result<Py<PyAny>> {
+        if safetensors_path.is_dir()
+            || safetensors_path
+                .extension()
+                .is_none_or(|e| e != "safetensors")
+        {
+            return Err(QuantError::config(
+                "safetensors_path",
+                safetensors_path.display(),
+                "a .safetensors file (use quantize_diffusion_model for folders and indexes)",
+            )
+            .into());
+        }
+        run_model(
+            py,
+            &safetensors_path,
+            &output_path,
+            config.as_deref(),
+            progress_callback,
+        )
+    }
+
+    /// Re-reads the source checkpoint and the model file and measures every layer again; returns
+    /// `{passed, floor, layers: [{name, encoding, cosine, rel_mse, stored_cosine, passed}]}`.
+    fn validate_quality(
+        &self,
+        py: Python<'_>,
+        original_path: PathBuf,
+        quantized_path: PathBuf,
+    ) -> Result<Py<PyAny>> {
+        validate(py, &original_path, &quantized_path)
     }
 
     /// Dequantizes a `QuantizedTensor` to an array of its source shape ("float32" or "float16").

@@ -52,6 +52,38 @@ pub enum QuantError {
         /// Which buffer has which length and what was expected.
         problem: String,
     },
+    /// A checkpoint or quantized file is malformed: the message names the file, the tensor and the numbers.
+    #[error("{file}: {problem}")]
+    Format {
+        /// The file.
+        file: String,
+        /// What is wrong (with tensor names and byte counts).
+        problem: String,
+    },
+    /// A model path does not exist or holds no checkpoint.
+    #[error("{path}: {problem}")]
+    ModelNotFound {
+        /// The path given.
+        path: String,
+        /// What was looked for.
+        problem: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's message.
+        message: String,
+    },
+    /// A layer missed its quality floor at every allowed width and the run was asked to fail fast.
+    #[error("tensor '{tensor}': {problem}; lower the quality floor or drop fail_fast to fall back per layer")]
+    Quality {
+        /// The tensor.
+        tensor: String,
+        /// The figures.
+        problem: String,
+    },
     /// The work was stopped by the caller (a progress callback raised, or Ctrl-C).
     #[error("cancelled before tensor '{tensor}' was quantized")]
     Cancelled {
@@ -86,6 +118,22 @@ impl QuantError {
         Self::Column {
             column: column.to_string(),
             problem: problem.to_string(),
+        }
+    }
+
+    /// Builds a [`QuantError::Format`].
+    pub fn format(file: &std::path::Path, problem: impl ToString) -> Self {
+        Self::Format {
+            file: file.display().to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    /// Builds a [`QuantError::Io`].
+    pub fn io(path: &std::path::Path, e: &std::io::Error) -> Self {
+        Self::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
         }
     }
 

@@ -18,6 +18,7 @@
 
 pub mod arrow;
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod dequantize;
 pub mod error;
@@ -25,6 +26,7 @@ mod group;
 pub mod layout;
 mod mse;
 pub mod packing;
+pub mod pipeline;
 pub mod quantize;
 pub mod quantized;
 mod simd;

@@ -4,7 +4,7 @@ use arrow_array::builder::{
     FixedSizeListBuilder, Float32Builder, Int64Builder, ListBuilder, StringBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_quant::arrow::output::RowMeta;
+use arrow_quant::arrow::output::RowEncoding;
 use arrow_quant::arrow::{
     dequantize_to_batch, quantize_to_batch, read_layers, read_results, tensors_to_batch,
 };
@@ -69,7 +69,7 @@ fn layers_are_borrowed_and_round_trip_equals_the_tensor_path() {
         let direct = quantize_tensor(view, &cfg).unwrap();
         assert_eq!(row.data, direct.data.as_slice());
         assert_eq!(
-            row.view().dequantize().unwrap(),
+            row.view().unwrap().dequantize().unwrap(),
             direct.view().dequantize().unwrap()
         );
         assert_eq!(row.quality, direct.quality);
@@ -101,21 +101,11 @@ fn fixed_size_list_and_symmetric_rows() {
     };
     let result = quantize_to_batch(&views, &cfg).unwrap();
     let rows = read_results(std::slice::from_ref(&result)).unwrap();
-    assert!(rows
-        .iter()
-        .all(|r| r.zero_points.is_none() && r.config.symmetric));
+    assert!(rows.iter().all(|r| r.zero_points.is_none()
+        && matches!(r.encoding, RowEncoding::Quantized(c) if c.symmetric)));
     // Copying the rows into a new batch gives the same bytes.
-    let metas: Vec<RowMeta<'_>> = rows
-        .iter()
-        .map(|r| RowMeta {
-            name: r.name,
-            shape: &r.shape,
-            dtype: r.dtype,
-            config: r.config,
-            quality: r.quality,
-        })
-        .collect();
-    let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
+    let metas: Vec<_> = rows.iter().map(|r| r.meta()).collect();
+    let views: Vec<_> = rows.iter().map(|r| r.view().unwrap()).collect();
     let copy = tensors_to_batch(&metas, &views).unwrap();
     let again = read_results(std::slice::from_ref(&copy)).unwrap();
     assert_eq!(again[2].data, rows[2].data);

@@ -23,18 +23,81 @@ use half::f16;
 use rayon::prelude::*;
 use std::sync::Arc;
 
+/// How a row's `data` is stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowEncoding {
+    /// Packed integer codes with scales (and zero points).
+    Quantized(QuantConfig),
+    /// The values themselves: `f16`, `bf16` or `f32` (a layer kept in 16-bit), or `raw` (a non-float tensor carried
+    /// through unchanged), with their bit width.
+    Plain {
+        /// `f16`, `bf16`, `f32` or `raw`.
+        encoding: &'static str,
+        /// Bits per element.
+        bits: u8,
+    },
+}
+
+impl RowEncoding {
+    /// The `encoding` column value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Quantized(c) => c.bits.encoding_name(),
+            Self::Plain { encoding, .. } => encoding,
+        }
+    }
+
+    fn bits(&self) -> u8 {
+        match self {
+            Self::Quantized(c) => c.bits.bits() as u8,
+            Self::Plain { bits, .. } => *bits,
+        }
+    }
+
+    fn group_size(&self) -> u32 {
+        match self {
+            Self::Quantized(c) => c.group_size.as_stored(),
+            Self::Plain { .. } => 0,
+        }
+    }
+
+    fn symmetric(&self) -> bool {
+        matches!(self, Self::Quantized(c) if c.symmetric)
+    }
+}
+
 /// Everything a result row says besides its buffers.
+#[derive(Debug, Clone)]
 pub struct RowMeta<'a> {
     /// Tensor name.
     pub name: &'a str,
     /// Source shape.
     pub shape: &'a [usize],
-    /// Source dtype.
-    pub dtype: SourceDtype,
-    /// Settings (bits, group size, symmetry, scale storage).
-    pub config: QuantConfig,
+    /// Source dtype name (`f32`, `f16`, `bf16`, or a safetensors dtype in lower case such as `i64`).
+    pub dtype: &'a str,
+    /// How the data is stored.
+    pub encoding: RowEncoding,
     /// Fidelity figures.
     pub quality: Quality,
+}
+
+impl<'a> RowMeta<'a> {
+    /// The row of a quantized tensor.
+    pub fn quantized(
+        name: &'a str,
+        shape: &'a [usize],
+        dtype: SourceDtype,
+        config: QuantConfig,
+        quality: Quality,
+    ) -> Self {
+        Self {
+            name,
+            shape,
+            dtype: dtype.name(),
+            encoding: RowEncoding::Quantized(config),
+            quality,
+        }
+    }
 }
 
 fn param_list(
@@ -60,13 +123,13 @@ fn param_list(
 }
 
 /// Flat scales or zero points of all rows in their storage type.
-enum ParamValues {
+pub(crate) enum ParamValues {
     F16(Vec<f16>),
     F32(Vec<f32>),
 }
 
 impl ParamValues {
-    fn from_f32(values: Vec<f32>, dtype: ScaleDtype) -> Self {
+    pub(crate) fn from_f32(values: Vec<f32>, dtype: ScaleDtype) -> Self {
         match dtype {
             ScaleDtype::F32 => Self::F32(values),
             ScaleDtype::F16 => {
@@ -79,24 +142,23 @@ impl ParamValues {
 }
 
 /// Zero points of all rows: the values, the count per row, and which rows have none (symmetric rows).
-struct ZeroColumn {
-    values: ParamValues,
-    lens: Vec<usize>,
-    nulls: Option<NullBuffer>,
+pub(crate) struct ZeroColumn {
+    pub(crate) values: ParamValues,
+    pub(crate) lens: Vec<usize>,
+    pub(crate) nulls: Option<NullBuffer>,
 }
 
 /// Builds the batch from row metadata and the flat buffers (`zeros` is `None` when every row is symmetric).
-fn build_batch(
+/// Builds a result batch from row metadata and the flat buffers (`zeros` is `None` when no row has zero points).
+pub(crate) fn build_batch(
     rows: &[RowMeta<'_>],
+    scale_dtype: ScaleDtype,
     data: Vec<u8>,
     data_lens: &[usize],
     scales: ParamValues,
     zeros: Option<ZeroColumn>,
     group_lens: &[usize],
 ) -> Result<RecordBatch> {
-    let scale_dtype = rows
-        .first()
-        .map_or(ScaleDtype::F16, |r| r.config.scale_dtype);
     let schema = Arc::new(result_schema(scale_dtype));
     let n = rows.len();
     let mut shapes = ListBuilder::new(PrimitiveBuilder::<Int64Type>::new())
@@ -120,20 +182,20 @@ fn build_batch(
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.name))),
         Arc::new(shapes.finish()),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.dtype))),
         Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.dtype.name()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.config.bits.encoding_name()),
+            rows.iter().map(|r| r.encoding.name()),
         )),
         Arc::new(UInt8Array::from_iter_values(
-            rows.iter().map(|r| r.config.bits.bits() as u8),
+            rows.iter().map(|r| r.encoding.bits()),
         )),
         Arc::new(UInt32Array::from_iter_values(
-            rows.iter().map(|r| r.config.group_size.as_stored()),
+            rows.iter().map(|r| r.encoding.group_size()),
         )),
         Arc::new(BooleanArray::from(
-            rows.iter().map(|r| r.config.symmetric).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| r.encoding.symmetric())
+                .collect::<Vec<_>>(),
         )),
         Arc::new(data),
         param_list(scales, group_lens, None, "scales")?,
@@ -189,13 +251,13 @@ pub fn quantize_to_batch(layers: &[TensorView<'_>], config: &QuantConfig) -> Res
         .collect();
     let mut rows = Vec::with_capacity(layers.len());
     for (layer, quality) in layers.iter().zip(qualities) {
-        rows.push(RowMeta {
-            name: layer.name,
-            shape: layer.shape,
-            dtype: layer.data.dtype(),
-            config: *config,
-            quality: quality?,
-        });
+        rows.push(RowMeta::quantized(
+            layer.name,
+            layer.shape,
+            layer.data.dtype(),
+            *config,
+            quality?,
+        ));
     }
     let zeros = (!config.symmetric).then(|| ZeroColumn {
         values: ParamValues::from_f32(zeros, config.scale_dtype),
@@ -204,6 +266,7 @@ pub fn quantize_to_batch(layers: &[TensorView<'_>], config: &QuantConfig) -> Res
     });
     build_batch(
         &rows,
+        config.scale_dtype,
         data,
         &data_lens,
         ParamValues::from_f32(scales, config.scale_dtype),
@@ -219,16 +282,14 @@ fn param_f32(p: ParamSlice<'_>) -> impl Iterator<Item = f32> + '_ {
 /// Copies already-quantized tensors into one result batch (rows must share the scale storage type; symmetric
 /// rows get a null zero-point list).
 pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Result<RecordBatch> {
-    let dtype = rows
-        .first()
-        .map_or(ScaleDtype::F16, |r| r.config.scale_dtype);
-    if let Some(r) = rows.iter().find(|r| r.config.scale_dtype != dtype) {
+    let dtype = views.first().map_or(ScaleDtype::F16, |v| v.scales.dtype());
+    if let Some(v) = views.iter().find(|v| v.scales.dtype() != dtype) {
         return Err(QuantError::column(
             "scales",
             format!(
                 "tensor '{}' stores {} scales but the batch stores {}; convert them separately",
-                r.name,
-                r.config.scale_dtype.name(),
+                v.name,
+                v.scales.dtype().name(),
                 dtype.name()
             ),
         ));
@@ -266,10 +327,30 @@ pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Re
         });
     build_batch(
         rows,
+        dtype,
         data,
         &data_lens,
         ParamValues::from_f32(scales, dtype),
         zeros,
         &group_lens,
+    )
+}
+
+/// A one-row batch for a tensor stored plainly (`f16`, `bf16`, `f32` or `raw` bytes), with no scales.
+pub fn plain_batch(
+    meta: &RowMeta<'_>,
+    bytes: Vec<u8>,
+    scale_dtype: ScaleDtype,
+) -> Result<RecordBatch> {
+    let len = bytes.len();
+    let empty = ParamValues::from_f32(Vec::new(), scale_dtype);
+    build_batch(
+        std::slice::from_ref(meta),
+        scale_dtype,
+        bytes,
+        &[len],
+        empty,
+        None,
+        &[0],
     )
 }

@@ -1,8 +1,9 @@
 //! Result batches read back: rows as borrowed quantized views, and dequantized to a weights table.
 
 use super::buffers::{offsets, split_mut};
+use super::output::{RowEncoding, RowMeta};
 use super::schema::col;
-use crate::config::{BitWidth, GroupSize, Method, QuantConfig, ScaleDtype};
+use crate::config::{BitWidth, GroupSize, Method, QuantConfig};
 use crate::error::{QuantError, Result};
 use crate::quantized::{ParamSlice, Quality, QuantizedView};
 use crate::tensor::SourceDtype;
@@ -21,33 +22,147 @@ pub struct ResultRow<'a> {
     pub name: &'a str,
     /// Source shape.
     pub shape: Vec<usize>,
-    /// Source dtype.
-    pub dtype: SourceDtype,
-    /// Settings recovered from the row (the method is not stored and reads as `rtn`).
-    pub config: QuantConfig,
-    /// Packed codes.
+    /// Source dtype name.
+    pub dtype: &'a str,
+    /// How the data is stored (for quantized rows the method is not stored and reads as `rtn`).
+    pub encoding: RowEncoding,
+    /// Packed codes, or the plain values' bytes.
     pub data: &'a [u8],
-    /// Scales.
+    /// Scales (empty for plain rows).
     pub scales: ParamSlice<'a>,
-    /// Zero points (None when symmetric).
+    /// Zero points (None when symmetric or plain).
     pub zero_points: Option<ParamSlice<'a>>,
     /// Stored fidelity figures.
     pub quality: Quality,
 }
 
 impl ResultRow<'_> {
-    /// The quantized view of this row, for dequantization.
-    pub fn view(&self) -> QuantizedView<'_> {
-        QuantizedView {
+    /// The row's metadata, as written.
+    pub fn meta(&self) -> RowMeta<'_> {
+        RowMeta {
             name: self.name,
             shape: &self.shape,
-            bits: self.config.bits,
-            group_size: self.config.group_size,
-            data: self.data,
-            scales: self.scales,
-            zero_points: self.zero_points,
+            dtype: self.dtype,
+            encoding: self.encoding,
+            quality: self.quality,
         }
     }
+
+    /// The quantized view of this row; an error for a plain row.
+    pub fn view(&self) -> Result<QuantizedView<'_>> {
+        match self.encoding {
+            RowEncoding::Quantized(config) => Ok(QuantizedView {
+                name: self.name,
+                shape: &self.shape,
+                bits: config.bits,
+                group_size: config.group_size,
+                data: self.data,
+                scales: self.scales,
+                zero_points: self.zero_points,
+            }),
+            RowEncoding::Plain { encoding, .. } => Err(QuantError::column(
+                col::ENCODING,
+                format!(
+                    "tensor '{}' is stored as {encoding}, not quantized",
+                    self.name
+                ),
+            )),
+        }
+    }
+
+    /// Writes the row's values as f32 into `out` (quantized rows are dequantized; f16 / bf16 rows converted).
+    pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
+        use half::slice::HalfFloatSliceExt;
+        let expected: usize = self.shape.iter().product();
+        let wrong_size = |per: usize| {
+            QuantError::corrupt(
+                self.name,
+                format!(
+                    "{} data bytes for {expected} values of {per} bytes",
+                    self.data.len()
+                ),
+            )
+        };
+        match self.encoding {
+            RowEncoding::Quantized(_) => self.view()?.dequantize_into(out),
+            RowEncoding::Plain {
+                encoding: "f32", ..
+            } => {
+                if self.data.len() != expected * 4 || out.len() != expected {
+                    return Err(wrong_size(4));
+                }
+                out.iter_mut()
+                    .zip(self.data.chunks_exact(4))
+                    .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                Ok(())
+            }
+            RowEncoding::Plain {
+                encoding: e @ ("f16" | "bf16"),
+                ..
+            } => {
+                if self.data.len() != expected * 2 || out.len() != expected {
+                    return Err(wrong_size(2));
+                }
+                let bits: Vec<u16> = self
+                    .data
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                if e == "f16" {
+                    half::slice::HalfBitsSliceExt::reinterpret_cast::<half::f16>(bits.as_slice())
+                        .convert_to_f32_slice(out);
+                } else {
+                    half::slice::HalfBitsSliceExt::reinterpret_cast::<half::bf16>(bits.as_slice())
+                        .convert_to_f32_slice(out);
+                }
+                Ok(())
+            }
+            RowEncoding::Plain { encoding, .. } => Err(QuantError::column(
+                col::ENCODING,
+                format!(
+                    "tensor '{}' is stored as {encoding} ({}) and has no float values",
+                    self.name, self.dtype
+                ),
+            )),
+        }
+    }
+
+    /// An owned copy of a quantized row as a quantized tensor; an error for a plain row.
+    pub fn to_tensor(&self) -> Result<crate::quantized::QuantizedTensor> {
+        let RowEncoding::Quantized(config) = self.encoding else {
+            return Err(self
+                .view()
+                .err()
+                .unwrap_or_else(|| QuantError::corrupt(self.name, "not quantized")));
+        };
+        let source_dtype = match self.dtype {
+            "f16" => SourceDtype::F16,
+            "bf16" => SourceDtype::BF16,
+            _ => SourceDtype::F32,
+        };
+        Ok(crate::quantized::QuantizedTensor {
+            name: self.name.to_string(),
+            shape: self.shape.clone(),
+            source_dtype,
+            config,
+            data: self.data.to_vec(),
+            scales: self.scales.to_buffer(),
+            zero_points: self.zero_points.map(|z| z.to_buffer()),
+            quality: self.quality,
+        })
+    }
+}
+
+/// The `&'static` names of plain encodings, with their bits (raw rows take theirs from the `bits` column).
+fn plain_encoding(name: &str, bits: u8) -> Option<RowEncoding> {
+    let (encoding, bits) = match name {
+        "f16" => ("f16", 16),
+        "bf16" => ("bf16", 16),
+        "f32" => ("f32", 32),
+        "raw" => ("raw", bits),
+        _ => return None,
+    };
+    Some(RowEncoding::Plain { encoding, bits })
 }
 
 fn get<'a>(batch: &'a RecordBatch, name: &str, expected: &str) -> Result<&'a ArrayRef> {
@@ -115,6 +230,14 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
             matches!(shapes.data_type(), DataType::List(f) if f.data_type() == &DataType::Int64),
             "list<int64>",
         )?;
+        let encodings = get(batch, col::ENCODING, "utf8")?;
+        expect_type(
+            encodings,
+            col::ENCODING,
+            encodings.data_type() == &DataType::Utf8,
+            "utf8",
+        )?;
+        let encodings = encodings.as_string::<i32>();
         let dtypes = get(batch, col::DTYPE, "utf8")?;
         expect_type(
             dtypes,
@@ -215,40 +338,57 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
                         format!("tensor '{name}' has a negative dimension"),
                     )
                 })?;
-            let dtype = match dtypes.value(r) {
-                "f32" => SourceDtype::F32,
-                "f16" => SourceDtype::F16,
-                "bf16" => SourceDtype::BF16,
-                other => {
+            let dtype = dtypes.value(r);
+            let encoding_name = encodings.value(r);
+            let scale_slice = param_slice(scales, r, col::SCALES)?;
+            let encoding = if let Some(plain) = plain_encoding(encoding_name, bits.value(r)) {
+                plain
+            } else {
+                if !matches!(dtype, "f32" | "f16" | "bf16") {
                     return Err(QuantError::column(
                         col::DTYPE,
-                        format!("tensor '{name}': unknown dtype {other:?}"),
-                    ))
+                        format!("tensor '{name}': quantized from unknown dtype {dtype:?}"),
+                    ));
                 }
-            };
-            let width = BitWidth::from_bits(u32::from(bits.value(r))).map_err(|_| {
-                QuantError::column(
-                    col::BITS,
-                    format!("tensor '{name}': {} bits is not 2, 4 or 8", bits.value(r)),
-                )
-            })?;
-            let group_size = match groups.value(r) {
-                0 => GroupSize::PerChannel,
-                g => GroupSize::elements(g as usize).map_err(|_| {
+                let width = BitWidth::from_bits(u32::from(bits.value(r))).map_err(|_| {
                     QuantError::column(
-                        col::GROUP_SIZE,
-                        format!("tensor '{name}': group size {g} is not 0, 32, 64, 128 or 256"),
+                        col::BITS,
+                        format!("tensor '{name}': {} bits is not 2, 4 or 8", bits.value(r)),
                     )
-                })?,
+                })?;
+                if width.encoding_name() != encoding_name {
+                    return Err(QuantError::column(
+                        col::ENCODING,
+                        format!(
+                            "tensor '{name}': encoding {encoding_name:?} does not match {} bits",
+                            width.bits()
+                        ),
+                    ));
+                }
+                let group_size = match groups.value(r) {
+                    0 => GroupSize::PerChannel,
+                    g => GroupSize::elements(g as usize).map_err(|_| {
+                        QuantError::column(
+                            col::GROUP_SIZE,
+                            format!("tensor '{name}': group size {g} is not 0, 32, 64, 128 or 256"),
+                        )
+                    })?,
+                };
+                RowEncoding::Quantized(QuantConfig {
+                    bits: width,
+                    group_size,
+                    symmetric: symmetric.value(r),
+                    method: Method::Rtn,
+                    scale_dtype: scale_slice.dtype(),
+                })
             };
-            let sym = symmetric.value(r);
-            let scale_slice = param_slice(scales, r, col::SCALES)?;
-            let zero_slice = if sym || zeros.is_null(r) {
-                None
-            } else {
+            let quantized_asym = matches!(encoding, RowEncoding::Quantized(c) if !c.symmetric);
+            let zero_slice = if quantized_asym && !zeros.is_null(r) {
                 Some(param_slice(zeros, r, col::ZERO_POINTS)?)
+            } else {
+                None
             };
-            if !sym && zero_slice.is_none() {
+            if quantized_asym && zero_slice.is_none() {
                 return Err(QuantError::column(
                     col::ZERO_POINTS,
                     format!("tensor '{name}' is asymmetric but has no zero points"),
@@ -258,16 +398,7 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
                 name,
                 shape,
                 dtype,
-                config: QuantConfig {
-                    bits: width,
-                    group_size,
-                    symmetric: sym,
-                    method: Method::Rtn,
-                    scale_dtype: match scale_slice {
-                        ParamSlice::F16(_) => ScaleDtype::F16,
-                        ParamSlice::F32(_) => ScaleDtype::F32,
-                    },
-                },
+                encoding,
                 data: data.value(r),
                 scales: scale_slice,
                 zero_points: zero_slice,
@@ -276,7 +407,9 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
                     rel_mse: rel_mse.value(r),
                 },
             };
-            row.view().validate()?;
+            if matches!(encoding, RowEncoding::Quantized(_)) {
+                row.view()?.validate()?;
+            }
             rows.push(row);
         }
         row_base += batch.num_rows();
@@ -292,7 +425,7 @@ pub fn dequantize_to_batch(rows: &[ResultRow<'_>]) -> Result<RecordBatch> {
     let slices = split_mut(&mut values, &lens);
     rows.par_iter()
         .zip(slices)
-        .try_for_each(|(row, out)| row.view().dequantize_into(out))?;
+        .try_for_each(|(row, out)| row.dequantize_into(out))?;
     let weight_offsets = offsets::<i32>(&lens, "weights")?;
     let shape_lens: Vec<usize> = rows.iter().map(|r| r.shape.len()).collect();
     let dims: Vec<i64> = rows
@@ -333,20 +466,4 @@ pub fn dequantize_to_batch(rows: &[ResultRow<'_>]) -> Result<RecordBatch> {
         ],
     )
     .map_err(|e| QuantError::column("*", e))
-}
-
-impl ResultRow<'_> {
-    /// An owned copy of the row as a quantized tensor.
-    pub fn to_tensor(&self) -> crate::quantized::QuantizedTensor {
-        crate::quantized::QuantizedTensor {
-            name: self.name.to_string(),
-            shape: self.shape.clone(),
-            source_dtype: self.dtype,
-            config: self.config,
-            data: self.data.to_vec(),
-            scales: self.scales.to_buffer(),
-            zero_points: self.zero_points.map(|z| z.to_buffer()),
-            quality: self.quality,
-        }
-    }
 }

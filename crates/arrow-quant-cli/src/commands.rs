@@ -1,0 +1,166 @@
+//! The subcommands: each parses its options into core calls and prints the result.
+
+use crate::progress::Reporter;
+use crate::table::{print_report, print_rows};
+use crate::Command;
+use arrow_quant::arrow::result::read_results;
+use arrow_quant::pipeline::{
+    export_safetensors, quantize_model, validate_model, ExportDtype, ModelFile, OutputFormat,
+    PipelineConfig,
+};
+use arrow_quant::{BitWidth, GroupSize, Method, QuantError, Result};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+fn parse_group(text: &str) -> Result<GroupSize> {
+    if text == "per_channel" {
+        return Ok(GroupSize::PerChannel);
+    }
+    let n: usize = text.parse().map_err(|_| {
+        QuantError::config(
+            "group_size",
+            format!("{text:?}"),
+            "32, 64, 128, 256 or per_channel",
+        )
+    })?;
+    GroupSize::elements(n)
+}
+
+/// Runs one subcommand; the exit code says whether quality held.
+pub fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Quantize {
+            input,
+            output,
+            profile,
+            bits,
+            group_size,
+            method,
+            floor,
+            fail_fast,
+            format,
+            json,
+            quiet,
+        } => {
+            let mut config = PipelineConfig::profile(&profile)?;
+            if let Some(b) = bits {
+                config.quant.bits = BitWidth::from_bits(b)?;
+            }
+            if let Some(g) = group_size {
+                config.quant.group_size = parse_group(&g)?;
+            }
+            if let Some(m) = method {
+                config.quant.method = m.parse::<Method>()?;
+            }
+            if let Some(f) = floor {
+                config.quality_floor = f;
+            }
+            config.fail_fast = fail_fast;
+            config.format = OutputFormat::parse(&format)?;
+            let reporter = Reporter::new(quiet || json);
+            let cancel = AtomicBool::new(false);
+            let report =
+                quantize_model(&input, &output, &config, &cancel, &|p| reporter.update(&p));
+            reporter.finish();
+            let report = report?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print_report(&report);
+                println!("wrote {}", output.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate {
+            original,
+            quantized,
+            json,
+        } => {
+            let v = validate_model(&original, &quantized)?;
+            if json {
+                println!("{}", v.to_json());
+            } else {
+                let rows: Vec<Vec<String>> = v
+                    .layers
+                    .iter()
+                    .map(|(n, e, m, s, ok)| {
+                        vec![
+                            n.clone(),
+                            e.clone(),
+                            format!("{:.6}", m.cosine),
+                            format!("{:.6}", s.cosine),
+                            format!("{:.3e}", m.rel_mse),
+                            if *ok { "ok".into() } else { "FAIL".into() },
+                        ]
+                    })
+                    .collect();
+                print_rows(
+                    &["name", "encoding", "cosine", "stored", "rel-MSE", "result"],
+                    &rows,
+                );
+                println!(
+                    "floor {:.3}: {}",
+                    v.floor,
+                    if v.passed() { "passed" } else { "FAILED" }
+                );
+            }
+            Ok(if v.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Inspect { model, json } => {
+            let file = ModelFile::open(&model)?;
+            let mut rows = Vec::new();
+            let mut items = Vec::new();
+            for i in 0..file.names.len() {
+                let batch = file.read(i)?;
+                let results = read_results(std::slice::from_ref(&batch))?;
+                for r in &results {
+                    let n: usize = r.shape.iter().product();
+                    let bytes =
+                        r.data.len() + r.scales.nbytes() + r.zero_points.map_or(0, |z| z.nbytes());
+                    let bpw = if n == 0 {
+                        0.0
+                    } else {
+                        bytes as f64 * 8.0 / n as f64
+                    };
+                    items.push(serde_json::json!({"name": r.name, "shape": r.shape, "dtype": r.dtype, "encoding": r.encoding.name(), "bits_per_weight": bpw, "bytes": bytes, "cosine": r.quality.cosine, "rel_mse": r.quality.rel_mse}));
+                    rows.push(vec![
+                        r.name.to_string(),
+                        format!("{:?}", r.shape),
+                        r.dtype.to_string(),
+                        r.encoding.name().to_string(),
+                        format!("{bpw:.3}"),
+                        format!("{:.6}", r.quality.cosine),
+                        format!("{:.3e}", r.quality.rel_mse),
+                    ]);
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"metadata": file.metadata, "tensors": items})
+                );
+            } else {
+                print_rows(
+                    &[
+                        "name", "shape", "dtype", "encoding", "bits/w", "cosine", "rel-MSE",
+                    ],
+                    &rows,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            model,
+            output,
+            dtype,
+        } => {
+            export_safetensors(&model, &output, ExportDtype::parse(&dtype)?)?;
+            println!("wrote {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

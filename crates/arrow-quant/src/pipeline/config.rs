@@ -1,0 +1,154 @@
+//! Settings of a whole-model run: the kernel config, the layer policy, the quality floor and fallback, the output
+//! format; deployment profiles `edge`, `local`, `cloud`.
+
+use crate::config::{BitWidth, GroupSize, Method, QuantConfig, ScaleDtype};
+use crate::error::{QuantError, Result};
+
+/// File format of a quantized model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Parquet with zstd compression.
+    Parquet,
+    /// Arrow IPC file (memory-mappable).
+    ArrowIpc,
+}
+
+impl OutputFormat {
+    /// Parses `parquet` or `arrow`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "parquet" => Ok(Self::Parquet),
+            "arrow" | "ipc" | "arrow_ipc" => Ok(Self::ArrowIpc),
+            other => Err(QuantError::config(
+                "format",
+                format!("{other:?}"),
+                "\"parquet\" or \"arrow\"",
+            )),
+        }
+    }
+
+    /// `parquet` or `arrow`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Parquet => "parquet",
+            Self::ArrowIpc => "arrow",
+        }
+    }
+}
+
+/// Default name patterns (case-insensitive substrings) of tensors kept in 16-bit.
+pub const DEFAULT_KEEP_PATTERNS: [&str; 8] = [
+    "norm",
+    "bias",
+    "time_embed",
+    "timestep",
+    "t_embedder",
+    "time_proj",
+    "temb",
+    "time_embedding",
+];
+
+/// Everything a whole-model run needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Profile the settings came from, if any.
+    pub profile: Option<String>,
+    /// Kernel settings; `bits` is the first width tried.
+    pub quant: QuantConfig,
+    /// Minimum cosine similarity a quantized layer must reach; below it the next width is tried.
+    pub quality_floor: f64,
+    /// Stop the run (quality error) instead of falling back.
+    pub fail_fast: bool,
+    /// Tensors with fewer elements stay in 16-bit.
+    pub min_elements: usize,
+    /// Name patterns of tensors kept in 16-bit.
+    pub keep_patterns: Vec<String>,
+    /// Keep the first and the last quantizable layer in 16-bit.
+    pub keep_first_last: bool,
+    /// Output file format.
+    pub format: OutputFormat,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self::profile("local").unwrap_or_else(|_| unreachable!("the local profile exists"))
+    }
+}
+
+impl PipelineConfig {
+    /// Names of the deployment profiles.
+    pub const PROFILES: [&'static str; 3] = ["edge", "local", "cloud"];
+
+    /// A deployment profile: `edge` (INT2 first, group 256, floor 0.65), `local` (INT4, group 128, floor 0.85),
+    /// `cloud` (INT8, group 64, floor 0.95).
+    pub fn profile(name: &str) -> Result<Self> {
+        let (bits, group, floor) = match name {
+            "edge" => (BitWidth::Int2, 256, 0.65),
+            "local" => (BitWidth::Int4, 128, 0.85),
+            "cloud" => (BitWidth::Int8, 64, 0.95),
+            other => {
+                return Err(QuantError::config(
+                    "profile",
+                    format!("{other:?}"),
+                    "\"edge\", \"local\" or \"cloud\"",
+                ))
+            }
+        };
+        Ok(Self {
+            profile: Some(name.to_string()),
+            quant: QuantConfig {
+                bits,
+                group_size: GroupSize::Elements(group),
+                symmetric: false,
+                method: Method::Mse,
+                scale_dtype: ScaleDtype::F16,
+            },
+            quality_floor: floor,
+            fail_fast: false,
+            min_elements: 1024,
+            keep_patterns: DEFAULT_KEEP_PATTERNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            keep_first_last: true,
+            format: OutputFormat::Parquet,
+        })
+    }
+
+    /// Checks the fields that have no type-level guarantee.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.quality_floor) {
+            return Err(QuantError::config(
+                "quality_floor",
+                self.quality_floor,
+                "a cosine similarity in [0, 1]",
+            ));
+        }
+        if let Some(p) = self.keep_patterns.iter().find(|p| p.is_empty()) {
+            return Err(QuantError::config(
+                "keep_patterns",
+                format!("{p:?}"),
+                "non-empty name patterns",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings as JSON (stored in the output file's metadata).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "profile": self.profile,
+            "bit_width": self.quant.bits.bits(),
+            "group_size": self.quant.group_size.to_string(),
+            "symmetric": self.quant.symmetric,
+            "method": self.quant.method.name(),
+            "scale_dtype": self.quant.scale_dtype.name(),
+            "quality_floor": self.quality_floor,
+            "fail_fast": self.fail_fast,
+            "min_elements": self.min_elements,
+            "keep_patterns": self.keep_patterns,
+            "keep_first_last": self.keep_first_last,
+            "format": self.format.name(),
+        })
+    }
+}

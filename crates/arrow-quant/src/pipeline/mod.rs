@@ -1,0 +1,16 @@
+//! The model pipeline: checkpoints to quantized model files (`run`), the layer policy and quality fallback,
+//! the file writer and lazy reader (`model_file`), validation and export back to safetensors (`tools`).
+
+mod atomic_file;
+pub mod config;
+pub mod model_file;
+pub mod policy;
+pub mod report;
+pub mod run;
+pub mod tools;
+
+pub use config::{OutputFormat, PipelineConfig};
+pub use model_file::{ModelFile, ModelWriter};
+pub use report::{LayerReport, Report};
+pub use run::{quantize_model, Progress};
+pub use tools::{export_safetensors, validate_model, ExportDtype, Validation};

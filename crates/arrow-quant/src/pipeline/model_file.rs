@@ -1,0 +1,273 @@
+//! The quantized model file: one row group (Parquet, zstd) or one record batch (Arrow IPC) per tensor, written
+//! tensor by tensor through an [`AtomicFile`], with the run's metadata in the footer; read back lazily.
+
+use super::atomic_file::AtomicFile;
+use super::config::OutputFormat;
+use crate::arrow::schema::{
+    col, result_schema, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, VERSION_KEY,
+};
+use crate::config::ScaleDtype;
+use crate::error::{QuantError, Result};
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::FileReader;
+use arrow_ipc::writer::FileWriter;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Metadata key: the source model path.
+pub const SOURCE_KEY: &str = "arrow_quant.source";
+/// Metadata key: the run's configuration (JSON).
+pub const CONFIG_KEY: &str = "arrow_quant.config";
+/// Metadata key: the quality report summary (JSON).
+pub const REPORT_KEY: &str = "arrow_quant.report";
+/// Metadata key: the tensor names in file order (JSON list), so readers need not scan the file.
+pub const TENSORS_KEY: &str = "arrow_quant.tensors";
+
+enum Sink {
+    Parquet(ArrowWriter<File>),
+    Ipc(FileWriter<File>),
+}
+
+/// Writes a quantized model one tensor at a time.
+pub struct ModelWriter {
+    sink: Sink,
+    file: AtomicFile,
+    path: PathBuf,
+    names: Vec<String>,
+}
+
+fn parquet_err(path: &Path, e: impl std::fmt::Display) -> QuantError {
+    QuantError::format(path, format!("writing failed: {e}"))
+}
+
+impl ModelWriter {
+    /// Starts a model file at `path` (it appears only when [`ModelWriter::finish`] succeeds).
+    pub fn create(path: &Path, format: OutputFormat, scale_dtype: ScaleDtype) -> Result<Self> {
+        let file = AtomicFile::create(path)?;
+        let schema = std::sync::Arc::new(result_schema(scale_dtype));
+        let handle = file.handle()?;
+        let sink = match format {
+            OutputFormat::Parquet => {
+                let level = ZstdLevel::try_new(1).map_err(|e| parquet_err(path, e))?;
+                let no_stats = |c: &str| ColumnPath::from(c);
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(level))
+                    .set_dictionary_enabled(false)
+                    .set_column_statistics_enabled(no_stats(col::DATA), EnabledStatistics::None)
+                    .set_column_statistics_enabled(no_stats(col::PARAMS), EnabledStatistics::None)
+                    // Packed codes are close to random bytes: zstd gains little on them and costs throughput.
+                    .set_column_compression(no_stats(col::DATA), Compression::UNCOMPRESSED)
+                    .build();
+                Sink::Parquet(
+                    ArrowWriter::try_new(handle, schema, Some(props))
+                        .map_err(|e| parquet_err(path, e))?,
+                )
+            }
+            OutputFormat::ArrowIpc => {
+                Sink::Ipc(FileWriter::try_new(handle, &schema).map_err(|e| parquet_err(path, e))?)
+            }
+        };
+        Ok(Self {
+            sink,
+            file,
+            path: path.to_path_buf(),
+            names: Vec::new(),
+        })
+    }
+
+    /// Writes one tensor's row (a one-row batch of the result schema) as its own row group / batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let path = self.path.clone();
+        match &mut self.sink {
+            Sink::Parquet(w) => {
+                w.write(batch).map_err(|e| parquet_err(&path, e))?;
+                w.flush().map_err(|e| parquet_err(&path, e))?;
+            }
+            Sink::Ipc(w) => w.write(batch).map_err(|e| parquet_err(&path, e))?,
+        }
+        if let Some(names) = batch.column_by_name(col::NAME) {
+            use arrow_array::cast::AsArray;
+            self.names.extend(
+                names
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the footer with `metadata` (plus the format keys and the tensor list) and moves the file into place.
+    pub fn finish(self, metadata: Vec<(String, String)>) -> Result<()> {
+        let path = self.path;
+        let mut all = vec![
+            (FORMAT_KEY.to_string(), FORMAT_NAME.to_string()),
+            (VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
+            (
+                TENSORS_KEY.to_string(),
+                serde_json::Value::from(self.names).to_string(),
+            ),
+        ];
+        all.extend(metadata);
+        match self.sink {
+            Sink::Parquet(mut w) => {
+                for (k, v) in all {
+                    w.append_key_value_metadata(KeyValue::new(k, v));
+                }
+                w.close().map_err(|e| parquet_err(&path, e))?;
+            }
+            Sink::Ipc(mut w) => {
+                for (k, v) in all {
+                    w.write_metadata(k, v);
+                }
+                w.finish().map_err(|e| parquet_err(&path, e))?;
+            }
+        }
+        self.file.commit()
+    }
+}
+
+enum Source {
+    Parquet {
+        file: File,
+        meta: ArrowReaderMetadata,
+    },
+    Ipc(Mutex<FileReader<File>>),
+}
+
+/// A quantized model file opened for lazy reading, one tensor at a time.
+pub struct ModelFile {
+    path: PathBuf,
+    source: Source,
+    /// Footer metadata (format, config, report, tensors).
+    pub metadata: HashMap<String, String>,
+    /// Tensor names in file order.
+    pub names: Vec<String>,
+}
+
+impl ModelFile {
+    /// Opens a Parquet or Arrow IPC model file (detected from its magic bytes).
+    pub fn open(path: &Path) -> Result<Self> {
+        let not_found = || QuantError::ModelNotFound {
+            path: path.display().to_string(),
+            problem: "no such file".into(),
+        };
+        let mut file = File::open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                not_found()
+            } else {
+                QuantError::io(path, &e)
+            }
+        })?;
+        let mut magic = [0u8; 6];
+        use std::io::Read;
+        let n = file
+            .read(&mut magic)
+            .map_err(|e| QuantError::io(path, &e))?;
+        let file = File::open(path).map_err(|e| QuantError::io(path, &e))?;
+        let bad = |e: &dyn std::fmt::Display| {
+            QuantError::format(path, format!("not a readable quantized model: {e}"))
+        };
+        let (source, metadata) = if n >= 4 && &magic[..4] == b"PAR1" {
+            let meta = ArrowReaderMetadata::load(&file, Default::default()).map_err(|e| bad(&e))?;
+            let kv = meta
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .cloned()
+                .unwrap_or_default();
+            let metadata = kv
+                .into_iter()
+                .filter_map(|kv| Some((kv.key, kv.value?)))
+                .collect();
+            (Source::Parquet { file, meta }, metadata)
+        } else if n == 6 && &magic == b"ARROW1" {
+            let reader = FileReader::try_new(file, None).map_err(|e| bad(&e))?;
+            let metadata = reader.custom_metadata().clone();
+            (Source::Ipc(Mutex::new(reader)), metadata)
+        } else {
+            return Err(QuantError::format(
+                path,
+                "neither a Parquet nor an Arrow IPC file (bad magic bytes)",
+            ));
+        };
+        if metadata.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT_NAME) {
+            return Err(QuantError::format(
+                path,
+                format!("no '{FORMAT_KEY} = {FORMAT_NAME}' metadata: not an arrow-quant model"),
+            ));
+        }
+        let names: Vec<String> = metadata
+            .get(TENSORS_KEY)
+            .and_then(|t| serde_json::from_str(t).ok())
+            .ok_or_else(|| {
+                QuantError::format(
+                    path,
+                    format!("metadata '{TENSORS_KEY}' is missing or not a JSON list"),
+                )
+            })?;
+        let model = Self {
+            path: path.to_path_buf(),
+            source,
+            metadata,
+            names,
+        };
+        let stored = match &model.source {
+            Source::Parquet { meta, .. } => meta.metadata().num_row_groups(),
+            Source::Ipc(r) => r.lock().map_or(0, |r| r.num_batches()),
+        };
+        if stored != model.names.len() {
+            return Err(QuantError::format(
+                path,
+                format!("{} tensors listed but {stored} stored", model.names.len()),
+            ));
+        }
+        Ok(model)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The one-row batch of tensor `index`.
+    pub fn read(&self, index: usize) -> Result<RecordBatch> {
+        let bad = |e: &dyn std::fmt::Display| {
+            QuantError::format(&self.path, format!("tensor {index}: {e}"))
+        };
+        match &self.source {
+            Source::Parquet { file, meta } => {
+                let file = file
+                    .try_clone()
+                    .map_err(|e| QuantError::io(&self.path, &e))?;
+                let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+                    .with_row_groups(vec![index])
+                    .build()
+                    .map_err(|e| bad(&e))?;
+                let mut batches = reader
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| bad(&e))?;
+                // Each row group holds one tensor's row, so it reads back as one batch.
+                batches.pop().ok_or_else(|| bad(&"empty row group"))
+            }
+            Source::Ipc(reader) => {
+                let mut r = reader
+                    .lock()
+                    .map_err(|_| bad(&"reader poisoned by an earlier panic"))?;
+                r.set_index(index).map_err(|e| bad(&e))?;
+                r.next()
+                    .ok_or_else(|| bad(&"missing batch"))?
+                    .map_err(|e| bad(&e))
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Which tensors are quantized: floats of at least 2 dimensions and `min_elements`, except names matching a keep
+//! pattern and the model's first and last layers, which stay in 16-bit.
+//!
+//! A checkpoint does not record layer order (safetensors files are usually sorted by name), so the first and last
+//! layers are recognised by the top-level names diffusion models and LLMs give them: `conv_in.` / `conv_out.`
+//! (UNets), `x_embedder.` / `patch_embed.` / `final_layer.` / `proj_out.` / `context_embedder.` (DiT, SD3, Flux),
+//! `lm_head.` (language models).
+
+use super::config::PipelineConfig;
+use crate::checkpoint::{Dtype, TensorEntry};
+
+/// What happens to one tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Quantize (subject to the quality floor).
+    Quantize,
+    /// Keep the values in 16-bit (f32 sources become f16), for this reason.
+    Keep(String),
+    /// Carry the bytes through unchanged (not a float type the kernels take).
+    Raw,
+}
+
+/// Name prefixes of first and last layers (see the module documentation).
+pub const FIRST_LAST_PREFIXES: [&str; 8] = [
+    "conv_in.",
+    "conv_out.",
+    "x_embedder.",
+    "patch_embed.",
+    "final_layer.",
+    "proj_out.",
+    "context_embedder.",
+    "lm_head.",
+];
+
+/// Decides every tensor of a checkpoint, in order.
+pub fn decide(config: &PipelineConfig, tensors: &[&TensorEntry]) -> Vec<Decision> {
+    let patterns: Vec<String> = config
+        .keep_patterns
+        .iter()
+        .map(|p| p.to_lowercase())
+        .collect();
+    tensors
+        .iter()
+        .map(|t| {
+            if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                return if matches!(t.dtype, Dtype::F64) {
+                    Decision::Keep("f64 is stored as f16".into())
+                } else {
+                    Decision::Raw
+                };
+            }
+            if t.shape.len() < 2 {
+                return Decision::Keep(format!("{}-D tensor", t.shape.len()));
+            }
+            if t.len() < config.min_elements {
+                return Decision::Keep(format!("fewer than {} elements", config.min_elements));
+            }
+            let lower = t.name.to_lowercase();
+            if let Some(p) = patterns.iter().find(|p| lower.contains(p.as_str())) {
+                return Decision::Keep(format!("name matches keep pattern '{p}'"));
+            }
+            if config.keep_first_last {
+                if let Some(p) = FIRST_LAST_PREFIXES.iter().find(|p| lower.starts_with(*p)) {
+                    return Decision::Keep(format!("first or last layer ('{p}')"));
+                }
+            }
+            Decision::Quantize
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, dtype: Dtype, shape: &[usize]) -> TensorEntry {
+        TensorEntry {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            begin: 0,
+            end: 0,
+        }
+    }
+
+    #[test]
+    fn default_policy() {
+        let t = [
+            entry("conv_in.weight", Dtype::F32, &[64, 3, 3, 3]),
+            entry("blocks.0.attn.qkv.weight", Dtype::F16, &[192, 64]),
+            entry("blocks.0.norm1.weight", Dtype::F32, &[64]),
+            entry("blocks.0.attn.proj.bias", Dtype::F32, &[64]),
+            entry("time_embed.0.weight", Dtype::F32, &[256, 64]),
+            entry("blocks.0.mlp.fc1.weight", Dtype::BF16, &[256, 64]),
+            entry("tiny.weight", Dtype::F32, &[4, 4]),
+            entry("position_ids", Dtype::I64, &[1, 512]),
+            entry("conv_out.weight", Dtype::F32, &[3, 64, 3, 3]),
+        ];
+        let refs: Vec<&TensorEntry> = t.iter().collect();
+        let d = decide(&PipelineConfig::default(), &refs);
+        assert_eq!(
+            d[0],
+            Decision::Keep("first or last layer ('conv_in.')".into())
+        );
+        assert_eq!(d[1], Decision::Quantize);
+        assert_eq!(d[2], Decision::Keep("1-D tensor".into()));
+        assert!(matches!(&d[4], Decision::Keep(r) if r.contains("time_embed")));
+        assert_eq!(d[5], Decision::Quantize);
+        assert!(matches!(&d[6], Decision::Keep(r) if r.contains("fewer than")));
+        assert_eq!(d[7], Decision::Raw);
+        assert_eq!(
+            d[8],
+            Decision::Keep("first or last layer ('conv_out.')".into())
+        );
+        let no_edges = PipelineConfig {
+            keep_first_last: false,
+            ..PipelineConfig::default()
+        };
+        assert_eq!(decide(&no_edges, &refs)[0], Decision::Quantize);
+    }
+}

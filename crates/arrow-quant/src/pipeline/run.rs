@@ -1,0 +1,256 @@
+//! The main job: a checkpoint in, a quantized model file out, tensor by tensor (memory bounded by the largest
+//! tensor), with the quality floor and per-layer fallback (2 -> 4 -> 8 -> kept in 16-bit), progress, and a report.
+
+use super::config::PipelineConfig;
+use super::model_file::{ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY};
+use super::policy::{decide, Decision};
+use super::report::{LayerReport, Report};
+use crate::arrow::output::{plain_batch, tensors_to_batch, RowEncoding, RowMeta};
+use crate::checkpoint::{float_values, Checkpoint, Dtype, SafetensorsFile, TensorEntry};
+use crate::config::{BitWidth, QuantConfig};
+use crate::error::{QuantError, Result};
+use crate::quantize::quantize_tensor;
+use crate::quantized::{Quality, QuantizedTensor};
+use crate::tensor::TensorView;
+use half::f16;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Progress of a run, reported after each tensor.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The tensor just written.
+    pub tensor: String,
+    /// Tensors done so far.
+    pub done: usize,
+    /// Tensors in the checkpoint.
+    pub total: usize,
+    /// Source bytes done so far.
+    pub bytes_done: usize,
+    /// Source bytes in the checkpoint.
+    pub bytes_total: usize,
+}
+
+/// The widths tried after `first`, in order.
+fn fallback_chain(first: BitWidth) -> Vec<BitWidth> {
+    [BitWidth::Int2, BitWidth::Int4, BitWidth::Int8]
+        .into_iter()
+        .filter(|b| *b >= first)
+        .collect()
+}
+
+/// f32 values of a tensor (for keeping in 16-bit and for validation).
+pub(crate) fn values_f32(file: &SafetensorsFile, entry: &TensorEntry) -> Option<Vec<f32>> {
+    if entry.dtype == Dtype::F64 {
+        let b = file.bytes(entry);
+        return Some(
+            b.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+                .collect(),
+        );
+    }
+    let values = float_values(file, entry)?;
+    let mut out = vec![0f32; entry.len()];
+    match values.data() {
+        crate::tensor::TensorData::F32(x) => out.copy_from_slice(x),
+        crate::tensor::TensorData::F16(x) => {
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(x, &mut out)
+        }
+        crate::tensor::TensorData::BF16(x) => {
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(x, &mut out)
+        }
+    }
+    Some(out)
+}
+
+/// The 16-bit form of a kept tensor: f16 and bf16 sources unchanged, f32 / f64 rounded to f16 (kept in f32 if
+/// that would overflow), with the quality of that rounding.
+fn keep_bytes(file: &SafetensorsFile, entry: &TensorEntry) -> (&'static str, u8, Vec<u8>, Quality) {
+    let exact = Quality {
+        cosine: 1.0,
+        rel_mse: 0.0,
+    };
+    match entry.dtype {
+        Dtype::F16 => ("f16", 16, file.bytes(entry).to_vec(), exact),
+        Dtype::BF16 => ("bf16", 16, file.bytes(entry).to_vec(), exact),
+        _ => {
+            let values = values_f32(file, entry).unwrap_or_default();
+            let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+            if halves
+                .iter()
+                .zip(&values)
+                .any(|(h, v)| h.is_infinite() && v.is_finite())
+            {
+                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                return ("f32", 32, bytes, exact);
+            }
+            let (mut xx, mut ee, mut xy, mut yy) = (0f64, 0f64, 0f64, 0f64);
+            for (h, &v) in halves.iter().zip(&values) {
+                let (x, y) = (f64::from(v), f64::from(h.to_f32()));
+                xx += x * x;
+                ee += (x - y) * (x - y);
+                xy += x * y;
+                yy += y * y;
+            }
+            let bytes = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+            ("f16", 16, bytes, Quality::from_sums(xx, ee, xy, yy))
+        }
+    }
+}
+
+/// Quantizes at the first width, then the next ones while the cosine misses the floor. Returns the accepted
+/// tensor (or `None`: keep in 16-bit) and the reason for any fallback.
+fn quantize_with_fallback(
+    view: &TensorView<'_>,
+    config: &PipelineConfig,
+) -> Result<(Option<QuantizedTensor>, Option<String>)> {
+    let mut misses = Vec::new();
+    for bits in fallback_chain(config.quant.bits) {
+        let q = quantize_tensor(
+            view,
+            &QuantConfig {
+                bits,
+                ..config.quant
+            },
+        )?;
+        if q.quality.cosine >= config.quality_floor {
+            return Ok((Some(q), (!misses.is_empty()).then(|| misses.join("; "))));
+        }
+        let miss = format!(
+            "cosine {:.4} < floor {:.4} at {}",
+            q.quality.cosine,
+            config.quality_floor,
+            bits.encoding_name()
+        );
+        if config.fail_fast {
+            return Err(QuantError::Quality {
+                tensor: view.name.to_string(),
+                problem: miss,
+            });
+        }
+        misses.push(miss);
+    }
+    misses.push("kept in 16-bit".into());
+    Ok((None, Some(misses.join("; "))))
+}
+
+/// Quantizes the checkpoint at `input` into the model file `output`. `on_progress` is called after each tensor;
+/// setting `cancel` stops the run before the next tensor (nothing is written then).
+pub fn quantize_model(
+    input: &Path,
+    output: &Path,
+    config: &PipelineConfig,
+    cancel: &AtomicBool,
+    on_progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report> {
+    config.validate()?;
+    let start = Instant::now();
+    let checkpoint = Checkpoint::open(input)?;
+    let tensors: Vec<(&SafetensorsFile, &TensorEntry)> = checkpoint.tensors().collect();
+    let entries: Vec<&TensorEntry> = tensors.iter().map(|(_, t)| *t).collect();
+    let decisions = decide(config, &entries);
+    let bytes_total = checkpoint.data_bytes();
+    let mut writer = ModelWriter::create(output, config.format, config.quant.scale_dtype)?;
+    let mut report = Report::default();
+    let mut bytes_done = 0;
+    for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(QuantError::Cancelled {
+                tensor: entry.name.clone(),
+            });
+        }
+        file.prefetch(entry);
+        let dtype = entry.dtype.name().to_lowercase();
+        let mut layer = LayerReport::new(entry, &dtype);
+        let batch = match decision {
+            Decision::Quantize => {
+                let values = float_values(file, entry)
+                    .ok_or_else(|| QuantError::schema(&entry.name, "not a float tensor"))?;
+                let view = TensorView::new(&entry.name, &entry.shape, values.data())?;
+                let (quantized, reason) = quantize_with_fallback(&view, config)?;
+                layer.fallback = reason;
+                match quantized {
+                    Some(q) => {
+                        layer.set_quantized(&q);
+                        let meta = RowMeta::quantized(
+                            &q.name,
+                            &q.shape,
+                            q.source_dtype,
+                            q.config,
+                            q.quality,
+                        );
+                        tensors_to_batch(&[meta], &[q.view()])?
+                    }
+                    None => keep_row(file, entry, &dtype, &mut layer, config)?,
+                }
+            }
+            Decision::Keep(reason) => {
+                layer.kept = Some(reason.clone());
+                keep_row(file, entry, &dtype, &mut layer, config)?
+            }
+            Decision::Raw => {
+                layer.kept = Some(format!(
+                    "{} is carried through unchanged",
+                    entry.dtype.name()
+                ));
+                let bits = (entry.dtype.size() * 8) as u8;
+                let meta = RowMeta {
+                    name: &entry.name,
+                    shape: &entry.shape,
+                    dtype: &dtype,
+                    encoding: RowEncoding::Plain {
+                        encoding: "raw",
+                        bits,
+                    },
+                    quality: Quality {
+                        cosine: 1.0,
+                        rel_mse: 0.0,
+                    },
+                };
+                layer.set_plain("raw", bits, entry.end - entry.begin, meta.quality);
+                plain_batch(&meta, file.bytes(entry).to_vec(), config.quant.scale_dtype)?
+            }
+        };
+        writer.write(&batch)?;
+        drop(batch);
+        file.release(entry);
+        bytes_done += entry.end - entry.begin;
+        report.push(layer);
+        on_progress(Progress {
+            tensor: entry.name.clone(),
+            done: i + 1,
+            total: tensors.len(),
+            bytes_done,
+            bytes_total,
+        });
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    let metadata = vec![
+        (SOURCE_KEY.to_string(), input.display().to_string()),
+        (CONFIG_KEY.to_string(), config.to_json().to_string()),
+        (REPORT_KEY.to_string(), report.summary_json().to_string()),
+    ];
+    writer.finish(metadata)?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn keep_row(
+    file: &SafetensorsFile,
+    entry: &TensorEntry,
+    dtype: &str,
+    layer: &mut LayerReport,
+    config: &PipelineConfig,
+) -> Result<arrow_array::RecordBatch> {
+    let (encoding, bits, bytes, quality) = keep_bytes(file, entry);
+    layer.set_plain(encoding, bits, bytes.len(), quality);
+    let meta = RowMeta {
+        name: &entry.name,
+        shape: &entry.shape,
+        dtype,
+        encoding: RowEncoding::Plain { encoding, bits },
+        quality,
+    };
+    plain_batch(&meta, bytes, config.quant.scale_dtype)
+}

@@ -1,0 +1,246 @@
+//! Working with a finished model file: validate it against its source checkpoint, export it back to
+//! `.safetensors` (dequantized), both one tensor at a time.
+
+use super::atomic_file::AtomicFile;
+use super::model_file::{ModelFile, CONFIG_KEY};
+use super::run::values_f32;
+use crate::arrow::output::RowEncoding;
+use crate::arrow::result::read_results;
+use crate::checkpoint::Checkpoint;
+use crate::error::{QuantError, Result};
+use crate::quantized::Quality;
+use half::{bf16, f16};
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// Per-layer agreement of a model file with its source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validation {
+    /// `(name, encoding, measured quality, stored quality, passed)` per tensor.
+    pub layers: Vec<(String, String, Quality, Quality, bool)>,
+    /// The floor used (from the model's stored config).
+    pub floor: f64,
+}
+
+impl Validation {
+    /// True when every layer passed.
+    pub fn passed(&self) -> bool {
+        self.layers.iter().all(|l| l.4)
+    }
+
+    /// `{passed, floor, layers: [{name, encoding, cosine, rel_mse, stored_cosine, passed}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let layers: Vec<_> = self
+            .layers
+            .iter()
+            .map(|(name, encoding, measured, stored, passed)| {
+                serde_json::json!({"name": name, "encoding": encoding, "cosine": measured.cosine,
+                                   "rel_mse": measured.rel_mse, "stored_cosine": stored.cosine, "passed": passed})
+            })
+            .collect();
+        serde_json::json!({"passed": self.passed(), "floor": self.floor, "layers": layers})
+    }
+}
+
+fn quality(x: &[f32], y: &[f32]) -> Quality {
+    let (mut xx, mut ee, mut xy, mut yy) = (0f64, 0f64, 0f64, 0f64);
+    for (&a, &b) in x.iter().zip(y) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        xx += a * a;
+        ee += (a - b) * (a - b);
+        xy += a * b;
+        yy += b * b;
+    }
+    Quality::from_sums(xx, ee, xy, yy)
+}
+
+/// Re-reads the source checkpoint and the model file and measures every tensor again. A quantized layer passes
+/// when its measured cosine reaches the stored quality floor and agrees with the stored figure; a kept or raw
+/// tensor passes when it matches its source.
+pub fn validate_model(original: &Path, quantized: &Path) -> Result<Validation> {
+    let checkpoint = Checkpoint::open(original)?;
+    let model = ModelFile::open(quantized)?;
+    let floor = model
+        .metadata
+        .get(CONFIG_KEY)
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .and_then(|c| c.get("quality_floor").and_then(|f| f.as_f64()))
+        .unwrap_or(0.0);
+    let sources: HashMap<&str, _> = checkpoint
+        .tensors()
+        .map(|(f, t)| (t.name.as_str(), (f, t)))
+        .collect();
+    let mut layers = Vec::new();
+    for (i, name) in model.names.iter().enumerate() {
+        let batch = model.read(i)?;
+        let rows = read_results(std::slice::from_ref(&batch))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| QuantError::format(quantized, format!("tensor '{name}' has no row")))?;
+        let (file, entry) = sources.get(name.as_str()).ok_or_else(|| {
+            QuantError::format(
+                quantized,
+                format!(
+                    "tensor '{name}' is not in the source checkpoint {}",
+                    original.display()
+                ),
+            )
+        })?;
+        let (measured, passed) = match row.encoding {
+            RowEncoding::Plain {
+                encoding: "raw", ..
+            } => {
+                let same = row.data == file.bytes(entry);
+                (
+                    Quality {
+                        cosine: if same { 1.0 } else { 0.0 },
+                        rel_mse: if same { 0.0 } else { 1.0 },
+                    },
+                    same,
+                )
+            }
+            encoding => {
+                let source = values_f32(file, entry).ok_or_else(|| {
+                    QuantError::format(
+                        quantized,
+                        format!("tensor '{name}' is not a float tensor in the source"),
+                    )
+                })?;
+                let mut restored = vec![0f32; source.len()];
+                row.dequantize_into(&mut restored)?;
+                let q = quality(&source, &restored);
+                let ok = match encoding {
+                    RowEncoding::Quantized(_) => {
+                        q.cosine >= floor && (q.cosine - row.quality.cosine).abs() < 1e-6
+                    }
+                    RowEncoding::Plain { .. } => q.cosine >= 0.999,
+                };
+                (q, ok)
+            }
+        };
+        layers.push((
+            name.clone(),
+            row.encoding.name().to_string(),
+            measured,
+            row.quality,
+            passed,
+        ));
+    }
+    Ok(Validation { layers, floor })
+}
+
+/// Element type of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportDtype {
+    /// float16
+    F16,
+    /// bfloat16
+    BF16,
+    /// float32
+    F32,
+}
+
+impl ExportDtype {
+    /// Parses `f16`, `bf16` or `f32` (also `float16`, `bfloat16`, `float32`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f16" | "float16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::BF16),
+            "f32" | "float32" => Ok(Self::F32),
+            other => Err(QuantError::config(
+                "dtype",
+                format!("{other:?}"),
+                "\"f16\", \"bf16\" or \"f32\"",
+            )),
+        }
+    }
+
+    fn header_name(self) -> &'static str {
+        match self {
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::F32 => "F32",
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            _ => 2,
+        }
+    }
+}
+
+/// Writes a dequantized `.safetensors` of a model file: float tensors as `dtype`, raw tensors unchanged.
+pub fn export_safetensors(quantized: &Path, output: &Path, dtype: ExportDtype) -> Result<()> {
+    let model = ModelFile::open(quantized)?;
+    // First pass over the metadata only: names, shapes and sizes for the header.
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    let mut plan = Vec::with_capacity(model.names.len());
+    for i in 0..model.names.len() {
+        let batch = model.read(i)?;
+        let rows = read_results(std::slice::from_ref(&batch))?;
+        let row = &rows[0];
+        let (name, bytes) = match row.encoding {
+            RowEncoding::Plain {
+                encoding: "raw", ..
+            } => (row.dtype.to_uppercase(), row.data.len()),
+            _ => (
+                dtype.header_name().to_string(),
+                row.shape.iter().product::<usize>() * dtype.size(),
+            ),
+        };
+        header.insert(
+            row.name.to_string(),
+            serde_json::json!({"dtype": name, "shape": row.shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        plan.push(bytes);
+        offset += bytes;
+    }
+    header.insert(
+        "__metadata__".into(),
+        serde_json::json!({"format": "pt", "source": quantized.display().to_string()}),
+    );
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let file = AtomicFile::create(output)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file.handle()?);
+    let io = |e: std::io::Error| QuantError::io(output, &e);
+    out.write_all(&(text.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&text).map_err(io)?;
+    for (i, &planned) in plan.iter().enumerate() {
+        let batch = model.read(i)?;
+        let rows = read_results(std::slice::from_ref(&batch))?;
+        let row = &rows[0];
+        if let RowEncoding::Plain {
+            encoding: "raw", ..
+        } = row.encoding
+        {
+            out.write_all(row.data).map_err(io)?;
+            continue;
+        }
+        let mut values = vec![0f32; row.shape.iter().product()];
+        row.dequantize_into(&mut values)?;
+        let bytes: Vec<u8> = match dtype {
+            ExportDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ExportDtype::F16 => values
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect(),
+            ExportDtype::BF16 => values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        };
+        debug_assert_eq!(bytes.len(), planned);
+        out.write_all(&bytes).map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    drop(out);
+    file.commit()
+}
