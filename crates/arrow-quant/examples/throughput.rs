@@ -17,7 +17,7 @@ fn main() {
         .collect();
     let view = TensorView::new("probe", &shape, TensorData::F32(&w)).expect("shape");
     for bits in [BitWidth::Int8, BitWidth::Int4, BitWidth::Int2] {
-        for method in [Method::Rtn, Method::Mse] {
+        for method in [Method::Rtn, Method::Mse, Method::Hqq, Method::TwoLevel] {
             let config = QuantConfig {
                 bits,
                 group_size: GroupSize::Elements(64),

@@ -106,7 +106,7 @@ impl QuantizedView<'_> {
     pub fn dequantize_into_half<T: DequantOutput>(&self, out: &mut [T]) -> Result<()> {
         self.check_output(out.len())?;
         if self.params.is_some() {
-            let mut values = vec![0f32; out.len()];
+            let mut values = crate::output::zeroed_f32(out.len());
             self.dequantize_into(&mut values)?;
             out.par_chunks_mut(CONVERT_CHUNK)
                 .zip(values.par_chunks(CONVERT_CHUNK))
@@ -131,7 +131,7 @@ impl QuantizedView<'_> {
 
     /// Dequantizes to a new f32 vector in row-major order.
     pub fn dequantize(&self) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; self.len()];
+        let mut out = crate::output::zeroed_f32(self.len());
         self.dequantize_into(&mut out)?;
         Ok(out)
     }

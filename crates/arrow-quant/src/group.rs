@@ -256,16 +256,37 @@ pub(crate) fn quantize_magic(v: f32, inv_scale: f32, zero_magic: f32, qmax_magic
 #[inline(always)]
 pub(crate) fn encode(x: &[f32], p: GroupParams, rule: GroupRule, codes: &mut [u8]) -> GroupSums {
     let inv = 1.0 / p.scale;
-    let qm = rule.qmax() + MAGIC;
+    let zm = p.zero + MAGIC;
+    if zm - MAGIC == p.zero {
+        // Integer zero point: one rounding, `v / s + z` to the nearest code.
+        encode_with(x, codes, p, |v| {
+            quantize_magic(v, inv, zm, rule.qmax() + MAGIC)
+        })
+    } else {
+        // `hqq` zero points are fractional: add the zero before MAGIC, which rounds to an integer.
+        encode_with(x, codes, p, |v| {
+            quantize_magic(v * inv + p.zero, 1.0, MAGIC, rule.qmax() + MAGIC)
+        })
+    }
+}
+
+/// [`encode`] with the rounding `round` (returning the code in the `MAGIC` domain).
+#[inline(always)]
+fn encode_with(
+    x: &[f32],
+    codes: &mut [u8],
+    p: GroupParams,
+    round: impl Fn(f32) -> f32,
+) -> GroupSums {
     let mut xx = [0f32; LANES];
     let mut ee = [0f32; LANES];
     let mut yy = [0f32; LANES];
     let mut xs = x.chunks_exact(LANES);
     let mut cs = codes.chunks_exact_mut(LANES);
     let step = |v: f32, out: &mut u8, xx: &mut f32, ee: &mut f32, yy: &mut f32| {
-        // `hqq` zero points are fractional: add the zero before MAGIC, which rounds to an integer.
-        let t = quantize_magic(v * inv + p.zero, 1.0, MAGIC, qm);
+        let t = round(v);
         *out = (t.to_bits() - MAGIC_BITS) as u8;
+        // Exactly the dequantization `(code - zero) * scale`.
         let y = ((t - MAGIC) - p.zero) * p.scale;
         let e = v - y;
         *xx += v * v;

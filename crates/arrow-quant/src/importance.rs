@@ -25,12 +25,6 @@ impl ChannelWeights {
         Ok(Self { normalised })
     }
 
-    /// The weight of column `col`.
-    #[inline(always)]
-    pub(crate) fn at(&self, col: usize) -> f32 {
-        self.normalised.as_ref().map_or(1.0, |w| w[col])
-    }
-
     /// The weights of columns `start..start + len` (`None` for unit weights).
     #[inline(always)]
     pub(crate) fn slice(&self, start: usize, len: usize) -> Option<&[f32]> {
@@ -76,9 +70,8 @@ mod tests {
     #[test]
     fn normalises_to_mean_one_with_a_floor() {
         let w = ChannelWeights::new("t", Some(&[0.0, 2.0, 2.0, 4.0]), 4).unwrap();
-        assert_eq!(w.at(0), FLOOR);
-        assert_eq!(w.at(3), 2.0);
-        assert_eq!(ChannelWeights::new("t", None, 4).unwrap().at(2), 1.0);
+        assert_eq!(w.slice(0, 4), Some(&[FLOOR, 1.0, 1.0, 2.0][..]));
+        assert_eq!(ChannelWeights::new("t", None, 4).unwrap().slice(1, 2), None);
     }
 
     #[test]

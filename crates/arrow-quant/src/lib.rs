@@ -26,6 +26,7 @@ mod hqq;
 pub mod importance;
 pub mod layout;
 mod mse;
+pub mod output;
 pub mod packing;
 pub mod quantize;
 mod quantize_two_level;

@@ -89,7 +89,8 @@ struct Scratch {
     converted: Vec<f32>,
 }
 
-/// Fills a tile with the sub-blocks of up to `16 / K` super-blocks starting at chunk-local super-block `q0`.
+/// Fills a tile with the sub-blocks of up to `16 / K` super-blocks (their flat `(start, len)` in `supers`).
+/// Sets `tile.unit` when every weight of a valid lane is 1 and no lane is padded.
 #[inline(always)]
 fn gather<const S: usize>(
     tile: &mut Tile<S>,
@@ -100,6 +101,7 @@ fn gather<const S: usize>(
     weights: &ChannelWeights,
 ) {
     let k = lay.spec.subs_per_super;
+    let mut unit = true;
     for l in 0..LANES {
         let (g, j) = (l / k, l % k);
         let (start, len) = supers.get(g).map_or((0, 0), |&(s, n)| {
@@ -109,16 +111,22 @@ fn gather<const S: usize>(
         tile.len[l] = len;
         let local = start - chunk_start;
         let pad = if len > 0 { x[local] } else { 0.0 };
-        for i in 0..S {
-            if i < len {
-                tile.x[i][l] = x[local + i];
-                tile.w[i][l] = weights.at((start + i) % lay.view_cols.max(1));
-            } else {
-                tile.x[i][l] = pad;
-                tile.w[i][l] = 0.0;
-            }
+        // A sub-block never crosses a row of the 2-D view, so its columns are consecutive.
+        let w = weights.slice(start % lay.view_cols.max(1), len);
+        unit &= w.is_none() && (len == 0 || len == S);
+        for (i, &v) in x[local..local + len].iter().enumerate() {
+            tile.x[i][l] = v;
+        }
+        match w {
+            Some(w) => (0..len).for_each(|i| tile.w[i][l] = w[i]),
+            None => (0..len).for_each(|i| tile.w[i][l] = 1.0),
+        }
+        for i in len..S {
+            tile.x[i][l] = pad;
+            tile.w[i][l] = 0.0;
         }
     }
+    tile.unit = unit;
 }
 
 /// Quantizes one chunk with sub-blocks of `S` elements.
@@ -133,7 +141,8 @@ fn chunk_impl<const S: usize>(
     codes: &mut [u8],
     params: &mut [u8],
 ) -> Result<[f64; 4], ChunkFailure> {
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+    if !crate::group::scan(x).finite {
+        let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return Err(ChunkFailure::NonFinite {
             index: i,
             value: x[i],
@@ -162,8 +171,13 @@ fn chunk_impl<const S: usize>(
         }
         let supers = &ranges[..count];
         gather(&mut tile, lay, x, chunk_start, supers, weights);
-        let sums = search_tile(&tile, spec, &mut found[..count], &mut out)
-            .map_err(|_| ChunkFailure::Overflow { super_block: q })?;
+        let found = &mut found[..count];
+        let sums = if tile.unit {
+            search_tile::<S, false>(&tile, spec, found, &mut out)
+        } else {
+            search_tile::<S, true>(&tile, spec, found, &mut out)
+        };
+        let sums = sums.map_err(|_| ChunkFailure::Overflow { super_block: q })?;
         for l in 0..LANES {
             let (g, j) = (l / spec.subs_per_super, l % spec.subs_per_super);
             if let Some(&(start, _)) = supers.get(g) {
@@ -173,7 +187,7 @@ fn chunk_impl<const S: usize>(
                 }
             }
         }
-        for (g, p) in found[..count].iter().enumerate() {
+        for (g, p) in found.iter().enumerate() {
             p.write(spec, &mut params[(q + g) * rb..(q + g + 1) * rb]);
         }
         total[0] += f64::from(sums[0]);

@@ -174,15 +174,28 @@ pub(crate) fn decode_super_block(
     codes: &[u8],
     out: &mut [f32],
 ) {
-    for (j, (c, o)) in codes
-        .chunks(spec.sub_len)
-        .zip(out.chunks_mut(spec.sub_len))
-        .enumerate()
-    {
+    match spec.sub_len {
+        32 => decode_subs::<32>(p, codes, out),
+        _ => decode_subs::<16>(p, codes, out),
+    }
+}
+
+/// [`decode_super_block`] with the sub-block length known at compile time (full sub-blocks vectorise).
+#[inline(always)]
+fn decode_subs<const S: usize>(p: &SuperBlockParams, codes: &[u8], out: &mut [f32]) {
+    let mut cs = codes.chunks_exact(S);
+    let mut os = out.chunks_exact_mut(S);
+    let mut j = 0;
+    for (c, o) in (&mut cs).zip(&mut os) {
         let (s, m) = p.sub_block(j);
-        for (o, &q) in o.iter_mut().zip(c) {
-            *o = f32::from(q) * s - m;
+        for i in 0..S {
+            o[i] = f32::from(c[i]) * s - m;
         }
+        j += 1;
+    }
+    let (s, m) = p.sub_block(j.min(15));
+    for (o, &q) in os.into_remainder().iter_mut().zip(cs.remainder()) {
+        *o = f32::from(q) * s - m;
     }
 }
 

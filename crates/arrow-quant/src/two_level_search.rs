@@ -32,6 +32,8 @@ pub(crate) struct Tile<const S: usize> {
     pub w: [[f32; LANES]; S],
     /// Valid elements per lane (0 for a lane without a sub-block).
     pub len: [usize; LANES],
+    /// Every weight of a valid lane is 1 and no lane is padded: the sums may skip the weights.
+    pub unit: bool,
 }
 
 impl<const S: usize> Tile<S> {
@@ -41,6 +43,7 @@ impl<const S: usize> Tile<S> {
             x: [[0.0; LANES]; S],
             w: [[0.0; LANES]; S],
             len: [0; LANES],
+            unit: false,
         }
     }
 }
@@ -48,6 +51,10 @@ impl<const S: usize> Tile<S> {
 /// Search effort per width (measured on the standard tensor; see benchmarks/bench_quality.py).
 struct Knobs {
     candidates: usize,
+    /// Refit every candidate once (re-round with its fit, fit again) before comparing.
+    refit_each: bool,
+    /// Refits of the best candidate afterwards.
+    refits: usize,
     rmin: f32,
     rdelta: f32,
     rounds: usize,
@@ -58,13 +65,17 @@ const fn knobs(bits: BitWidth) -> Knobs {
     match bits {
         BitWidth::Int4 => Knobs {
             candidates: 10,
+            refits: 0,
+            refit_each: true,
             rmin: -1.0,
             rdelta: 0.2,
             rounds: 3,
-            grid: 20,
+            grid: 16,
         },
         BitWidth::Int2 => Knobs {
             candidates: 8,
+            refits: 0,
+            refit_each: true,
             rmin: -0.5,
             rdelta: 0.2,
             rounds: 3,
@@ -72,6 +83,8 @@ const fn knobs(bits: BitWidth) -> Knobs {
         },
         BitWidth::Int8 => Knobs {
             candidates: 0,
+            refits: 0,
+            refit_each: false,
             rmin: 0.0,
             rdelta: 0.0,
             rounds: 0,
@@ -97,10 +110,16 @@ struct Fixed {
     swx2: Lanes,
 }
 
-/// Codes `clamp(round(x * inv + off), 0, qmax)` of every lane and their weighted sums.
+/// Codes `clamp(round(x * inv + off), 0, qmax)` of every lane and their weighted sums (`W`: use the weights;
+/// without, every weight is taken as 1).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // lanes index several arrays at once
-fn code_pass<const S: usize>(t: &Tile<S>, inv: &Lanes, off: &Lanes, qmax: f32) -> Sums {
+fn code_pass<const S: usize, const W: bool>(
+    t: &Tile<S>,
+    inv: &Lanes,
+    off: &Lanes,
+    qmax: f32,
+) -> Sums {
     let qm = qmax + MAGIC;
     let mut s = Sums {
         swl: [0.0; LANES],
@@ -115,7 +134,7 @@ fn code_pass<const S: usize>(t: &Tile<S>, inv: &Lanes, off: &Lanes, qmax: f32) -
             let v = if v < MAGIC { MAGIC } else { v };
             let v = if v > qm { qm } else { v };
             let q = v - MAGIC;
-            let wq = t.w[i][l] * q;
+            let wq = if W { t.w[i][l] * q } else { q };
             s.swl[l] += wq;
             s.swl2[l] += wq * q;
             s.swxl[l] += wq * x;
@@ -161,11 +180,41 @@ fn fit(f: &Fixed, c: &Sums) -> (Lanes, Lanes) {
 /// Weighted squared error `sum w (s q + b - x)^2` per lane, from the sums.
 #[inline(always)]
 fn closed_error(f: &Fixed, c: &Sums, s: &Lanes, b: &Lanes) -> Lanes {
-    std::array::from_fn(|l| {
+    lanes(|l| {
         s[l] * s[l] * c.swl2[l] + b[l] * b[l] * f.sw[l] + f.swx2[l] + 2.0 * s[l] * b[l] * c.swl[l]
             - 2.0 * s[l] * c.swxl[l]
             - 2.0 * b[l] * f.swx[l]
     })
+}
+
+/// A lane array from a function of the lane index (always inlined, unlike `std::array::from_fn`, so it is
+/// compiled with the caller's SIMD features).
+#[inline(always)]
+fn lanes(f: impl Fn(usize) -> f32) -> Lanes {
+    let mut a = [0.0; LANES];
+    for (l, v) in a.iter_mut().enumerate() {
+        *v = f(l);
+    }
+    a
+}
+
+/// Per lane, takes the fit `(s, b)` with error `e` when it beats the incumbent.
+#[inline(always)]
+fn keep_better(
+    e: &Lanes,
+    s: &Lanes,
+    b: &Lanes,
+    best_e: &mut Lanes,
+    best_s: &mut Lanes,
+    best_b: &mut Lanes,
+) {
+    for l in 0..LANES {
+        if e[l] < best_e[l] {
+            best_e[l] = e[l];
+            best_s[l] = s[l];
+            best_b[l] = b[l];
+        }
+    }
 }
 
 /// The inverse step (0 for a zero step).
@@ -179,7 +228,7 @@ fn inverse(s: f32) -> f32 {
 }
 
 /// The float16 step `g` (rounded up) of least squared rounding error for the non-negative `values` on the field
-/// grid `g * {0..fmax}`, among `tries` candidates near `max / fmax`.
+/// grid `g * {0..fmax}`, among `tries` (at most 16, evaluated one per lane) candidates `max / (fmax - 0.1 c)`.
 #[inline(always)]
 fn grid_step(values: &[f32], fmax: f32, tries: usize) -> f32 {
     let mx = values
@@ -188,21 +237,24 @@ fn grid_step(values: &[f32], fmax: f32, tries: usize) -> f32 {
     if mx <= 0.0 {
         return 0.0;
     }
-    let mut best = (f32::INFINITY, round_scale_up(mx / fmax, ScaleDtype::F16));
-    for c in 0..tries {
-        let g = round_scale_up(mx / (fmax - 0.1 * c as f32), ScaleDtype::F16);
-        let err: f32 = values
-            .iter()
-            .map(|&v| {
-                let q = (v / g).round_ties_even().clamp(0.0, fmax);
-                (v - g * q) * (v - g * q)
-            })
-            .sum();
-        if err < best.0 {
-            best = (err, g);
+    let g: Lanes = lanes(|c| round_scale_up(mx / (fmax - 0.1 * c as f32), ScaleDtype::F16));
+    let inv: Lanes = lanes(|c| 1.0 / g[c]);
+    let mut err = [0.0f32; LANES];
+    for &v in values {
+        for c in 0..LANES {
+            let q = (v * inv[c] + MAGIC) - MAGIC;
+            let q = if q > fmax { fmax } else { q };
+            let e = v - g[c] * q;
+            err[c] += e * e;
         }
     }
-    best.1
+    let mut best = 0;
+    for c in 1..tries.min(LANES) {
+        if err[c] < err[best] {
+            best = c;
+        }
+    }
+    g[best]
 }
 
 /// The parameters found for one tile's super-blocks (the scale overflowed float16 when `Err`).
@@ -211,11 +263,11 @@ pub(crate) struct Overflow;
 /// Quality sums of a tile: `sum x^2`, `sum (x - y)^2`, `sum y^2`.
 pub(crate) type TileSums = [f32; 3];
 
-/// Searches the parameters of the super-blocks of a tile (lanes `g*K .. g*K+K` form super-block `g`), writes
+/// Searches the parameters of the super-blocks of a tile (`W`: weighted; may be false only when `t.unit`) (lanes `g*K .. g*K+K` form super-block `g`), writes
 /// them to `params` (one per super-block in the tile) and the codes to `codes[i][lane]`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // lanes index several arrays at once
-pub(crate) fn search_tile<const S: usize>(
+pub(crate) fn search_tile<const S: usize, const W: bool>(
     t: &Tile<S>,
     spec: TwoLevelSpec,
     params: &mut [SuperBlockParams],
@@ -250,12 +302,9 @@ pub(crate) fn search_tile<const S: usize>(
     }
     // Sub-block scales and (non-negative) minima before the second level.
     let (mut s, m): (Lanes, Lanes) = if kn.candidates == 0 {
-        (
-            std::array::from_fn(|l| (hi[l] - lo[l]) / qmax),
-            lo.map(|v| -v),
-        )
+        (lanes(|l| (hi[l] - lo[l]) / qmax), lo.map(|v| -v))
     } else {
-        let range: Lanes = std::array::from_fn(|l| {
+        let range: Lanes = lanes(|l| {
             let r = hi[l] - lo[l];
             if r > 0.0 {
                 r
@@ -267,25 +316,30 @@ pub(crate) fn search_tile<const S: usize>(
         let mut best_s = [0.0f32; LANES];
         let mut best_b = [0.0f32; LANES];
         for c in 0..kn.candidates {
-            let iscale: Lanes =
-                std::array::from_fn(|l| (qmax + kn.rmin + kn.rdelta * c as f32) / range[l]);
-            let off: Lanes = std::array::from_fn(|l| -lo[l] * iscale[l]);
-            let sums = code_pass(t, &iscale, &off, qmax);
-            let (fs, fb) = fit(&fixed, &sums);
-            let inv: Lanes = fs.map(inverse);
-            let off: Lanes = std::array::from_fn(|l| -fb[l] * inv[l]);
-            let sums = code_pass(t, &inv, &off, qmax);
+            let iscale: Lanes = lanes(|l| (qmax + kn.rmin + kn.rdelta * c as f32) / range[l]);
+            let off: Lanes = lanes(|l| -lo[l] * iscale[l]);
+            let sums = code_pass::<S, W>(t, &iscale, &off, qmax);
+            let (mut fs, mut fb) = fit(&fixed, &sums);
+            let mut sums = sums;
+            if kn.refit_each {
+                let inv: Lanes = lanes(|l| inverse(fs[l]));
+                let off: Lanes = lanes(|l| -fb[l] * inv[l]);
+                sums = code_pass::<S, W>(t, &inv, &off, qmax);
+                (fs, fb) = fit(&fixed, &sums);
+            }
+            let e = closed_error(&fixed, &sums, &fs, &fb);
+            keep_better(&e, &fs, &fb, &mut best_e, &mut best_s, &mut best_b);
+        }
+        // Refits: re-round the codes with the best fit, fit again, keep it when better.
+        for _ in 0..kn.refits {
+            let inv: Lanes = lanes(|l| inverse(best_s[l]));
+            let off: Lanes = lanes(|l| -best_b[l] * inv[l]);
+            let sums = code_pass::<S, W>(t, &inv, &off, qmax);
             let (fs, fb) = fit(&fixed, &sums);
             let e = closed_error(&fixed, &sums, &fs, &fb);
-            for l in 0..LANES {
-                if e[l] < best_e[l] {
-                    best_e[l] = e[l];
-                    best_s[l] = fs[l];
-                    best_b[l] = fb[l];
-                }
-            }
+            keep_better(&e, &fs, &fb, &mut best_e, &mut best_s, &mut best_b);
         }
-        (best_s, best_b.map(|b| -b))
+        (best_s, lanes(|l| -best_b[l]))
     };
     let supers = LANES / k;
     let mut d = [0.0f32; LANES];
@@ -328,11 +382,11 @@ pub(crate) fn search_tile<const S: usize>(
         }
     }
     for _ in 0..kn.rounds {
-        let step: Lanes = std::array::from_fn(|l| d[l] * sc[l]);
-        let min: Lanes = std::array::from_fn(|l| dmin[l] * mn[l]);
-        let inv: Lanes = step.map(inverse);
-        let off: Lanes = std::array::from_fn(|l| min[l] * inv[l]);
-        let sums = code_pass(t, &inv, &off, qmax);
+        let step: Lanes = lanes(|l| d[l] * sc[l]);
+        let min: Lanes = lanes(|l| dmin[l] * mn[l]);
+        let inv: Lanes = lanes(|l| inverse(step[l]));
+        let off: Lanes = lanes(|l| min[l] * inv[l]);
+        let sums = code_pass::<S, W>(t, &inv, &off, qmax);
         // Joint least squares of (d, dmin) per super-block: x ~ d * sc * q - dmin * mn.
         for g in 0..supers {
             let (mut a, mut b, mut c, mut r1, mut r2) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
@@ -360,14 +414,14 @@ pub(crate) fn search_tile<const S: usize>(
         }
         // Per sub-block: the floor / ceiling fields of least error around the unconstrained fit.
         let (fs, fb) = fit(&fixed, &sums);
-        let base_s: Lanes = std::array::from_fn(|l| {
+        let base_s: Lanes = lanes(|l| {
             if d[l] > 0.0 {
                 (fs[l] / d[l]).floor()
             } else {
                 0.0
             }
         });
-        let base_m: Lanes = std::array::from_fn(|l| {
+        let base_m: Lanes = lanes(|l| {
             if dmin[l] > 0.0 {
                 (-fb[l] / dmin[l]).floor()
             } else {
@@ -377,10 +431,10 @@ pub(crate) fn search_tile<const S: usize>(
         let mut best_e = [f32::INFINITY; LANES];
         let (mut nsc, mut nmn) = (sc, mn);
         for (ds, dm) in [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)] {
-            let tsc: Lanes = std::array::from_fn(|l| (base_s[l] + ds).clamp(0.0, fmax));
-            let tmn: Lanes = std::array::from_fn(|l| (base_m[l] + dm).clamp(0.0, fmax));
-            let ts: Lanes = std::array::from_fn(|l| d[l] * tsc[l]);
-            let tb: Lanes = std::array::from_fn(|l| -(dmin[l] * tmn[l]));
+            let tsc: Lanes = lanes(|l| (base_s[l] + ds).clamp(0.0, fmax));
+            let tmn: Lanes = lanes(|l| (base_m[l] + dm).clamp(0.0, fmax));
+            let ts: Lanes = lanes(|l| d[l] * tsc[l]);
+            let tb: Lanes = lanes(|l| -(dmin[l] * tmn[l]));
             let e = closed_error(&fixed, &sums, &ts, &tb);
             for l in 0..LANES {
                 if e[l] < best_e[l] {
@@ -460,10 +514,10 @@ fn final_pass<const S: usize>(
     qmax: f32,
     codes: &mut [[u8; LANES]; S],
 ) -> TileSums {
-    let step: Lanes = std::array::from_fn(|l| d[l] * sc[l]);
-    let min: Lanes = std::array::from_fn(|l| dmin[l] * mn[l]);
-    let inv: Lanes = step.map(inverse);
-    let off: Lanes = std::array::from_fn(|l| min[l] * inv[l]);
+    let step: Lanes = lanes(|l| d[l] * sc[l]);
+    let min: Lanes = lanes(|l| dmin[l] * mn[l]);
+    let inv: Lanes = lanes(|l| inverse(step[l]));
+    let off: Lanes = lanes(|l| min[l] * inv[l]);
     let qm = qmax + MAGIC;
     let mut xx = [0.0f32; LANES];
     let mut ee = [0.0f32; LANES];
