@@ -104,7 +104,7 @@ fn gather<const S: usize>(
     let mut unit = true;
     for l in 0..LANES {
         let (g, j) = (l / k, l % k);
-        let (start, len) = supers.get(g).map_or((0, 0), |&(s, n)| {
+        let (start, len) = supers.get(g).map_or((chunk_start, 0), |&(s, n)| {
             let at = (j * S).min(n);
             (s + at, (n - at).min(S))
         });
