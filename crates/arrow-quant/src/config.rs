@@ -143,7 +143,8 @@ impl Method {
     /// `Auto` is `TwoLevel` at every width: measured on the standard 4096 x 4096 tensor (benchmarks/
     /// bench_quality.py) it has the lowest error per stored bit of all methods and quantizes above 1 GB/s on two
     /// threads. When the caller asked for something only the flat encodings have (`flat_group_requested`: an
-    /// explicit group size, symmetric groups or float32 scales), `Auto` keeps the flat encoding
+    /// explicit group size, symmetric groups or float32 scales) or the rows are short and of odd length (see
+    /// [`crate::TwoLevelSpec::fits`]), `Auto` keeps the flat encoding
     /// and is `Mse`, the best flat method above 1 GB/s.
     pub const fn resolve(self, bits: BitWidth, flat_group_requested: bool) -> Self {
         let _ = bits;

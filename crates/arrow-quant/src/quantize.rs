@@ -98,7 +98,8 @@ pub fn quantize_tensor(tensor: &TensorView<'_>, config: &QuantConfig) -> Result<
 /// Quantizes one tensor with `config`, weighting the squared error of the parameter search by `importance`:
 /// one non-negative value per column of the 2-D view (e.g. mean squared input activations), see
 /// [`crate::importance`]. `rtn` ignores it. `Method::Auto` is resolved by [`Method::resolve`]; a group size
-/// other than the default, `symmetric` or float32 scales count as asking for the flat encoding.
+/// other than the default, `symmetric`, float32 scales, or rows the two-level layout does not fit
+/// ([`crate::TwoLevelSpec::fits`]) count as asking for the flat encoding.
 pub fn quantize_tensor_with(
     tensor: &TensorView<'_>,
     config: &QuantConfig,
@@ -108,7 +109,8 @@ pub fn quantize_tensor_with(
     // Settings only the flat encodings have keep `Auto` on a flat method.
     let flat_requested = config.group_size != QuantConfig::default().group_size
         || config.symmetric
-        || config.scale_dtype != QuantConfig::default().scale_dtype;
+        || config.scale_dtype != QuantConfig::default().scale_dtype
+        || !crate::two_level::TwoLevelSpec::for_bits(config.bits).fits(tensor.rows_cols().1);
     config.method = config.method.resolve(config.bits, flat_requested);
     if config.method == Method::TwoLevel {
         if config.symmetric {

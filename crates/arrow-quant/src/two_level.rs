@@ -72,11 +72,20 @@ impl TwoLevelSpec {
     /// The rows the encoding sees for a tensor whose 2-D view is `[rows, cols]`: one row of all elements when
     /// `cols` is a multiple of the sub-block length, else the view itself.
     pub fn rows_cols(self, rows: usize, cols: usize) -> (usize, usize) {
-        if cols > 0 && cols % self.sub_len == 0 {
-            (1.min(rows), rows * cols)
+        if rows == 0 || cols == 0 {
+            (0, 0)
+        } else if cols % self.sub_len == 0 {
+            (1, rows * cols)
         } else {
             (rows, cols)
         }
+    }
+
+    /// True when the encoding stays near its nominal bits per weight on a `[rows, cols]` view: `cols` is a
+    /// multiple of the sub-block length (the whole tensor is one row) or at least one full super-block long.
+    /// Short odd rows (e.g. a conv kernel `[out, 3*3*3]`) would pay one super-block header per row.
+    pub fn fits(self, cols: usize) -> bool {
+        cols % self.sub_len == 0 || cols >= SUPER_BLOCK
     }
 
     /// Super-blocks per row of `cols` elements.
@@ -245,5 +254,6 @@ mod tests {
         assert_eq!(s.rows_cols(3, 100), (3, 100));
         assert_eq!(s.params_len(384, 384), 384 * 384 / 256 * 16);
         assert_eq!(s.params_len(3, 100), 3 * 16);
+        assert_eq!((s.rows_cols(5, 0), s.params_len(0, 7)), ((0, 0), 0));
     }
 }

@@ -87,7 +87,8 @@ fn width() -> impl Strategy<Value = BitWidth> {
 }
 
 fn tensor() -> impl Strategy<Value = (Vec<usize>, Vec<f32>)> {
-    (1usize..6, 1usize..700, -3.0f32..6.0).prop_flat_map(|(rows, cols, log_scale)| {
+    // magnitudes 1e-3 .. 1e4: int2_2l steps of wider ranges overflow the float16 super-block scales (an error)
+    (1usize..6, 1usize..700, -3.0f32..4.0).prop_flat_map(|(rows, cols, log_scale)| {
         let scale = 10f32.powf(log_scale);
         (
             Just(vec![rows, cols]),
@@ -290,6 +291,9 @@ fn auto_resolves_to_two_level_unless_a_flat_setting_is_asked_for() {
         (q.method(), q.encoding_name()),
         (Method::TwoLevel, "int4_2l")
     );
+    let short_rows = pseudo_normal(8 * 27, 7);
+    let q = quantize(&[8, 27], &short_rows, &auto, None);
+    assert_eq!((q.method(), q.encoding_name()), (Method::Mse, "int4"));
     let flat = QuantConfig {
         group_size: GroupSize::Elements(64),
         ..auto
