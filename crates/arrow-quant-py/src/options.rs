@@ -45,7 +45,7 @@ impl Overrides<'_, '_> {
                 .into());
             }
             // An explicit group size asks for the flat encoding: "auto" picks the best flat method.
-            cfg.method = cfg.method.resolve(cfg.bits, true);
+            cfg.method = cfg.method.resolve(true);
         }
         Ok(cfg)
     }

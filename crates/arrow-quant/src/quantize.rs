@@ -111,7 +111,7 @@ pub fn quantize_tensor_with(
         || config.symmetric
         || config.scale_dtype != QuantConfig::default().scale_dtype
         || !crate::two_level::TwoLevelSpec::for_bits(config.bits).fits(tensor.rows_cols().1);
-    config.method = config.method.resolve(config.bits, flat_requested);
+    config.method = config.method.resolve(flat_requested);
     if config.method == Method::TwoLevel {
         if config.symmetric {
             return Err(QuantError::config(
