@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--bits", type=int, choices=(2, 4, 8), default=4, help="bit width (default 4)")
     parser.add_argument("--group-size", type=parse_group_size, default=None,
                         help="32, 64, 128, 256 or per_channel (default: the library's)")
-    parser.add_argument("--method", choices=("rtn", "mse"), default=None, help="default: the library's")
+    parser.add_argument("--method", choices=("auto", "rtn", "mse", "hqq", "two_level"), default=None,
+                        help="default: the library's (auto)")
     args = parser.parse_args()
 
     try:

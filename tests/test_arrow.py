@@ -206,3 +206,18 @@ def test_quantizing_a_400mb_arrow_column_does_not_copy_the_input():
     grew, input_bytes = map(int, out.split())
     # Output: 4.25 bits per weight = 13% of the input; anything near 100% would be a hidden copy.
     assert grew < 0.35 * input_bytes, (grew, input_bytes)
+
+
+def test_two_level_results_round_trip_through_arrow(quantizer, rng):
+    layers = make_layers(rng, 3, (8, 512))
+    result = quantizer.quantize_arrow(arrow_table(layers))  # method auto: the two-level encoding
+    assert result.column("encoding").to_pylist() == ["int4_2l"] * 3
+    assert result.column("params").null_count == 0 and result.column("zero_points").null_count == 3
+    back = quantizer.dequantize_arrow(result)
+    for row in back.to_pylist():
+        single = quantizer.quantize(layers[row["layer_name"]])
+        assert single.encoding == "int4_2l"
+        assert np.array_equal(np.array(row["weights"], np.float32).reshape(row["shape"]), single.dequantize())
+    again = quantizer.from_arrow(quantizer.to_arrow(quantizer.from_arrow(result)))
+    assert again["blocks.0.w"].encoding == "int4_2l"
+    assert np.array_equal(again["blocks.0.w"].params, quantizer.quantize(layers["blocks.0.w"]).params)

@@ -28,7 +28,9 @@ def test_batch_equals_single_calls_and_keeps_order(quantizer, rng):
 def test_batch_defaults(quantizer, rng):
     result = quantizer.quantize_batch(layers(rng, 2))
     t = next(iter(result.values()))
-    assert (t.bits, t.group_size, t.symmetric, t.method) == (4, 128, False, "mse")
+    # the default method is "auto": the two-level encoding at 4 bits (32-element sub-blocks)
+    assert (t.bits, t.group_size, t.symmetric, t.method) == (4, 32, False, "two_level")
+    assert t.encoding == "int4_2l" and t.params is not None
 
 
 def test_failure_raises_without_continue_on_error(quantizer, rng):

@@ -56,7 +56,7 @@ def test_quantize_validate_load_export(quantizer, checkpoint, tmp_path, fmt):
     report = quantizer.quantize_diffusion_model(path, out, config, progress_callback=lambda n, f: calls.append(f))
     assert calls == sorted(calls) and calls[-1] == pytest.approx(1.0) and len(calls) == len(tensors)
     layers = {layer["name"]: layer for layer in report["layers"]}
-    assert layers["blocks.0.attn.qkv.weight"]["encoding"] == "int4"
+    assert layers["blocks.0.attn.qkv.weight"]["encoding"] == "int4_2l"  # method "auto": the two-level encoding
     assert layers["blocks.0.norm1.weight"]["kept"] == "1-D tensor"
     assert layers["x_embedder.proj.weight"]["kept"].startswith("first or last layer")
     assert layers["final_layer.linear.weight"]["kept"].startswith("first or last layer")
@@ -104,7 +104,7 @@ def test_output_opens_in_pyarrow_and_polars(quantizer, checkpoint, tmp_path):
     df = pl.read_parquet(out)
     assert df.height == len(tensors) and "rel_mse" in df.columns
     # The result table dequantizes through the Arrow API too.
-    quantized_rows = table.filter(pc.equal(table["encoding"], "int4"))
+    quantized_rows = table.filter(pc.starts_with(table["encoding"], "int"))
     back = quantizer.dequantize_arrow(quantized_rows)
     assert back.num_rows == 3
 
@@ -124,7 +124,7 @@ def test_half_precision_checkpoints(quantizer, tmp_path, rng, dtype):
     out = tmp_path / "m.parquet"
     report = quantizer.quantize_diffusion_model(path, out)
     layer = next(x for x in report["layers"] if x["name"] == "blocks.0.mlp.fc1.weight")
-    assert layer["encoding"] == "int4" and layer["dtype"] == ("bf16" if dtype == "bf16" else "f16")
+    assert layer["encoding"] == "int4_2l" and layer["dtype"] == ("bf16" if dtype == "bf16" else "f16")
     assert quantizer.validate_quality(path, out)["passed"]
 
 
@@ -294,3 +294,17 @@ def test_async_front(checkpoint, tmp_path):
 
     report, single, valid = asyncio.run(main())
     assert report["totals"]["quantized"] == single["totals"]["quantized"] == 3 and valid["passed"]
+
+
+def test_two_level_layers_in_model_files(quantizer, tmp_path, rng):
+    tensors = {"blocks.0.mlp.fc1.weight": rng.standard_normal((64, 512)).astype(np.float32)}
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, str(path))
+    out = tmp_path / "m.arrow"
+    report = quantizer.quantize_diffusion_model(path, out, aq.DiffusionQuantConfig(format="arrow"))
+    assert report["layers"][0]["encoding"] == "int4_2l"
+    model = aq.load_quantized(out)
+    stored = model.quantized("blocks.0.mlp.fc1.weight")
+    assert stored.encoding == "int4_2l" and stored.params is not None
+    assert np.array_equal(model["blocks.0.mlp.fc1.weight"], stored.dequantize())
+    assert quantizer.validate_quality(path, out)["passed"]

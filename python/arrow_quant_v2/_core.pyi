@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 _GroupSize: TypeAlias = int | Literal["per_channel"]
-_Method: TypeAlias = Literal["rtn", "mse"]
+_Method: TypeAlias = Literal["auto", "rtn", "mse", "hqq", "two_level"]
+_Encoding: TypeAlias = Literal["int8", "int4", "int2", "int8_2l", "int4_2l", "int2_2l"]
 _ScaleDtype: TypeAlias = Literal["float16", "float32"]
 # Any Arrow producer: an object with __arrow_c_stream__ or __arrow_c_array__ (pyarrow, polars, arro3, nanoarrow).
 _ArrowInput: TypeAlias = Any
@@ -53,7 +54,7 @@ class QuantizedTensor:
     @property
     def dtype(self) -> Literal["f32", "f16", "bf16"]: ...
     @property
-    def encoding(self) -> Literal["int8", "int4", "int2"]: ...
+    def encoding(self) -> _Encoding: ...
     @property
     def bits(self) -> int: ...
     @property
@@ -70,6 +71,8 @@ class QuantizedTensor:
     def scales(self) -> npt.NDArray[np.floating[Any]]: ...
     @property
     def zero_points(self) -> npt.NDArray[np.floating[Any]] | None: ...
+    @property
+    def params(self) -> npt.NDArray[np.uint8] | None: ...
     @property
     def cosine(self) -> float: ...
     @property
@@ -97,9 +100,10 @@ class ArrowQuantV2:
         bit_width: int = 4,
         group_size: _GroupSize | None = None,
         symmetric: bool = False,
-        method: _Method = "mse",
+        method: _Method = "auto",
         scale_dtype: _ScaleDtype = "float16",
         name: str = "weights",
+        importance: npt.NDArray[np.float32] | None = None,
     ) -> QuantizedTensor: ...
     def quantize_batch(
         self,

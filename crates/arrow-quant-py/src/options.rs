@@ -35,6 +35,18 @@ impl Overrides<'_, '_> {
         if let Some(d) = self.scale_dtype {
             cfg.scale_dtype = d.parse::<ScaleDtype>()?;
         }
+        if self.group_size.is_some() {
+            if cfg.method == Method::TwoLevel {
+                return Err(QuantError::config(
+                    "group_size",
+                    "a value with method=\"two_level\"",
+                    "None: two_level uses fixed sub-blocks (32 elements at 8 and 4 bits, 16 at 2 bits)",
+                )
+                .into());
+            }
+            // An explicit group size asks for the flat encoding: "auto" picks the best flat method.
+            cfg.method = cfg.method.resolve(true);
+        }
         Ok(cfg)
     }
 }

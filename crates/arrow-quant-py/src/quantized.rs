@@ -22,6 +22,8 @@ pub struct PyQuantizedTensor {
     data: Py<PyArray1<u8>>,
     scales: Py<PyUntypedArray>,
     zero_points: Option<Py<PyUntypedArray>>,
+    params: Option<Py<PyArray1<u8>>>,
+    encoding: &'static str,
     quality: Quality,
     nbytes: usize,
 }
@@ -40,6 +42,7 @@ pub struct TensorBorrow<'py> {
     data: numpy::PyReadonlyArray1<'py, u8>,
     scales: ParamBorrow<'py>,
     zeros: Option<ParamBorrow<'py>>,
+    params: Option<numpy::PyReadonlyArray1<'py, u8>>,
 }
 
 /// Read-only access to a numpy parameter buffer.
@@ -81,6 +84,7 @@ impl PyQuantizedTensor {
     /// Moves a core result into Python: its buffers become numpy arrays without a copy.
     pub fn from_core(py: Python<'_>, q: arrow_quant::QuantizedTensor) -> Self {
         let nbytes = q.nbytes();
+        let encoding = q.encoding_name();
         Self {
             name: q.name,
             shape: q.shape,
@@ -89,6 +93,8 @@ impl PyQuantizedTensor {
             data: q.data.into_pyarray(py).unbind(),
             scales: params_to_numpy(py, q.scales),
             zero_points: q.zero_points.map(|z| params_to_numpy(py, z)),
+            params: q.params.map(|p| p.into_pyarray(py).unbind()),
+            encoding,
             quality: q.quality,
             nbytes,
         }
@@ -103,6 +109,7 @@ impl PyQuantizedTensor {
                 Some(z) => Some(ParamBorrow::new(&self.name, z.bind(py))?),
                 None => None,
             },
+            params: self.params.as_ref().map(|p| p.bind(py).readonly()),
         })
     }
 
@@ -119,6 +126,14 @@ impl PyQuantizedTensor {
                 .map_err(|e| crate::errors::schema(&self.name, e))?,
             scales: b.scales.slice(&self.name)?,
             zero_points: b.zeros.as_ref().map(|z| z.slice(&self.name)).transpose()?,
+            params: b
+                .params
+                .as_ref()
+                .map(|p| {
+                    p.as_slice()
+                        .map_err(|e| crate::errors::schema(&self.name, e))
+                })
+                .transpose()?,
         })
     }
 
@@ -170,10 +185,10 @@ impl PyQuantizedTensor {
         self.source_dtype.name()
     }
 
-    /// Encoding: "int8", "int4" or "int2".
+    /// Encoding: "int8", "int4", "int2" (flat) or "int8_2l", "int4_2l", "int2_2l" (two-level).
     #[getter]
     fn encoding(&self) -> &'static str {
-        self.config.bits.encoding_name()
+        self.encoding
     }
 
     /// Bits per code (2, 4 or 8).
@@ -194,7 +209,7 @@ impl PyQuantizedTensor {
         self.config.symmetric
     }
 
-    /// Parameter-choice method: "rtn" or "mse".
+    /// Parameter-choice method: "rtn", "mse", "hqq" or "two_level" (never "auto": the resolved method).
     #[getter]
     fn method(&self) -> &'static str {
         self.config.method.name()
@@ -218,10 +233,17 @@ impl PyQuantizedTensor {
         self.scales.clone_ref(py)
     }
 
-    /// One zero point per group, or None when symmetric.
+    /// One zero point per group, or None when symmetric or two-level.
     #[getter]
     fn zero_points(&self, py: Python<'_>) -> Option<Py<PyUntypedArray>> {
         self.zero_points.as_ref().map(|z| z.clone_ref(py))
+    }
+
+    /// Packed super-block records of a two-level encoding (uint8, layout in docs/FORMAT.md), or None for the
+    /// flat encodings. Two-level tensors have empty `scales` and no `zero_points`.
+    #[getter]
+    fn params(&self, py: Python<'_>) -> Option<Py<PyArray1<u8>>> {
+        self.params.as_ref().map(|p| p.clone_ref(py))
     }
 
     /// Cosine similarity between the source and its dequantized form.
@@ -287,7 +309,7 @@ impl PyQuantizedTensor {
             "QuantizedTensor(name={:?}, shape={shape}, encoding='{}', group_size={}, symmetric={}, \
              bits_per_weight={:.3}, cosine={:.6}, rel_mse={:.3e})",
             self.name,
-            self.config.bits.encoding_name(),
+            self.encoding,
             group,
             if self.config.symmetric { "True" } else { "False" },
             self.bits_per_weight(),

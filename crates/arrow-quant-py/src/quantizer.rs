@@ -44,6 +44,25 @@ fn read_dict_layers<'py>(weights: &Bound<'py, PyDict>) -> Result<Vec<LayerInput<
         .collect()
 }
 
+/// Reads `importance`: a 1-D float32 numpy array (other float dtypes must be cast by the caller).
+fn read_importance<'py>(
+    name: &str,
+    value: &Bound<'py, PyAny>,
+) -> Result<numpy::PyReadonlyArray1<'py, f32>> {
+    use numpy::{PyArray1, PyArrayMethods};
+    value
+        .cast::<PyArray1<f32>>()
+        .map(|a| a.readonly())
+        .map_err(|_| {
+            QuantError::config(
+                "importance",
+                format!("a non-float32 or non-1-D value for tensor '{name}'"),
+                "a 1-D float32 numpy array, e.g. numpy.asarray(act_sq_mean, dtype=numpy.float32)",
+            )
+            .into()
+        })
+}
+
 /// One element count per layer, for progress fractions weighted by size.
 fn prefix_sizes(views: &[TensorView<'_>]) -> (Vec<usize>, usize) {
     let sizes: Vec<usize> = views.iter().map(|v| v.data.len()).collect();
@@ -158,8 +177,11 @@ impl ArrowQuantV2 {
     ///
     /// C-contiguous arrays are read in place; other layouts are copied once. The GIL is released while the
     /// kernels run.
-    #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = false, method = "mse",
-                        scale_dtype = "float16", name = "weights"))]
+    /// `method="auto"` (the default) resolves per bit width (see README); `importance` is an optional float32
+    /// vector with one non-negative weight per column of the 2-D view (e.g. mean squared input activations)
+    /// that weights the squared error of the `mse`, `hqq` and `two_level` searches.
+    #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = false, method = "auto",
+                        scale_dtype = "float16", name = "weights", importance = None))]
     #[allow(clippy::too_many_arguments)]
     fn quantize<'py>(
         &self,
@@ -171,6 +193,7 @@ impl ArrowQuantV2 {
         method: &str,
         scale_dtype: &str,
         name: &str,
+        importance: Option<&Bound<'py, PyAny>>,
     ) -> Result<PyQuantizedTensor> {
         let config = Overrides {
             bit_width: Some(bit_width),
@@ -182,7 +205,14 @@ impl ArrowQuantV2 {
         .apply(self.defaults)?;
         let layer = LayerInput::from_py(name.to_string(), weights)?;
         let view = layer.view()?;
-        let q: QuantizedTensor = without_gil(py, || arrow_quant::quantize_tensor(&view, &config))??;
+        let importance = importance.map(|i| read_importance(name, i)).transpose()?;
+        let importance = importance
+            .as_ref()
+            .map(|a| a.as_slice().map_err(|e| schema(name, e)))
+            .transpose()?;
+        let q: QuantizedTensor = without_gil(py, || {
+            arrow_quant::quantize_tensor_with(&view, &config, importance)
+        })??;
         Ok(PyQuantizedTensor::from_core(py, q))
     }
 

@@ -63,6 +63,9 @@ impl DequantOutput for bf16 {
     }
 }
 
+/// Elements per parallel conversion chunk of the half-precision output of two-level tensors.
+const CONVERT_CHUNK: usize = 32 * 1024;
+
 #[derive(Default)]
 struct Scratch {
     codes: Vec<u8>,
@@ -85,6 +88,10 @@ impl QuantizedView<'_> {
     /// Dequantizes into `out` (f32), which must hold exactly one value per element.
     pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
         self.check_output(out.len())?;
+        if let Some(params) = self.params {
+            crate::quantize_two_level::dequantize_into(self, params, out);
+            return Ok(());
+        }
         let layout = self.layout();
         out.par_chunks_mut(layout.chunk_rows() * layout.cols)
             .enumerate()
@@ -98,6 +105,14 @@ impl QuantizedView<'_> {
     /// Dequantizes into `out` as f16 or bf16 (rounded to nearest).
     pub fn dequantize_into_half<T: DequantOutput>(&self, out: &mut [T]) -> Result<()> {
         self.check_output(out.len())?;
+        if self.params.is_some() {
+            let mut values = crate::output::zeroed_f32(out.len());
+            self.dequantize_into(&mut values)?;
+            out.par_chunks_mut(CONVERT_CHUNK)
+                .zip(values.par_chunks(CONVERT_CHUNK))
+                .for_each(|(o, v)| T::from_f32_slice(v, o));
+            return Ok(());
+        }
         let layout = self.layout();
         out.par_chunks_mut(layout.chunk_rows() * layout.cols)
             .enumerate()
@@ -116,14 +131,14 @@ impl QuantizedView<'_> {
 
     /// Dequantizes to a new f32 vector in row-major order.
     pub fn dequantize(&self) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; self.layout().len()];
+        let mut out = crate::output::zeroed_f32(self.len());
         self.dequantize_into(&mut out)?;
         Ok(out)
     }
 
     fn check_output(&self, len: usize) -> Result<()> {
         self.validate()?;
-        let n = self.layout().len();
+        let n = self.len();
         if len != n {
             return Err(QuantError::corrupt(
                 self.name,

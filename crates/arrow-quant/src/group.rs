@@ -56,6 +56,8 @@ pub(crate) struct GroupRule {
     pub bits: BitWidth,
     pub symmetric: bool,
     pub search: bool,
+    /// Refine the search result with HQQ (asymmetric groups only).
+    pub hqq: bool,
     pub dtype: ScaleDtype,
 }
 
@@ -190,12 +192,14 @@ pub(crate) fn signed_extreme(s: GroupScan) -> f32 {
     }
 }
 
-/// Chooses the parameters of one group: min/max (`rtn`), then the clipping search when `rule.search`.
+/// Chooses the parameters of one group: min/max (`rtn`), then the clipping search when `rule.search`, then
+/// HQQ when `rule.hqq`; `w` weights the squared error of the searches (one weight per element).
 #[inline(always)]
 pub(crate) fn choose_params(
     x: &[f32],
     s: GroupScan,
     rule: GroupRule,
+    w: Option<&[f32]>,
 ) -> Result<GroupParams, ScaleOverflow> {
     if s.lo == s.hi {
         let p = constant_params(s.lo, rule);
@@ -217,7 +221,17 @@ pub(crate) fn choose_params(
         return Ok(base);
     }
     // Candidates only shrink the range, so their scales fit whenever the base scale does.
-    Ok(crate::mse::search(x, s, rule))
+    let best = crate::mse::search(x, s, rule, w);
+    if rule.hqq && !rule.symmetric {
+        let p = crate::hqq::optimize(x, w, best, rule);
+        // HQQ may grow the scale: keep the search result if the refit does not fit the storage type.
+        return Ok(if scale_fits(p.scale, rule.dtype) {
+            p
+        } else {
+            best
+        });
+    }
+    Ok(best)
 }
 
 /// Adding 1.5 * 2^23 to a float in (-2^22, 2^22) rounds it to an integer (ties to even) held in the low
@@ -242,16 +256,38 @@ pub(crate) fn quantize_magic(v: f32, inv_scale: f32, zero_magic: f32, qmax_magic
 #[inline(always)]
 pub(crate) fn encode(x: &[f32], p: GroupParams, rule: GroupRule, codes: &mut [u8]) -> GroupSums {
     let inv = 1.0 / p.scale;
-    let (zm, qm) = (p.zero + MAGIC, rule.qmax() + MAGIC);
+    let zm = p.zero + MAGIC;
+    if zm - MAGIC == p.zero {
+        // Integer zero point: one rounding, `v / s + z` to the nearest code.
+        encode_with(x, codes, p, |v| {
+            quantize_magic(v, inv, zm, rule.qmax() + MAGIC)
+        })
+    } else {
+        // `hqq` zero points are fractional: add the zero before MAGIC, which rounds to an integer.
+        encode_with(x, codes, p, |v| {
+            quantize_magic(v * inv + p.zero, 1.0, MAGIC, rule.qmax() + MAGIC)
+        })
+    }
+}
+
+/// [`encode`] with the rounding `round` (returning the code in the `MAGIC` domain).
+#[inline(always)]
+fn encode_with(
+    x: &[f32],
+    codes: &mut [u8],
+    p: GroupParams,
+    round: impl Fn(f32) -> f32,
+) -> GroupSums {
     let mut xx = [0f32; LANES];
     let mut ee = [0f32; LANES];
     let mut yy = [0f32; LANES];
     let mut xs = x.chunks_exact(LANES);
     let mut cs = codes.chunks_exact_mut(LANES);
     let step = |v: f32, out: &mut u8, xx: &mut f32, ee: &mut f32, yy: &mut f32| {
-        let t = quantize_magic(v, inv, zm, qm);
+        let t = round(v);
         *out = (t.to_bits() - MAGIC_BITS) as u8;
-        let y = (t - zm) * p.scale;
+        // Exactly the dequantization `(code - zero) * scale`.
+        let y = ((t - MAGIC) - p.zero) * p.scale;
         let e = v - y;
         *xx += v * v;
         *ee += e * e;
@@ -318,6 +354,7 @@ mod tests {
             bits: BitWidth::Int4,
             symmetric: false,
             search: false,
+            hqq: false,
             dtype: ScaleDtype::F16,
         };
         for (lo, hi) in [(-1.0f32, 3.0f32), (0.5, 2.0), (-7.0, -0.25)] {

@@ -1,7 +1,8 @@
 //! arrow-quant: weight quantization for diffusion models.
 //!
 //! The core crate: packed INT8 / INT4 / INT2 groupwise kernels (f32, f16, bf16 input), parameter search
-//! (`rtn`, `mse`), exact dequantization and per-tensor quality figures. It knows nothing of Python; the bindings
+//! (`rtn`, `mse`, `hqq`), the two-level encodings (`int8_2l`, `int4_2l`, `int2_2l`) with their least-squares
+//! search, optional per-channel importance weights, exact dequantization and per-tensor quality figures. It knows nothing of Python; the bindings
 //! crate only converts.
 //!
 //! ```
@@ -23,19 +24,26 @@ pub mod config;
 pub mod dequantize;
 pub mod error;
 mod group;
+mod hqq;
+pub mod importance;
 pub mod layout;
 mod mse;
+pub mod output;
 pub mod packing;
 pub mod pipeline;
 pub mod quantize;
+mod quantize_two_level;
 pub mod quantized;
 mod simd;
 pub mod tensor;
+pub mod two_level;
+mod two_level_search;
 
 pub use batch::{first_error, quantize_batch, OnError};
 pub use config::{BitWidth, GroupSize, Method, QuantConfig, ScaleDtype};
 pub use error::{QuantError, Result};
 pub use layout::GroupLayout;
-pub use quantize::quantize_tensor;
+pub use quantize::{quantize_tensor, quantize_tensor_with};
 pub use quantized::{ParamBuffer, ParamSlice, Quality, QuantizedTensor, QuantizedView};
 pub use tensor::{SourceDtype, TensorData, TensorView};
+pub use two_level::TwoLevelSpec;

@@ -30,9 +30,45 @@ fn clip_grid<const N: usize>(bits: BitWidth) -> [f32; N] {
     std::array::from_fn(|i| 1.0 - (1.0 - lowest) * i as f32 / (N - 1) as f32)
 }
 
+/// Squared error of the group under each candidate, weighted by `w` (one weight per element) when given.
+#[inline(always)]
+fn errors<const N: usize>(
+    x: &[f32],
+    w: Option<&[f32]>,
+    params: &[GroupParams; N],
+    qmax: f32,
+) -> [f32; N] {
+    match w {
+        None => unit_errors(x, params, qmax),
+        Some(w) => weighted_errors(x, w, params, qmax),
+    }
+}
+
+/// Importance-weighted squared error of the group under each candidate.
+#[inline(always)]
+fn weighted_errors<const N: usize>(
+    x: &[f32],
+    w: &[f32],
+    params: &[GroupParams; N],
+    qmax: f32,
+) -> [f32; N] {
+    let scale: [f32; N] = std::array::from_fn(|c| params[c].scale);
+    let inv: [f32; N] = std::array::from_fn(|c| 1.0 / params[c].scale);
+    let zm: [f32; N] = std::array::from_fn(|c| params[c].zero + MAGIC);
+    let qm = qmax + MAGIC;
+    let mut acc = [0f32; N];
+    for (&v, &wt) in x.iter().zip(w) {
+        for c in 0..N {
+            let d = (quantize_magic(v, inv[c], zm[c], qm) - zm[c]) * scale[c] - v;
+            acc[c] += wt * d * d;
+        }
+    }
+    acc
+}
+
 /// Squared error of the group under each candidate.
 #[inline(always)]
-fn errors<const N: usize>(x: &[f32], params: &[GroupParams; N], qmax: f32) -> [f32; N] {
+fn unit_errors<const N: usize>(x: &[f32], params: &[GroupParams; N], qmax: f32) -> [f32; N] {
     let scale: [f32; N] = std::array::from_fn(|c| params[c].scale);
     let inv: [f32; N] = std::array::from_fn(|c| 1.0 / params[c].scale);
     let zm: [f32; N] = std::array::from_fn(|c| params[c].zero + MAGIC);
@@ -82,7 +118,7 @@ impl Best {
 
 /// The least-squared-error parameters among the clipping candidates of a non-constant group.
 #[inline(always)]
-pub(crate) fn search(x: &[f32], s: GroupScan, rule: GroupRule) -> GroupParams {
+pub(crate) fn search(x: &[f32], s: GroupScan, rule: GroupRule, w: Option<&[f32]>) -> GroupParams {
     let grid: [f32; CANDIDATES] = clip_grid(rule.bits);
     let side: [f32; SIDE_CANDIDATES] = clip_grid(rule.bits);
     let qmax = rule.qmax();
@@ -90,7 +126,7 @@ pub(crate) fn search(x: &[f32], s: GroupScan, rule: GroupRule) -> GroupParams {
         let m = signed_extreme(s);
         let params: [GroupParams; CANDIDATES] =
             std::array::from_fn(|c| sym_params(m * grid[c], rule));
-        let errs = errors(x, &params, qmax);
+        let errs = errors(x, w, &params, qmax);
         let mut best = Best {
             params: params[0],
             err: errs[0],
@@ -101,7 +137,7 @@ pub(crate) fn search(x: &[f32], s: GroupScan, rule: GroupRule) -> GroupParams {
     }
     let joint: [GroupParams; CANDIDATES] =
         std::array::from_fn(|c| asym_params(s.lo * grid[c], s.hi * grid[c], rule));
-    let errs = errors(x, &joint, qmax);
+    let errs = errors(x, w, &joint, qmax);
     let mut best = Best {
         params: joint[0],
         err: errs[0],
@@ -115,13 +151,13 @@ pub(crate) fn search(x: &[f32], s: GroupScan, rule: GroupRule) -> GroupParams {
     let (mut lo, hi) = (s.lo * f, s.hi * f);
     let low_side: [GroupParams; SIDE_CANDIDATES] =
         std::array::from_fn(|c| asym_params(s.lo * side[c], hi, rule));
-    best.offer(&low_side, &errors(x, &low_side, qmax));
+    best.offer(&low_side, &errors(x, w, &low_side, qmax));
     if let Some(c) = best.winner {
         lo = s.lo * side[c];
     }
     let high_side: [GroupParams; SIDE_CANDIDATES] =
         std::array::from_fn(|c| asym_params(lo, s.hi * side[c], rule));
-    best.offer(&high_side, &errors(x, &high_side, qmax));
+    best.offer(&high_side, &errors(x, w, &high_side, qmax));
     best.params
 }
 
@@ -163,6 +199,7 @@ mod tests {
                     bits,
                     symmetric,
                     search: false,
+                    hqq: false,
                     dtype: ScaleDtype::F16,
                 };
                 let mse = GroupRule {
@@ -170,8 +207,8 @@ mod tests {
                     ..rtn
                 };
                 let s = scan(&x);
-                let e_rtn = group_error(&x, choose_params(&x, s, rtn).unwrap(), rtn);
-                let e_mse = group_error(&x, choose_params(&x, s, mse).unwrap(), mse);
+                let e_rtn = group_error(&x, choose_params(&x, s, rtn, None).unwrap(), rtn);
+                let e_mse = group_error(&x, choose_params(&x, s, mse, None).unwrap(), mse);
                 assert!(
                     e_mse <= e_rtn,
                     "{bits:?} sym={symmetric}: {e_mse} > {e_rtn}"

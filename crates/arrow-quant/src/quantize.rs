@@ -3,6 +3,7 @@
 use crate::config::{BitWidth, Method, QuantConfig};
 use crate::error::{QuantError, Result};
 use crate::group::{self, GroupRule, GroupSums};
+use crate::importance::ChannelWeights;
 use crate::layout::GroupLayout;
 use crate::packing::pack_codes;
 use crate::quantized::{ParamBuffer, Quality, QuantizedTensor};
@@ -29,13 +30,14 @@ multiversion! {
     /// Quantizes the rows of one chunk: scales and zero points per group, codes packed into `packed`.
     fn quantize_chunk(
         x: &[f32],
-        layout: &GroupLayout,
         rule: GroupRule,
         codes: &mut [u8],
         packed: &mut [u8],
         scales: &mut [f32],
         zeros: &mut [f32],
+        cols: ColumnOf<'_>,
     ) -> ChunkResult {
+        let layout = cols.layout;
         let direct = rule.bits == BitWidth::Int8;
         let mut total = [0f64; 4];
         let mut g = 0;
@@ -48,7 +50,8 @@ multiversion! {
                     let (i, &value) = xs.iter().enumerate().find(|(_, v)| !v.is_finite()).unwrap_or((0, &xs[0]));
                     return Err(ChunkFailure::NonFinite { index: row_offset + start + i, value });
                 }
-                let p = group::choose_params(xs, scan, rule).map_err(|_| ChunkFailure::ScaleOverflow { group: g })?;
+                let w = cols.weights.slice(cols.of(row_offset + start), len);
+                let p = group::choose_params(xs, scan, rule, w).map_err(|_| ChunkFailure::ScaleOverflow { group: g })?;
                 let at = row_offset + start;
                 let out = if direct { &mut packed[at..at + len] } else { &mut codes[at..at + len] };
                 let GroupSums { xx, ee, xy, yy } = group::encode(xs, p, rule, out);
@@ -68,86 +71,82 @@ multiversion! {
     }
 }
 
-/// The output buffers of one tensor, sized for its layout: `data` holds `bits.packed_len(n)` bytes, `scales` and
-/// `zeros` one value per group (`zeros` is filled for symmetric tensors too, with the implicit zero point).
-pub struct OutputSlices<'a> {
-    /// Packed codes.
-    pub data: &'a mut [u8],
-    /// Scales, rounded to the storage type but held as f32.
-    pub scales: &'a mut [f32],
-    /// Zero points, held as f32.
-    pub zeros: &'a mut [f32],
+/// The group layout and importance weights of a chunk; maps a chunk-local flat index to its column in the tensor's 2-D view.
+#[derive(Clone, Copy)]
+struct ColumnOf<'a> {
+    layout: &'a GroupLayout,
+    weights: &'a ChannelWeights,
+    chunk_start: usize,
+    cols: usize,
 }
 
-/// Quantizes one tensor with `config` into new buffers.
+impl ColumnOf<'_> {
+    #[inline(always)]
+    fn of(&self, local: usize) -> usize {
+        (self.chunk_start + local) % self.cols.max(1)
+    }
+}
+
+/// Quantizes one tensor with `config` (`Method::Auto` is resolved by [`Method::resolve`]).
 ///
 /// Errors: a NaN or infinite element ([`QuantError::NonFinite`], naming the tensor and the flat index), or a
 /// group range too wide for float16 scales ([`QuantError::Schema`]: use float32 scales).
 pub fn quantize_tensor(tensor: &TensorView<'_>, config: &QuantConfig) -> Result<QuantizedTensor> {
-    let layout = GroupLayout::new(tensor.shape, config.group_size);
-    let mut data = vec![0u8; config.bits.packed_len(layout.len())];
-    let mut scales = vec![0f32; layout.num_groups()];
-    let mut zeros = vec![0f32; layout.num_groups()];
-    let out = OutputSlices {
-        data: &mut data,
-        scales: &mut scales,
-        zeros: &mut zeros,
-    };
-    let quality = quantize_into(tensor, config, out)?;
-    Ok(QuantizedTensor {
-        name: tensor.name.to_string(),
-        shape: tensor.shape.to_vec(),
-        source_dtype: tensor.data.dtype(),
-        config: *config,
-        data,
-        scales: ParamBuffer::from_f32(scales, config.scale_dtype),
-        zero_points: (!config.symmetric).then(|| ParamBuffer::from_f32(zeros, config.scale_dtype)),
-        quality,
-    })
+    quantize_tensor_with(tensor, config, None)
 }
 
-/// Quantizes one tensor into caller-provided buffers (see [`OutputSlices`] for their sizes) and returns its
-/// quality figures. This is how a batch writes every layer straight into one shared Arrow buffer.
-pub fn quantize_into(
+/// Quantizes one tensor with `config`, weighting the squared error of the parameter search by `importance`:
+/// one non-negative value per column of the 2-D view (e.g. mean squared input activations), see
+/// [`crate::importance`]. `rtn` ignores it. `Method::Auto` is resolved by [`Method::resolve`]; a group size
+/// other than the default, `symmetric`, float32 scales, or rows the two-level layout does not fit
+/// ([`crate::TwoLevelSpec::fits`]) count as asking for the flat encoding.
+pub fn quantize_tensor_with(
     tensor: &TensorView<'_>,
     config: &QuantConfig,
-    out: OutputSlices<'_>,
-) -> Result<Quality> {
+    importance: Option<&[f32]>,
+) -> Result<QuantizedTensor> {
+    let mut config = *config;
+    // Settings only the flat encodings have keep `Auto` on a flat method.
+    let flat_requested = config.group_size != QuantConfig::default().group_size
+        || config.symmetric
+        || config.scale_dtype != QuantConfig::default().scale_dtype
+        || !crate::two_level::TwoLevelSpec::for_bits(config.bits).fits(tensor.rows_cols().1);
+    config.method = config.method.resolve(flat_requested);
+    if config.method == Method::TwoLevel {
+        if config.symmetric {
+            return Err(QuantError::config(
+                "symmetric",
+                "True with method=\"two_level\"",
+                "False: two-level sub-blocks always store a minimum (or use method=\"mse\")",
+            ));
+        }
+        return crate::quantize_two_level::quantize_two_level(tensor, &config, importance);
+    }
+    let config = &config;
+    let weights = ChannelWeights::new(tensor.name, importance, tensor.rows_cols().1)?;
+    let view_cols = tensor.rows_cols().1;
     let layout = GroupLayout::new(tensor.shape, config.group_size);
     let n = layout.len();
     let bits = config.bits;
-    if out.data.len() != bits.packed_len(n)
-        || out.scales.len() != layout.num_groups()
-        || out.zeros.len() != layout.num_groups()
-    {
-        return Err(QuantError::corrupt(
-            tensor.name,
-            format!(
-                "output buffers of {} bytes / {} scales / {} zero points do not fit {} elements in {} groups",
-                out.data.len(),
-                out.scales.len(),
-                out.zeros.len(),
-                n,
-                layout.num_groups()
-            ),
-        ));
-    }
     let rule = GroupRule {
         bits,
         symmetric: config.symmetric,
-        search: config.method == Method::Mse,
+        search: matches!(config.method, Method::Mse | Method::Hqq),
+        hqq: config.method == Method::Hqq,
         dtype: config.scale_dtype,
     };
+    let mut data = vec![0u8; bits.packed_len(n)];
+    let mut scales = vec![0f32; layout.num_groups()];
+    let mut zeros = vec![0f32; layout.num_groups()];
     let chunk_rows = layout.chunk_rows();
     let chunk_elems = chunk_rows * layout.cols;
     let chunk_groups = chunk_rows * layout.groups_per_row;
     let results: Vec<ChunkResult> = if n == 0 {
         Vec::new()
     } else {
-        out.data
-            .par_chunks_mut(layout.chunk_bytes(bits))
-            .zip(out.scales.par_chunks_mut(chunk_groups))
-            .zip(out.zeros.par_chunks_mut(chunk_groups))
+        data.par_chunks_mut(layout.chunk_bytes(bits))
+            .zip(scales.par_chunks_mut(chunk_groups))
+            .zip(zeros.par_chunks_mut(chunk_groups))
             .enumerate()
             .map_init(Scratch::default, |scratch, (ci, ((packed, sc), zp))| {
                 let start = ci * chunk_elems;
@@ -163,7 +162,13 @@ pub fn quantize_into(
                         &scratch.converted
                     }
                 };
-                quantize_chunk(x, &layout, rule, &mut scratch.codes, packed, sc, zp)
+                let cols = ColumnOf {
+                    layout: &layout,
+                    weights: &weights,
+                    chunk_start: start,
+                    cols: view_cols,
+                };
+                quantize_chunk(x, rule, &mut scratch.codes, packed, sc, zp, cols)
             })
             .collect()
     };
@@ -190,5 +195,15 @@ pub fn quantize_into(
             }
         }
     }
-    Ok(Quality::from_sums(sums[0], sums[1], sums[2], sums[3]))
+    Ok(QuantizedTensor {
+        name: tensor.name.to_string(),
+        shape: tensor.shape.to_vec(),
+        source_dtype: tensor.data.dtype(),
+        config: *config,
+        data,
+        scales: ParamBuffer::from_f32(scales, config.scale_dtype),
+        zero_points: (!config.symmetric).then(|| ParamBuffer::from_f32(zeros, config.scale_dtype)),
+        params: None,
+        quality: Quality::from_sums(sums[0], sums[1], sums[2], sums[3]),
+    })
 }

@@ -134,6 +134,9 @@ pub struct QuantizedTensor {
     pub scales: ParamBuffer,
     /// One zero point per group; `None` when symmetric.
     pub zero_points: Option<ParamBuffer>,
+    /// The packed super-block records of a two-level encoding (see `docs/FORMAT.md`); `None` for the flat
+    /// encodings. When present, `scales` is empty and `zero_points` is `None`.
+    pub params: Option<Vec<u8>>,
     /// Fidelity to the source.
     pub quality: Quality,
 }
@@ -149,7 +152,13 @@ impl QuantizedTensor {
             data: &self.data,
             scales: self.scales.as_slice(),
             zero_points: self.zero_points.as_ref().map(ParamBuffer::as_slice),
+            params: self.params.as_deref(),
         }
+    }
+
+    /// The encoding name: `int8` / `int4` / `int2` (flat) or `int8_2l` / `int4_2l` / `int2_2l` (two-level).
+    pub fn encoding_name(&self) -> &'static str {
+        self.view().encoding_name()
     }
 
     /// Number of elements.
@@ -195,6 +204,9 @@ pub struct QuantizedView<'a> {
     pub scales: ParamSlice<'a>,
     /// One zero point per group; `None` for symmetric tensors (implicit zero `2^(bits-1)`).
     pub zero_points: Option<ParamSlice<'a>>,
+    /// Super-block records of a two-level encoding; `None` for flat encodings (then `scales` holds the
+    /// parameters). When present, `scales` must be empty and `zero_points` `None`.
+    pub params: Option<&'a [u8]>,
 }
 
 impl QuantizedView<'_> {
@@ -203,10 +215,45 @@ impl QuantizedView<'_> {
         GroupLayout::new(self.shape, self.group_size)
     }
 
+    /// The encoding name: `int8` / `int4` / `int2` (flat) or `int8_2l` / `int4_2l` / `int2_2l` (two-level).
+    pub fn encoding_name(&self) -> &'static str {
+        match self.params {
+            None => self.bits.encoding_name(),
+            Some(_) => crate::two_level::TwoLevelSpec::for_bits(self.bits).encoding_name(),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True for an empty tensor.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Checks that every buffer has the length its metadata implies.
     pub fn validate(&self) -> Result<()> {
         let layout = self.layout();
         let n = layout.len();
+        if let Some(params) = self.params {
+            let want = self.bits.packed_len(self.len());
+            if self.data.len() != want {
+                return Err(QuantError::corrupt(
+                    self.name,
+                    format!("data has {} bytes but needs {want}", self.data.len()),
+                ));
+            }
+            if !self.scales.is_empty() || self.zero_points.is_some() {
+                return Err(QuantError::corrupt(
+                    self.name,
+                    "a two-level tensor keeps its parameters in params: scales must be empty and \
+                     zero_points absent",
+                ));
+            }
+            return crate::quantize_two_level::validate(self, params);
+        }
         let want = self.bits.packed_len(n);
         if self.data.len() != want {
             return Err(QuantError::corrupt(
@@ -237,9 +284,12 @@ impl QuantizedView<'_> {
         Ok(())
     }
 
-    /// Stored bytes: packed codes plus scales plus zero points.
+    /// Stored bytes: packed codes plus scales plus zero points plus two-level params.
     pub fn nbytes(&self) -> usize {
-        self.data.len() + self.scales.nbytes() + self.zero_points.map_or(0, |z| z.nbytes())
+        self.data.len()
+            + self.scales.nbytes()
+            + self.zero_points.map_or(0, |z| z.nbytes())
+            + self.params.map_or(0, <[u8]>::len)
     }
 
     /// Stored bits per weight, counting scales and zero points.

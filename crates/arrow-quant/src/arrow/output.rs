@@ -3,14 +3,14 @@
 //! `quantize_to_batch` sizes one buffer for all packed codes and one for all scales (and zero points), lets each
 //! layer's kernel write into its own slice of them in parallel, and hands the buffers to Arrow without copying.
 
-use super::buffers::{offsets, split_mut};
+use super::buffers::offsets;
 use super::schema::{list_of, param_type, result_schema};
-use crate::config::{QuantConfig, ScaleDtype};
+use crate::config::{Method, QuantConfig, ScaleDtype};
 use crate::error::{QuantError, Result};
-use crate::layout::GroupLayout;
-use crate::quantize::{quantize_into, OutputSlices};
-use crate::quantized::{ParamSlice, Quality, QuantizedView};
+use crate::quantize::quantize_tensor;
+use crate::quantized::{ParamSlice, Quality, QuantizedTensor, QuantizedView};
 use crate::tensor::{SourceDtype, TensorView};
+use crate::two_level::TwoLevelSpec;
 use arrow_array::builder::{ListBuilder, PrimitiveBuilder};
 use arrow_array::types::Int64Type;
 use arrow_array::{
@@ -42,6 +42,9 @@ impl RowEncoding {
     /// The `encoding` column value.
     pub fn name(&self) -> &'static str {
         match self {
+            Self::Quantized(c) if c.method == Method::TwoLevel => {
+                TwoLevelSpec::for_bits(c.bits).encoding_name()
+            }
             Self::Quantized(c) => c.bits.encoding_name(),
             Self::Plain { encoding, .. } => encoding,
         }
@@ -148,17 +151,45 @@ pub(crate) struct ZeroColumn {
     pub(crate) nulls: Option<NullBuffer>,
 }
 
+/// The flat buffers of all rows of a batch.
+pub(crate) struct RowBuffers {
+    /// Packed codes (or plain values) of every row, back to back.
+    data: Vec<u8>,
+    /// Bytes of `data` per row.
+    data_lens: Vec<usize>,
+    /// Scales of every row.
+    scales: ParamValues,
+    /// Scales per row.
+    group_lens: Vec<usize>,
+    /// Zero points, when any row has them.
+    zeros: Option<ZeroColumn>,
+    /// Two-level parameter blocks, when any row has them.
+    params: Option<ParamsColumn>,
+}
+
+/// Two-level parameter blocks of all rows: the bytes, the length per row, and which rows have none.
+pub(crate) struct ParamsColumn {
+    values: Vec<u8>,
+    lens: Vec<usize>,
+    nulls: Option<NullBuffer>,
+}
+
 /// Builds the batch from row metadata and the flat buffers (`zeros` is `None` when every row is symmetric).
 /// Builds a result batch from row metadata and the flat buffers (`zeros` is `None` when no row has zero points).
 pub(crate) fn build_batch(
     rows: &[RowMeta<'_>],
     scale_dtype: ScaleDtype,
-    data: Vec<u8>,
-    data_lens: &[usize],
-    scales: ParamValues,
-    zeros: Option<ZeroColumn>,
-    group_lens: &[usize],
+    buffers: RowBuffers,
 ) -> Result<RecordBatch> {
+    let RowBuffers {
+        data,
+        data_lens,
+        scales,
+        group_lens,
+        zeros,
+        params,
+    } = buffers;
+    let (data_lens, group_lens) = (data_lens.as_slice(), group_lens.as_slice());
     let schema = Arc::new(result_schema(scale_dtype));
     let n = rows.len();
     let mut shapes = ListBuilder::new(PrimitiveBuilder::<Int64Type>::new())
@@ -200,7 +231,17 @@ pub(crate) fn build_batch(
         Arc::new(data),
         param_list(scales, group_lens, None, "scales")?,
         zero_points,
-        new_null_array(&DataType::LargeBinary, n),
+        match params {
+            Some(p) => Arc::new(
+                LargeBinaryArray::try_new(
+                    offsets::<i64>(&p.lens, "params")?,
+                    Buffer::from_vec(p.values),
+                    p.nulls,
+                )
+                .map_err(|e| QuantError::column("params", e))?,
+            ),
+            None => new_null_array(&DataType::LargeBinary, n),
+        },
         new_null_array(&list_of(DataType::Float32), n),
         new_null_array(&list_of(super::schema::time_group_type()), n),
         Arc::new(Float64Array::from_iter_values(
@@ -213,66 +254,20 @@ pub(crate) fn build_batch(
     RecordBatch::try_new(schema, columns).map_err(|e| QuantError::column("*", e))
 }
 
-/// Quantizes `layers` with one config, in parallel, straight into the buffers of one result batch.
-/// The first failing layer (in input order) is returned as the error.
+/// Quantizes `layers` with one config, in parallel, and lays the results out as one result batch (the packed
+/// codes are copied once into the batch's buffer). The first failing layer (in input order) is the error.
 pub fn quantize_to_batch(layers: &[TensorView<'_>], config: &QuantConfig) -> Result<RecordBatch> {
-    let layouts: Vec<GroupLayout> = layers
+    let results: Vec<Result<QuantizedTensor>> = layers
+        .par_iter()
+        .map(|l| quantize_tensor(l, config))
+        .collect();
+    let tensors = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let metas: Vec<RowMeta<'_>> = tensors
         .iter()
-        .map(|l| GroupLayout::new(l.shape, config.group_size))
+        .map(|t| RowMeta::quantized(&t.name, &t.shape, t.source_dtype, t.config, t.quality))
         .collect();
-    let data_lens: Vec<usize> = layouts
-        .iter()
-        .map(|l| config.bits.packed_len(l.len()))
-        .collect();
-    let group_lens: Vec<usize> = layouts.iter().map(GroupLayout::num_groups).collect();
-    let total_groups = group_lens.iter().sum();
-    let mut data = vec![0u8; data_lens.iter().sum()];
-    let mut scales = vec![0f32; total_groups];
-    let mut zeros = vec![0f32; total_groups];
-    let jobs: Vec<_> = layers
-        .iter()
-        .zip(split_mut(&mut data, &data_lens))
-        .zip(split_mut(&mut scales, &group_lens))
-        .zip(split_mut(&mut zeros, &group_lens))
-        .collect();
-    let qualities: Vec<Result<Quality>> = jobs
-        .into_par_iter()
-        .map(|(((layer, data), scales), zeros)| {
-            quantize_into(
-                layer,
-                config,
-                OutputSlices {
-                    data,
-                    scales,
-                    zeros,
-                },
-            )
-        })
-        .collect();
-    let mut rows = Vec::with_capacity(layers.len());
-    for (layer, quality) in layers.iter().zip(qualities) {
-        rows.push(RowMeta::quantized(
-            layer.name,
-            layer.shape,
-            layer.data.dtype(),
-            *config,
-            quality?,
-        ));
-    }
-    let zeros = (!config.symmetric).then(|| ZeroColumn {
-        values: ParamValues::from_f32(zeros, config.scale_dtype),
-        lens: group_lens.clone(),
-        nulls: None,
-    });
-    build_batch(
-        &rows,
-        config.scale_dtype,
-        data,
-        &data_lens,
-        ParamValues::from_f32(scales, config.scale_dtype),
-        zeros,
-        &group_lens,
-    )
+    let views: Vec<QuantizedView<'_>> = tensors.iter().map(QuantizedTensor::view).collect();
+    tensors_to_batch(&metas, &views)
 }
 
 fn param_f32(p: ParamSlice<'_>) -> impl Iterator<Item = f32> + '_ {
@@ -325,14 +320,36 @@ pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Re
                     .collect::<Vec<_>>(),
             )),
         });
+    let params = views
+        .iter()
+        .any(|v| v.params.is_some())
+        .then(|| ParamsColumn {
+            values: views
+                .iter()
+                .filter_map(|v| v.params)
+                .flatten()
+                .copied()
+                .collect(),
+            lens: views
+                .iter()
+                .map(|v| v.params.map_or(0, <[u8]>::len))
+                .collect(),
+            nulls: Some(NullBuffer::from(
+                views.iter().map(|v| v.params.is_some()).collect::<Vec<_>>(),
+            )),
+        });
+    let scales = ParamValues::from_f32(scales, dtype);
     build_batch(
         rows,
         dtype,
-        data,
-        &data_lens,
-        ParamValues::from_f32(scales, dtype),
-        zeros,
-        &group_lens,
+        RowBuffers {
+            data,
+            data_lens,
+            scales,
+            group_lens,
+            zeros,
+            params,
+        },
     )
 }
 
@@ -344,13 +361,13 @@ pub fn plain_batch(
 ) -> Result<RecordBatch> {
     let len = bytes.len();
     let empty = ParamValues::from_f32(Vec::new(), scale_dtype);
-    build_batch(
-        std::slice::from_ref(meta),
-        scale_dtype,
-        bytes,
-        &[len],
-        empty,
-        None,
-        &[0],
-    )
+    let buffers = RowBuffers {
+        data: bytes,
+        data_lens: vec![len],
+        scales: empty,
+        group_lens: vec![0],
+        zeros: None,
+        params: None,
+    };
+    build_batch(std::slice::from_ref(meta), scale_dtype, buffers)
 }

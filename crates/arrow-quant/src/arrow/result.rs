@@ -7,6 +7,7 @@ use crate::config::{BitWidth, GroupSize, Method, QuantConfig};
 use crate::error::{QuantError, Result};
 use crate::quantized::{ParamSlice, Quality, QuantizedView};
 use crate::tensor::SourceDtype;
+use crate::two_level::TwoLevelSpec;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Float64Type, Int64Type, UInt32Type, UInt8Type};
 use arrow_array::{Array, ArrayRef, ListArray, RecordBatch};
@@ -30,8 +31,10 @@ pub struct ResultRow<'a> {
     pub data: &'a [u8],
     /// Scales (empty for plain rows).
     pub scales: ParamSlice<'a>,
-    /// Zero points (None when symmetric or plain).
+    /// Zero points (None when symmetric, two-level or plain).
     pub zero_points: Option<ParamSlice<'a>>,
+    /// Two-level parameter block (None for flat and plain rows).
+    pub params: Option<&'a [u8]>,
     /// Stored fidelity figures.
     pub quality: Quality,
 }
@@ -59,6 +62,7 @@ impl ResultRow<'_> {
                 data: self.data,
                 scales: self.scales,
                 zero_points: self.zero_points,
+                params: self.params,
             }),
             RowEncoding::Plain { encoding, .. } => Err(QuantError::column(
                 col::ENCODING,
@@ -148,6 +152,7 @@ impl ResultRow<'_> {
             data: self.data.to_vec(),
             scales: self.scales.to_buffer(),
             zero_points: self.zero_points.map(|z| z.to_buffer()),
+            params: self.params.map(<[u8]>::to_vec),
             quality: self.quality,
         })
     }
@@ -230,6 +235,14 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
             matches!(shapes.data_type(), DataType::List(f) if f.data_type() == &DataType::Int64),
             "list<int64>",
         )?;
+        let params_col = get(batch, col::PARAMS, "large_binary")?;
+        expect_type(
+            params_col,
+            col::PARAMS,
+            params_col.data_type() == &DataType::LargeBinary,
+            "large_binary",
+        )?;
+        let params_col = params_col.as_binary::<i64>();
         let encodings = get(batch, col::ENCODING, "utf8")?;
         expect_type(
             encodings,
@@ -341,8 +354,33 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
             let dtype = dtypes.value(r);
             let encoding_name = encodings.value(r);
             let scale_slice = param_slice(scales, r, col::SCALES)?;
+            let two_level = encoding_name.ends_with("_2l");
             let encoding = if let Some(plain) = plain_encoding(encoding_name, bits.value(r)) {
                 plain
+            } else if two_level {
+                let width = BitWidth::from_bits(u32::from(bits.value(r))).map_err(|_| {
+                    QuantError::column(
+                        col::BITS,
+                        format!("tensor '{name}': {} bits is not 2, 4 or 8", bits.value(r)),
+                    )
+                })?;
+                let spec = TwoLevelSpec::for_bits(width);
+                if spec.encoding_name() != encoding_name {
+                    return Err(QuantError::column(
+                        col::ENCODING,
+                        format!(
+                            "tensor '{name}': encoding {encoding_name:?} does not match {} bits",
+                            width.bits()
+                        ),
+                    ));
+                }
+                RowEncoding::Quantized(QuantConfig {
+                    bits: width,
+                    group_size: GroupSize::Elements(spec.sub_len),
+                    symmetric: false,
+                    method: Method::TwoLevel,
+                    scale_dtype: scale_slice.dtype(),
+                })
             } else {
                 if !matches!(dtype, "f32" | "f16" | "bf16") {
                     return Err(QuantError::column(
@@ -382,7 +420,19 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
                     scale_dtype: scale_slice.dtype(),
                 })
             };
-            let quantized_asym = matches!(encoding, RowEncoding::Quantized(c) if !c.symmetric);
+            let quantized_asym =
+                matches!(encoding, RowEncoding::Quantized(c) if !c.symmetric && !two_level);
+            let params = if two_level {
+                if params_col.is_null(r) {
+                    return Err(QuantError::column(
+                        col::PARAMS,
+                        format!("tensor '{name}' is {encoding_name} but has no params"),
+                    ));
+                }
+                Some(params_col.value(r))
+            } else {
+                None
+            };
             let zero_slice = if quantized_asym && !zeros.is_null(r) {
                 Some(param_slice(zeros, r, col::ZERO_POINTS)?)
             } else {
@@ -402,6 +452,7 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
                 data: data.value(r),
                 scales: scale_slice,
                 zero_points: zero_slice,
+                params,
                 quality: Quality {
                     cosine: cosine.value(r),
                     rel_mse: rel_mse.value(r),

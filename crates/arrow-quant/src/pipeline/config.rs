@@ -100,7 +100,7 @@ impl PipelineConfig {
                 bits,
                 group_size: GroupSize::Elements(group),
                 symmetric: false,
-                method: Method::Mse,
+                method: Method::Auto,
                 scale_dtype: ScaleDtype::F16,
             },
             quality_floor: floor,

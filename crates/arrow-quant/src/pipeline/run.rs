@@ -121,7 +121,7 @@ fn quantize_with_fallback(
             "cosine {:.4} < floor {:.4} at {}",
             q.quality.cosine,
             config.quality_floor,
-            bits.encoding_name()
+            q.encoding_name()
         );
         if config.fail_fast {
             return Err(QuantError::Quality {
