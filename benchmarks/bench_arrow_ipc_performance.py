@@ -27,15 +27,24 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from _common import (
+    NOISY,
+    add_output_option,
+    describe_rayon_threads,
+    interleaved_best,
+    load_average,
+    load_before_run,
+    machine_info,
+    output_path,
+    rayon_threads,
+    timed,
+    write_json,
+)
 
 try:
     import pyarrow as pa
@@ -45,10 +54,7 @@ try:
 except ImportError as exc:  # pragma: no cover - environment problem, not a benchmark result
     sys.exit(f"error: cannot import arrow_quant_v2 / pyarrow ({exc}); build it first (maturin develop --release)")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "bench_arrow_ipc_performance.json"
-# a smoke test never overwrites the real figures
-QUICK_RESULTS = RESULTS.with_name("bench_arrow_ipc_performance.quick.json")
+NAME = "bench_arrow_ipc_performance"
 
 MB = 1e6
 BITS = 4
@@ -118,38 +124,6 @@ class Case:
         return pa.table({"layer_name": self.names, "weights": weights, "shape": self.shape_column()})
 
 
-def timed(fn: Callable[[], object]) -> Callable[[], dict[str, float]]:
-    def run() -> dict[str, float]:
-        start = time.perf_counter()
-        out = fn()
-        elapsed = time.perf_counter() - start
-        del out  # freed outside the timed region, like the kernel's results in _kernel_seconds
-        return {"s": elapsed}
-
-    return run
-
-
-def interleaved_best(variants: dict[str, Callable[[], dict[str, float]]], repeats: int,
-                     limits: dict[str, int] | None = None) -> dict[str, float]:
-    """Round-robin rounds, the order rotated each round; the best of every named time is kept.
-
-    A variant returns {"s": seconds, ...}; its figures are stored as `name` ("s") and `name_key` (others).
-    `limits` caps the number of rounds of slow variants.
-    """
-    limits = limits or {}
-    names = list(variants)
-    best: dict[str, float] = {}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            if r >= limits.get(name, repeats):
-                continue
-            for key, value in variants[name]().items():
-                full = name if key == "s" else f"{name}_{key}"
-                best[full] = min(best.get(full, float("inf")), value)
-    return best
-
-
 def measure(q: arrow_quant_v2.ArrowQuantV2, case: Case, method: str, repeats: int,
             list_path: bool = False, list_repeats: int = 0) -> dict:
     opts = {"bit_width": BITS, "group_size": GROUP, "method": method}
@@ -170,26 +144,22 @@ def measure(q: arrow_quant_v2.ArrowQuantV2, case: Case, method: str, repeats: in
     limits = {}
     if list_path:
 
-        def zero_copy_e2e() -> dict[str, float]:
-            start = time.perf_counter()
-            table = case.build_table()
-            built = time.perf_counter()
-            out = q.quantize_arrow(table, **opts)
-            end = time.perf_counter()
-            del out, table
-            return {"s": end - start, "build": built - start}
+        def end_to_end(build: Callable[[], pa.Table]) -> Callable[[], dict[str, float]]:
+            """Build the Arrow input with `build`, then quantize_arrow: total and build seconds."""
 
-        def list_e2e() -> dict[str, float]:
-            start = time.perf_counter()
-            table = case.build_table_from_lists()
-            built = time.perf_counter()
-            out = q.quantize_arrow(table, **opts)
-            end = time.perf_counter()
-            del out, table
-            return {"s": end - start, "build": built - start}
+            def run() -> dict[str, float]:
+                start = time.perf_counter()
+                table = build()
+                built = time.perf_counter()
+                out = q.quantize_arrow(table, **opts)
+                end = time.perf_counter()
+                del out, table
+                return {"s": end - start, "build": built - start}
 
-        variants["zero_copy_e2e"] = zero_copy_e2e
-        variants["list_e2e"] = list_e2e
+            return run
+
+        variants["zero_copy_e2e"] = end_to_end(case.build_table)
+        variants["list_e2e"] = end_to_end(case.build_table_from_lists)
         limits["list_e2e"] = list_repeats
     gc.collect()
     best = interleaved_best(variants, repeats, limits)
@@ -362,19 +332,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved rounds, best kept (default 15; 5 for inputs of 200 MB and more)")
     parser.add_argument("--quick", action="store_true", help="no 400 MB layer, 3 rounds (smoke test)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON output (default {RESULTS.relative_to(REPO_ROOT)}; "
-                        f"with --quick: {QUICK_RESULTS.name})")
+    add_output_option(parser, NAME)
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 15)
     big_repeats = min(repeats, 3 if args.quick else 5)
     list_repeats = 1 if args.quick else 3
-    output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
+    output = output_path(NAME, args.quick, args.output)
 
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f} before the run: other work on the machine makes these "
-              "figures noisy (an overhead below zero means noise)", file=sys.stderr)
+    load = load_before_run(f"{NOISY} (an overhead below zero means noise)")
     q = arrow_quant_v2.ArrowQuantV2()
     results: dict[str, list[dict]] = {"sizes": [], "layers": [], "small": []}
     start = time.perf_counter()
@@ -407,9 +372,9 @@ def main() -> None:
     run_case("small", case)
     del case
     elapsed = time.perf_counter() - start
-    load_after = os.getloadavg()[0]
+    load_after = load_average()
 
-    threads = os.environ.get("RAYON_NUM_THREADS", f"unset (rayon default; {os.cpu_count()} CPUs)")
+    threads = describe_rayon_threads()
     print(f"\nint{BITS} g{GROUP} asymmetric, best of {repeats} interleaved rounds ({big_repeats} for inputs >= "
           f"{BIG_BYTES / MB:.0f} MB), RAYON_NUM_THREADS={threads}, load average (1 min) before {load:.2f}, "
           f"after {load_after:.2f}; MB = 1e6 bytes")
@@ -428,7 +393,7 @@ def main() -> None:
     print(f"\ntotal {elapsed:.1f} s")
 
     report = {
-        "benchmark": "bench_arrow_ipc_performance",
+        "benchmark": NAME,
         "quick": args.quick,
         "bit_width": BITS,
         "group_size": GROUP,
@@ -438,19 +403,13 @@ def main() -> None:
         "large_input_bytes": BIG_BYTES,
         "list_path_repeats": list_repeats,
         "arrow_layout": "weights: fixed_size_list<float32> on the numpy buffer (zero-copy, checked)",
-        "rayon_num_threads": os.environ.get("RAYON_NUM_THREADS"),
+        "rayon_num_threads": rayon_threads(),
         "load_average_1min_before": load,
         "load_average_1min_after": load_after,
         "seconds": elapsed,
         "mb": MB,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pyarrow": pa.__version__,
-            "arrow_quant_v2": arrow_quant_v2.__version__,
-        },
+        "machine": machine_info(numpy=np.__version__, pyarrow=pa.__version__,
+                                arrow_quant_v2=arrow_quant_v2.__version__),
         "results": results,
         "targets": summary,
         "seed_targets": {
@@ -474,9 +433,7 @@ def main() -> None:
             "quantize_arrow_100x256x256_ms": EARLIER_SMALL_ARROW_MS,
         },
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_json(output, report)
 
 
 if __name__ == "__main__":

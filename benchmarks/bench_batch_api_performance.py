@@ -23,15 +23,23 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from _common import (
+    NOISY,
+    add_output_option,
+    describe_rayon_threads,
+    interleaved_best,
+    load_average,
+    load_before_run,
+    machine_info,
+    output_path,
+    rayon_threads,
+    timed,
+    write_json,
+)
 
 try:
     import pyarrow as pa
@@ -41,10 +49,7 @@ try:
 except ImportError as exc:  # pragma: no cover - environment problem, not a benchmark result
     sys.exit(f"error: cannot import arrow_quant_v2 / pyarrow ({exc}); build it first (maturin develop --release)")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "bench_batch_api_performance.json"
-# a smoke test never overwrites the real figures
-QUICK_RESULTS = RESULTS.with_name("bench_batch_api_performance.quick.json")
+NAME = "bench_batch_api_performance"
 
 MB = 1e6
 BITS = 4
@@ -91,28 +96,6 @@ class Case:
         return self.flat.nbytes
 
 
-def timed(fn: Callable[[], object]) -> Callable[[], float]:
-    def run() -> float:
-        start = time.perf_counter()
-        out = fn()
-        elapsed = time.perf_counter() - start
-        del out  # freed outside the timed region, like the kernel's results in _kernel_seconds
-        return elapsed
-
-    return run
-
-
-def interleaved_best(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Round-robin rounds, the order rotated each round; the best time of each variant is kept."""
-    names = list(variants)
-    best = dict.fromkeys(names, float("inf"))
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            best[name] = min(best[name], variants[name]())
-    return best
-
-
 def measure(q: arrow_quant_v2.ArrowQuantV2, case: Case, method: str, repeats: int) -> dict:
     opts = {"bit_width": BITS, "group_size": GROUP, "method": method}
 
@@ -137,7 +120,7 @@ def measure(q: arrow_quant_v2.ArrowQuantV2, case: Case, method: str, repeats: in
         "sequential": timed(sequential),
         "batch": timed(batch),
         "arrow": timed(arrow),
-        "kernel": lambda: _kernel_seconds(case.layers, BITS, GROUP, method, repeats=1),
+        "kernel": lambda: {"s": _kernel_seconds(case.layers, BITS, GROUP, method, repeats=1)},
     }, repeats)
 
     kernel_s = best["kernel"]
@@ -214,18 +197,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved rounds, best kept (default 15; 5 for inputs of 200 MB and more)")
     parser.add_argument("--quick", action="store_true", help="no 400 MB layer, 3 rounds (smoke test)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON output (default {RESULTS.relative_to(REPO_ROOT)}; "
-                        f"with --quick: {QUICK_RESULTS.name})")
+    add_output_option(parser, NAME)
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 15)
     big_repeats = min(repeats, 3 if args.quick else 5)
-    output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
+    output = output_path(NAME, args.quick, args.output)
 
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f} before the run: other work on the machine makes these "
-              "figures noisy (an overhead below zero means noise)", file=sys.stderr)
+    load = load_before_run(f"{NOISY} (an overhead below zero means noise)")
     q = arrow_quant_v2.ArrowQuantV2()
     specs = [("layers", f"{n} layers", n, LAYER_SHAPE) for n in LAYER_COUNTS]
     specs.append(("layers", "earlier attempt's case", *EARLIER_CASE))
@@ -242,9 +220,9 @@ def main() -> None:
         del case
         gc.collect()
     elapsed = time.perf_counter() - start
-    load_after = os.getloadavg()[0]
+    load_after = load_average()
 
-    threads = os.environ.get("RAYON_NUM_THREADS", f"unset (rayon default; {os.cpu_count()} CPUs)")
+    threads = describe_rayon_threads()
     print(f"\nint{BITS} g{GROUP} asymmetric, best of {repeats} interleaved rounds ({big_repeats} for inputs >= "
           f"{BIG_BYTES / MB:.0f} MB), RAYON_NUM_THREADS={threads}, load average (1 min) before {load:.2f}, "
           f"after {load_after:.2f}; MB = 1e6 bytes")
@@ -280,7 +258,7 @@ def main() -> None:
     print(f"\ntotal {elapsed:.1f} s")
 
     report = {
-        "benchmark": "bench_batch_api_performance",
+        "benchmark": NAME,
         "quick": args.quick,
         "bit_width": BITS,
         "group_size": GROUP,
@@ -289,19 +267,13 @@ def main() -> None:
         "repeats_large_inputs": big_repeats,
         "large_input_bytes": BIG_BYTES,
         "arrow_layout": "weights: fixed_size_list<float32> on the numpy buffer (zero-copy, checked), prebuilt",
-        "rayon_num_threads": os.environ.get("RAYON_NUM_THREADS"),
+        "rayon_num_threads": rayon_threads(),
         "load_average_1min_before": load,
         "load_average_1min_after": load_after,
         "seconds": elapsed,
         "mb": MB,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pyarrow": pa.__version__,
-            "arrow_quant_v2": arrow_quant_v2.__version__,
-        },
+        "machine": machine_info(numpy=np.__version__, pyarrow=pa.__version__,
+                                arrow_quant_v2=arrow_quant_v2.__version__),
         "results": rows,
         "targets": summary,
         "seed_targets": {
@@ -317,9 +289,7 @@ def main() -> None:
             "quantize_arrow_4mb_ms": EARLIER_ARROW_4MB_MS,
         },
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_json(output, report)
 
 
 if __name__ == "__main__":

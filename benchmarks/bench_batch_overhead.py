@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
-import platform
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
+from _common import (
+    NOISY,
+    add_output_option,
+    best_time,
+    describe_rayon_threads,
+    load_before_run,
+    machine_info,
+    output_path,
+    rayon_threads,
+    write_json,
+)
 
 try:
     import arrow_quant_v2
@@ -30,10 +36,7 @@ try:
 except ImportError as exc:  # pragma: no cover - environment problem, not a benchmark result
     sys.exit(f"error: cannot import arrow_quant_v2 ({exc}); build it first (maturin develop --release)")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "bench_batch_overhead.json"
-# a smoke test never overwrites the real figures
-QUICK_RESULTS = RESULTS.with_name("bench_batch_overhead.quick.json")
+NAME = "bench_batch_overhead"
 
 LAYERS = 100
 SHAPE = (256, 256)
@@ -51,15 +54,6 @@ EARLIER_TARGET_MS = 2.0  # seed target for the 100-layer batch overhead, never r
 def make_layers(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {f"layer_{i:03d}.weight": rng.standard_normal(SHAPE, dtype=np.float32) for i in range(LAYERS)}
-
-
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure(q: arrow_quant_v2.ArrowQuantV2, layers: dict[str, np.ndarray], method: str, repeats: int) -> dict:
@@ -97,22 +91,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs, best kept (default 20)")
     parser.add_argument("--quick", action="store_true", help="5 repeats (smoke test)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON output (default {RESULTS.relative_to(REPO_ROOT)}; "
-                        f"with --quick: {QUICK_RESULTS.name})")
+    add_output_option(parser, NAME)
     args = parser.parse_args()
     repeats = args.repeats or (5 if args.quick else 20)
-    output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
+    output = output_path(NAME, args.quick, args.output)
 
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f} before the run: other work on the machine makes these "
-              "figures noisy (an overhead below zero means noise)", file=sys.stderr)
+    load = load_before_run(f"{NOISY} (an overhead below zero means noise)")
     layers = make_layers()
     q = arrow_quant_v2.ArrowQuantV2()
     rows = [measure(q, layers, m, repeats) for m in METHODS]
 
-    threads = os.environ.get("RAYON_NUM_THREADS", f"unset (rayon default; {os.cpu_count()} CPUs)")
+    threads = describe_rayon_threads()
     print(f"\n{LAYERS} layers of {SHAPE[0]} x {SHAPE[1]} float32, int{BITS} g{GROUP}, best of {repeats} "
           f"interleaved rounds, RAYON_NUM_THREADS={threads}, load average before {load:.2f}")
     target = f"<= {TARGET_US_PER_LAYER:g} us"
@@ -134,23 +123,17 @@ def main() -> None:
     print(f"  seed target it never reached: 100-layer batch overhead <= {EARLIER_TARGET_MS:g} ms")
 
     report = {
-        "benchmark": "bench_batch_overhead",
+        "benchmark": NAME,
         "layers": LAYERS,
         "shape": list(SHAPE),
         "bit_width": BITS,
         "group_size": GROUP,
         "repeats": repeats,
         "quick": args.quick,
-        "rayon_num_threads": os.environ.get("RAYON_NUM_THREADS"),
+        "rayon_num_threads": rayon_threads(),
         "load_average_1min_before": load,
         "target_us_per_layer": TARGET_US_PER_LAYER,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "arrow_quant_v2": arrow_quant_v2.__version__,
-        },
+        "machine": machine_info(numpy=np.__version__, arrow_quant_v2=arrow_quant_v2.__version__),
         "results": rows,
         "earlier_attempt_outside_reference": {
             "source": "shared/bench/PEERS.md, measured elsewhere",
@@ -159,9 +142,7 @@ def main() -> None:
             "seed_target_batch_overhead_ms": EARLIER_TARGET_MS,
         },
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_json(output, report)
 
 
 if __name__ == "__main__":

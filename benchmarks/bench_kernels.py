@@ -19,17 +19,23 @@ import argparse
 import functools
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "bench_kernels.json"
-# a smoke test never overwrites the real figures
-QUICK_RESULTS = RESULTS.with_name("bench_kernels.quick.json")
+from _common import (
+    add_output_option,
+    best_time,
+    load_before_run,
+    load_shared_weights,
+    machine_info,
+    output_path,
+    rayon_threads,
+    write_json,
+)
+
+NAME = "bench_kernels"
 
 BITS = (8, 4, 2)
 METHODS = ("rtn", "mse")
@@ -53,32 +59,6 @@ PEERS = [
     ("HQQ (torch, CPU)", "2-bit g64", 2.50, "6", "8", "1015", 1.97e-1),
     ("torch / numpy", "RTN asym int2 g64", 2.50, "~500-1000", "", "", 2.09e-1),
 ]
-
-
-def load_shared_weights() -> ModuleType:
-    """Import shared/bench/weights.py (beside the repo, or where ARROW_QUANT_SHARED points)."""
-    override = os.environ.get("ARROW_QUANT_SHARED")
-    shared = Path(override).expanduser().resolve() if override else REPO_ROOT.parent / "shared"
-    bench = shared / "bench"
-    if not (bench / "weights.py").is_file():
-        how = "ARROW_QUANT_SHARED" if override else "the default location beside the repo"
-        sys.exit(
-            f"error: {bench / 'weights.py'} not found ({how}). The standard tensor lives in "
-            "shared/bench/weights.py; set ARROW_QUANT_SHARED=/path/to/shared (the folder that holds bench/)."
-        )
-    sys.path.insert(0, str(bench))
-    import weights  # the folder is only known at run time
-
-    return weights
-
-
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -131,7 +111,7 @@ def worker(args: argparse.Namespace) -> None:
             del t
 
     out = {
-        "rayon_num_threads": os.environ.get("RAYON_NUM_THREADS"),
+        "rayon_num_threads": rayon_threads(),
         "bytes": nbytes,
         "copy_s": copy_s,
         "copy_mbs": nbytes / copy_s / MB,
@@ -206,9 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1024 x 1024 tensor, 3 repeats (smoke test)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (best is kept)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON output (default {RESULTS.relative_to(REPO_ROOT)}; "
-                        f"with --quick: {QUICK_RESULTS.name})")
+    add_output_option(parser, NAME)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=None, help=argparse.SUPPRESS)
@@ -224,12 +202,9 @@ def main() -> None:
     args.rows = args.rows or size
     args.cols = args.cols or size
     args.repeats = args.repeats or (3 if args.quick else 7)
-    args.output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
+    args.output = output_path(NAME, args.quick, args.output)
 
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f} before the run: other work on the machine makes these "
-              "figures noisy", file=sys.stderr)
+    load = load_before_run()
     start = time.perf_counter()
     runs = {}
     for i, threads in enumerate(THREADS):
@@ -246,21 +221,14 @@ def main() -> None:
     import arrow_quant_v2
 
     report = {
-        "benchmark": "bench_kernels",
+        "benchmark": NAME,
         "quick": args.quick,
         "tensor": {"rows": args.rows, "cols": args.cols, "dtype": "float32"},
         "group_size": GROUP,
         "symmetric": False,
         "repeats": args.repeats,
         "mb": MB,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "arrow_quant_v2": arrow_quant_v2.__version__,
-        },
+        "machine": machine_info(processor=True, numpy=np.__version__, arrow_quant_v2=arrow_quant_v2.__version__),
         "runs": {str(k): v for k, v in runs.items()},
         "seconds": elapsed,
         "load_average_1min_before": load,
@@ -274,9 +242,7 @@ def main() -> None:
             ],
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_json(args.output, report)
 
 
 if __name__ == "__main__":

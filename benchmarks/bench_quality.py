@@ -21,19 +21,23 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.resources
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+from _common import (
+    best_time_and_result,
+    load_before_run,
+    load_shared_weights,
+    machine_info,
+    output_path,
+    write_json,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "bench_quality.json"
-QUICK_RESULTS = RESULTS.with_name("bench_quality.quick.json")
+NAME = "bench_quality"
 THREADS = "2"
 MB = 1e6
 GROUP = 64
@@ -83,23 +87,6 @@ PEERS_MINILM = {
 }
 
 
-def load_shared_weights() -> ModuleType:
-    """Import shared/bench/weights.py (beside the repo, or where ARROW_QUANT_SHARED points)."""
-    override = os.environ.get("ARROW_QUANT_SHARED")
-    shared = Path(override).expanduser().resolve() if override else REPO_ROOT.parent / "shared"
-    bench = shared / "bench"
-    if not (bench / "weights.py").is_file():
-        how = "ARROW_QUANT_SHARED" if override else "the default location beside the repo"
-        sys.exit(
-            f"error: {bench / 'weights.py'} not found ({how}). The standard tensor lives in "
-            "shared/bench/weights.py; set ARROW_QUANT_SHARED=/path/to/shared (the folder that holds bench/)."
-        )
-    sys.path.insert(0, str(bench))
-    import weights  # the folder is only known at run time
-
-    return weights
-
-
 def minilm_tensors() -> dict[str, np.ndarray]:
     """Every 2-D floating-point tensor of the MiniLM checkpoint, as float32."""
     from safetensors.numpy import load_file
@@ -114,15 +101,6 @@ def minilm_tensors() -> dict[str, np.ndarray]:
     tensors = load_file(str(path))
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()
             if v.ndim == 2 and np.issubdtype(v.dtype, np.floating)}
-
-
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def measure(weights: ModuleType, w: np.ndarray, repeats: int) -> list[dict]:
@@ -145,9 +123,9 @@ def measure(weights: ModuleType, w: np.ndarray, repeats: int) -> list[dict]:
 
     configs = OURS + [("auto 8", 8, "auto", None), ("auto 4", 4, "auto", None), ("auto 2", 2, "auto", None)]
     for label, bits, method, group in configs:
-        qs, t = best_time(functools.partial(q.quantize, w, bit_width=bits, method=method, group_size=group),
-                          repeats)
-        ds, w_hat = best_time(t.dequantize, repeats)
+        qs, t = best_time_and_result(
+            functools.partial(q.quantize, w, bit_width=bits, method=method, group_size=group), repeats)
+        ds, w_hat = best_time_and_result(t.dequantize, repeats)
         if label.startswith("auto"):
             label = f"auto {bits} -> {t.encoding} {t.method}"
         row("ours", label, t.bits_per_weight, qs, ds, w_hat, encoding=t.encoding, method=t.method,
@@ -155,11 +133,11 @@ def measure(weights: ModuleType, w: np.ndarray, repeats: int) -> list[dict]:
                                                                        1e-300) - 1) < 1e-3))
     for name in GGUF_TYPES:
         qtype = getattr(gguf.GGMLQuantizationType, name)
-        qs, packed = best_time(functools.partial(gguf.quants.quantize, w, qtype), repeats)
-        ds, w_hat = best_time(functools.partial(gguf.quants.dequantize, packed, qtype), repeats)
+        qs, packed = best_time_and_result(functools.partial(gguf.quants.quantize, w, qtype), repeats)
+        ds, w_hat = best_time_and_result(functools.partial(gguf.quants.dequantize, packed, qtype), repeats)
         row("gguf-py", name, packed.nbytes * 8 / w.size, qs, ds, np.asarray(w_hat).reshape(w.shape))
     for bits, group in REFERENCE:
-        qs, w_hat = best_time(functools.partial(weights.rtn_reference, w, bits, group), repeats)
+        qs, w_hat = best_time_and_result(functools.partial(weights.rtn_reference, w, bits, group), repeats)
         # textbook asymmetric: one float16 scale and one float16 zero point per group
         row("rtn_reference", f"int{bits} g{group}", bits + 32 / group, qs, None, w_hat)
     return rows
@@ -201,10 +179,8 @@ def main() -> None:
 
     weights = load_shared_weights()
     repeats = args.repeats or (1 if args.quick else 5)
-    output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f} before the run: speed figures are noisy", file=sys.stderr)
+    output = output_path(NAME, args.quick, args.output)
+    load = load_before_run("speed figures are noisy")
     started = time.perf_counter()
 
     size = 1024 if args.quick else 4096
@@ -252,14 +228,13 @@ def main() -> None:
     import arrow_quant_v2
 
     report = {
-        "benchmark": "bench_quality",
+        "benchmark": NAME,
         "quick": args.quick,
         "threads": THREADS,
         "repeats": repeats,
         "mb": MB,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "numpy": np.__version__,
-                    "gguf": getattr(gguf, "__version__", "0.19.0"), "arrow_quant_v2": arrow_quant_v2.__version__},
+        "machine": machine_info(numpy=np.__version__, gguf=getattr(gguf, "__version__", "0.19.0"),
+                                arrow_quant_v2=arrow_quant_v2.__version__),
         "standard_tensor": {"rows": size, "cols": size, "results": standard},
         "minilm": minilm,
         "seconds": elapsed,
@@ -271,9 +246,7 @@ def main() -> None:
             "minilm": PEERS_MINILM,
         },
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_json(output, report)
 
 
 if __name__ == "__main__":

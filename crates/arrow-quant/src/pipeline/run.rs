@@ -12,6 +12,7 @@ use crate::error::{QuantError, Result};
 use crate::quantize::quantize_tensor;
 use crate::quantized::{Quality, QuantizedTensor};
 use crate::tensor::TensorView;
+use arrow_array::RecordBatch;
 use half::f16;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,78 +154,101 @@ pub fn quantize_model(
     let bytes_total = checkpoint.data_bytes();
     let mut writer = ModelWriter::create(output, config.format, config.quant.scale_dtype)?;
     let mut report = Report::default();
-    let mut bytes_done = 0;
-    for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(QuantError::Cancelled {
-                tensor: entry.name.clone(),
-            });
-        }
-        file.prefetch(entry);
-        let dtype = entry.dtype.name().to_lowercase();
-        let mut layer = LayerReport::new(entry, &dtype);
-        let batch = match decision {
-            Decision::Quantize => {
-                let values = float_values(file, entry)
-                    .ok_or_else(|| QuantError::schema(&entry.name, "not a float tensor"))?;
-                let view = TensorView::new(&entry.name, &entry.shape, values.data())?;
-                let (quantized, reason) = quantize_with_fallback(&view, config)?;
-                layer.fallback = reason;
-                match quantized {
-                    Some(q) => {
-                        layer.set_quantized(&q);
-                        let meta = RowMeta::quantized(
-                            &q.name,
-                            &q.shape,
-                            q.source_dtype,
-                            q.config,
-                            q.quality,
-                        );
-                        tensors_to_batch(&[meta], &[q.view()])?
-                    }
-                    None => keep_row(file, entry, &dtype, &mut layer, config)?,
-                }
+    // The next tensor is quantized while the writer thread encodes and writes the previous one; the bounded
+    // channel keeps at most two finished batches in memory.
+    let (to_writer, batches) = std::sync::mpsc::sync_channel::<RecordBatch>(1);
+    let produced = std::thread::scope(|scope| {
+        let writing = scope.spawn(move || -> Result<ModelWriter> {
+            for batch in batches {
+                writer.write(&batch)?;
             }
-            Decision::Keep(reason) => {
-                layer.kept = Some(reason.clone());
-                keep_row(file, entry, &dtype, &mut layer, config)?
-            }
-            Decision::Raw => {
-                layer.kept = Some(format!(
-                    "{} is carried through unchanged",
-                    entry.dtype.name()
-                ));
-                let bits = (entry.dtype.size() * 8) as u8;
-                let meta = RowMeta {
-                    name: &entry.name,
-                    shape: &entry.shape,
-                    dtype: &dtype,
-                    encoding: RowEncoding::Plain {
-                        encoding: "raw",
-                        bits,
-                    },
-                    quality: Quality {
-                        cosine: 1.0,
-                        rel_mse: 0.0,
-                    },
-                };
-                layer.set_plain("raw", bits, entry.end - entry.begin, meta.quality);
-                plain_batch(&meta, file.bytes(entry).to_vec(), config.quant.scale_dtype)?
-            }
-        };
-        writer.write(&batch)?;
-        drop(batch);
-        file.release(entry);
-        bytes_done += entry.end - entry.begin;
-        report.push(layer);
-        on_progress(Progress {
-            tensor: entry.name.clone(),
-            done: i + 1,
-            total: tensors.len(),
-            bytes_done,
-            bytes_total,
+            Ok(writer)
         });
-    }
+        let produced = (|| -> Result<()> {
+            let mut bytes_done = 0;
+            for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(QuantError::Cancelled {
+                        tensor: entry.name.clone(),
+                    });
+                }
+                file.prefetch(entry);
+                let dtype = entry.dtype.name().to_lowercase();
+                let mut layer = LayerReport::new(entry, &dtype);
+                let batch = match decision {
+                    Decision::Quantize => {
+                        let values = float_values(file, entry)
+                            .ok_or_else(|| QuantError::schema(&entry.name, "not a float tensor"))?;
+                        let view = TensorView::new(&entry.name, &entry.shape, values.data())?;
+                        let (quantized, reason) = quantize_with_fallback(&view, config)?;
+                        layer.fallback = reason;
+                        match quantized {
+                            Some(q) => {
+                                layer.set_quantized(&q);
+                                let meta = RowMeta::quantized(
+                                    &q.name,
+                                    &q.shape,
+                                    q.source_dtype,
+                                    q.config,
+                                    q.quality,
+                                );
+                                tensors_to_batch(&[meta], &[q.view()])?
+                            }
+                            None => keep_row(file, entry, &dtype, &mut layer, config)?,
+                        }
+                    }
+                    Decision::Keep(reason) => {
+                        layer.kept = Some(reason.clone());
+                        keep_row(file, entry, &dtype, &mut layer, config)?
+                    }
+                    Decision::Raw => {
+                        layer.kept = Some(format!(
+                            "{} is carried through unchanged",
+                            entry.dtype.name()
+                        ));
+                        let bits = (entry.dtype.size() * 8) as u8;
+                        let meta = RowMeta {
+                            name: &entry.name,
+                            shape: &entry.shape,
+                            dtype: &dtype,
+                            encoding: RowEncoding::Plain {
+                                encoding: "raw",
+                                bits,
+                            },
+                            quality: Quality {
+                                cosine: 1.0,
+                                rel_mse: 0.0,
+                            },
+                        };
+                        layer.set_plain("raw", bits, entry.end - entry.begin, meta.quality);
+                        plain_batch(&meta, file.bytes(entry).to_vec(), config.quant.scale_dtype)?
+                    }
+                };
+                file.release(entry);
+                if to_writer.send(batch).is_err() {
+                    break; // the writer failed: its error is reported below
+                }
+                bytes_done += entry.end - entry.begin;
+                report.push(layer);
+                on_progress(Progress {
+                    tensor: entry.name.clone(),
+                    done: i + 1,
+                    total: tensors.len(),
+                    bytes_done,
+                    bytes_total,
+                });
+            }
+            Ok(())
+        })();
+        drop(to_writer);
+        let written = writing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // A writer error comes first: it is why the producer stopped.
+        let writer = written?;
+        produced.map(|()| writer)
+    });
+    let writer = produced?;
     report.seconds = start.elapsed().as_secs_f64();
     let metadata = vec![
         (SOURCE_KEY.to_string(), input.display().to_string()),
