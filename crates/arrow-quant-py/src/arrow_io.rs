@@ -3,7 +3,7 @@
 
 use crate::errors::Result;
 use arrow_array::RecordBatch;
-use arrow_schema::ArrowError;
+use arrow_schema::{ArrowError, SchemaRef};
 use pyo3::prelude::*;
 use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::{PyRecordBatch, PyTable};
@@ -31,10 +31,13 @@ pub fn collect_batches(input: &Bound<'_, PyAny>) -> Result<Vec<RecordBatch>> {
     Ok(batches)
 }
 
-/// A pyarrow Table holding `batch` (no copy).
-pub fn to_pyarrow_table(py: Python<'_>, batch: RecordBatch) -> Result<Bound<'_, PyAny>> {
-    let schema = batch.schema();
-    Ok(PyTable::try_new(vec![batch], schema)?.into_pyarrow(py)?)
+/// A pyarrow Table holding `batches` (no copy).
+pub fn to_pyarrow_table(
+    py: Python<'_>,
+    batches: Vec<RecordBatch>,
+    schema: SchemaRef,
+) -> Result<Bound<'_, PyAny>> {
+    Ok(PyTable::try_new(batches, schema)?.into_pyarrow(py)?)
 }
 
 /// A pyarrow RecordBatch holding `batch` (no copy).

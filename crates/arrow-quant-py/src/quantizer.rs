@@ -10,13 +10,18 @@ use crate::pipeline::{run_model, validate, PyDiffusionQuantConfig};
 use crate::quantized::PyQuantizedTensor;
 use arrow_array::RecordBatch;
 use arrow_quant::arrow::{
-    dequantize_to_batch, quantize_to_batch, read_layers, read_results, tensors_to_batch, ArrowLayer,
+    dequantize_to_batch, quantize_to_batch, quantize_to_batches, read_layers, read_results,
+    result_schema, tensors_to_batch, ArrowLayer,
 };
 use arrow_quant::{quantize_batch, OnError, QuantConfig, QuantError, QuantizedTensor, TensorView};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Average layer size (elements) under which `quantize_arrow` returns one record batch instead of one per layer.
+const SMALL_LAYER: usize = 1 << 20;
 
 /// Modes the quantizer accepts.
 const MODES: [&str; 1] = ["diffusion"];
@@ -72,12 +77,16 @@ fn prefix_sizes(views: &[TensorView<'_>]) -> (Vec<usize>, usize) {
 
 impl ArrowQuantV2 {
     /// Reads an Arrow input and quantizes every row into one result batch (without the GIL).
+    /// `one_batch`: lay every row out in one record batch (one copy of the packed codes); otherwise one batch per
+    /// layer, each taking over its tensor's buffers. Layers under `SMALL_LAYER` elements on average go into one
+    /// batch anyway: copying their codes costs less than exporting many small batches.
     fn run_arrow(
         &self,
         py: Python<'_>,
         input: &Bound<'_, PyAny>,
         overrides: Overrides<'_, '_>,
-    ) -> Result<RecordBatch> {
+        one_batch: bool,
+    ) -> Result<(Vec<RecordBatch>, QuantConfig)> {
         let config = overrides.apply(self.defaults)?;
         let batches = collect_batches(input)?;
         let layers = read_layers(&batches)?;
@@ -85,7 +94,16 @@ impl ArrowQuantV2 {
             .iter()
             .map(ArrowLayer::view)
             .collect::<arrow_quant::Result<Vec<_>>>()?;
-        Ok(without_gil(py, || quantize_to_batch(&views, &config))??)
+        let elements: usize = views.iter().map(|v| v.data.len()).sum();
+        let one_batch = one_batch || elements < SMALL_LAYER * views.len();
+        let out = without_gil(py, || {
+            if one_batch {
+                quantize_to_batch(&views, &config).map(|b| vec![b])
+            } else {
+                quantize_to_batches(&views, &config)
+            }
+        })??;
+        Ok((out, config))
     }
 
     /// Runs a batch and builds the `BatchResult`; `progress` gets `(layer_name, fraction)` as layers finish.
@@ -304,8 +322,8 @@ impl ArrowQuantV2 {
             method,
             scale_dtype,
         };
-        let batch = self.run_arrow(py, table, overrides)?;
-        to_pyarrow_table(py, batch)
+        let (batches, config) = self.run_arrow(py, table, overrides, false)?;
+        to_pyarrow_table(py, batches, Arc::new(result_schema(config.scale_dtype)))
     }
 
     /// Like `quantize_arrow`, returning one pyarrow RecordBatch.
@@ -329,8 +347,11 @@ impl ArrowQuantV2 {
             method,
             scale_dtype,
         };
-        let batch = self.run_arrow(py, record_batch, overrides)?;
-        to_pyarrow_batch(py, batch)
+        let (mut batches, _) = self.run_arrow(py, record_batch, overrides, true)?;
+        match batches.pop() {
+            Some(batch) => to_pyarrow_batch(py, batch),
+            None => Err(schema("<arrow input>", "no result batch was produced")),
+        }
     }
 
     /// Dequantizes a result table (of `quantize_arrow` or `to_arrow`) to a pyarrow Table
@@ -344,7 +365,8 @@ impl ArrowQuantV2 {
         let batch = without_gil(py, || {
             read_results(&batches).and_then(|rows| dequantize_to_batch(&rows))
         })??;
-        to_pyarrow_table(py, batch)
+        let schema = batch.schema();
+        to_pyarrow_table(py, vec![batch], schema)
     }
 
     /// Converts `QuantizedTensor`s (a dict of them, or any iterable) to a result table (the packed bytes are
@@ -387,7 +409,8 @@ impl ArrowQuantV2 {
             .collect::<Result<Vec<_>>>()?;
         let metas: Vec<_> = tensors.iter().map(|t| t.row_meta()).collect();
         let batch = tensors_to_batch(&metas, &views)?;
-        to_pyarrow_table(py, batch)
+        let schema = batch.schema();
+        to_pyarrow_table(py, vec![batch], schema)
     }
 
     /// Reads a result table back into a `BatchResult` of `QuantizedTensor`s (buffers copied once).

@@ -8,6 +8,6 @@ pub mod result;
 pub mod schema;
 
 pub use input::{read_layers, ArrowLayer};
-pub use output::{quantize_to_batch, tensors_to_batch};
+pub use output::{quantize_to_batch, quantize_to_batches, tensor_batch, tensors_to_batch};
 pub use result::{dequantize_to_batch, read_results, ResultRow};
 pub use schema::result_schema;

@@ -8,7 +8,7 @@ use super::schema::{list_of, param_type, result_schema};
 use crate::config::{Method, QuantConfig, ScaleDtype};
 use crate::error::{QuantError, Result};
 use crate::quantize::quantize_tensor;
-use crate::quantized::{ParamSlice, Quality, QuantizedTensor, QuantizedView};
+use crate::quantized::{ParamBuffer, ParamSlice, Quality, QuantizedTensor, QuantizedView};
 use crate::tensor::{SourceDtype, TensorView};
 use crate::two_level::TwoLevelSpec;
 use arrow_array::builder::{ListBuilder, PrimitiveBuilder};
@@ -129,6 +129,15 @@ fn param_list(
 pub(crate) enum ParamValues {
     F16(Vec<f16>),
     F32(Vec<f32>),
+}
+
+impl From<ParamBuffer> for ParamValues {
+    fn from(p: ParamBuffer) -> Self {
+        match p {
+            ParamBuffer::F16(v) => Self::F16(v),
+            ParamBuffer::F32(v) => Self::F32(v),
+        }
+    }
 }
 
 impl ParamValues {
@@ -351,6 +360,55 @@ pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Re
             params,
         },
     )
+}
+
+/// A one-row batch that takes over a quantized tensor's buffers (no copy).
+pub fn tensor_batch(q: QuantizedTensor) -> Result<RecordBatch> {
+    let QuantizedTensor {
+        name,
+        shape,
+        source_dtype,
+        config,
+        data,
+        scales,
+        zero_points,
+        params,
+        quality,
+    } = q;
+    let meta = RowMeta::quantized(&name, &shape, source_dtype, config, quality);
+    let group_lens = vec![scales.as_slice().len()];
+    let zeros = zero_points.map(|z| ZeroColumn {
+        lens: vec![z.as_slice().len()],
+        values: z.into(),
+        nulls: None,
+    });
+    let params = params.map(|p| ParamsColumn {
+        lens: vec![p.len()],
+        values: p,
+        nulls: None,
+    });
+    let buffers = RowBuffers {
+        data_lens: vec![data.len()],
+        data,
+        scales: scales.into(),
+        group_lens,
+        zeros,
+        params,
+    };
+    build_batch(std::slice::from_ref(&meta), config.scale_dtype, buffers)
+}
+
+/// Quantizes `layers` in parallel into one result batch per layer, each taking over its tensor's buffers (no
+/// copy); together they form a chunked result table. The first failing layer (in input order) is the error.
+pub fn quantize_to_batches(
+    layers: &[TensorView<'_>],
+    config: &QuantConfig,
+) -> Result<Vec<RecordBatch>> {
+    let results: Vec<Result<RecordBatch>> = layers
+        .par_iter()
+        .map(|l| quantize_tensor(l, config).and_then(tensor_batch))
+        .collect();
+    results.into_iter().collect()
 }
 
 /// A one-row batch for a tensor stored plainly (`f16`, `bf16`, `f32` or `raw` bytes), with no scales.

@@ -5,7 +5,7 @@ use super::config::PipelineConfig;
 use super::model_file::{ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY};
 use super::policy::{decide, Decision};
 use super::report::{LayerReport, Report};
-use crate::arrow::output::{plain_batch, tensors_to_batch, RowEncoding, RowMeta};
+use crate::arrow::output::{plain_batch, tensor_batch, RowEncoding, RowMeta};
 use crate::checkpoint::{float_values, Checkpoint, Dtype, SafetensorsFile, TensorEntry};
 use crate::config::{BitWidth, QuantConfig};
 use crate::error::{QuantError, Result};
@@ -185,14 +185,7 @@ pub fn quantize_model(
                         match quantized {
                             Some(q) => {
                                 layer.set_quantized(&q);
-                                let meta = RowMeta::quantized(
-                                    &q.name,
-                                    &q.shape,
-                                    q.source_dtype,
-                                    q.config,
-                                    q.quality,
-                                );
-                                tensors_to_batch(&[meta], &[q.view()])?
+                                tensor_batch(q)?
                             }
                             None => keep_row(file, entry, &dtype, &mut layer, config)?,
                         }
