@@ -258,16 +258,55 @@ pub(crate) fn encode(x: &[f32], p: GroupParams, rule: GroupRule, codes: &mut [u8
     let inv = 1.0 / p.scale;
     let zm = p.zero + MAGIC;
     if zm - MAGIC == p.zero {
-        // Integer zero point: one rounding, `v / s + z` to the nearest code.
-        encode_with(x, codes, p, |v| {
-            quantize_magic(v, inv, zm, rule.qmax() + MAGIC)
-        })
+        // Integer zero point: one rounding, `v / s + z` to the nearest code; `t - zm` is exact here.
+        encode_integer_zero(x, p, rule, codes, inv, zm)
     } else {
         // `hqq` zero points are fractional: add the zero before MAGIC, which rounds to an integer.
         encode_with(x, codes, p, |v| {
             quantize_magic(v * inv + p.zero, 1.0, MAGIC, rule.qmax() + MAGIC)
         })
     }
+}
+
+/// [`encode`] for an integer zero point: the hot path of `rtn` and `mse`, kept free of closures so that it
+/// vectorises fully.
+#[inline(always)]
+fn encode_integer_zero(
+    x: &[f32],
+    p: GroupParams,
+    rule: GroupRule,
+    codes: &mut [u8],
+    inv: f32,
+    zm: f32,
+) -> GroupSums {
+    let qm = rule.qmax() + MAGIC;
+    let mut xx = [0f32; LANES];
+    let mut ee = [0f32; LANES];
+    let mut yy = [0f32; LANES];
+    let mut xs = x.chunks_exact(LANES);
+    let mut cs = codes.chunks_exact_mut(LANES);
+    for (c, out) in (&mut xs).zip(&mut cs) {
+        for i in 0..LANES {
+            let v = c[i];
+            let t = quantize_magic(v, inv, zm, qm);
+            out[i] = (t.to_bits() - MAGIC_BITS) as u8;
+            let y = (t - zm) * p.scale;
+            let e = v - y;
+            xx[i] += v * v;
+            ee[i] += e * e;
+            yy[i] += y * y;
+        }
+    }
+    for (i, (&v, out)) in xs.remainder().iter().zip(cs.into_remainder()).enumerate() {
+        let t = quantize_magic(v, inv, zm, qm);
+        *out = (t.to_bits() - MAGIC_BITS) as u8;
+        let y = (t - zm) * p.scale;
+        let e = v - y;
+        xx[i] += v * v;
+        ee[i] += e * e;
+        yy[i] += y * y;
+    }
+    sums(&xx, &ee, &yy)
 }
 
 /// [`encode`] with the rounding `round` (returning the code in the `MAGIC` domain).
@@ -301,6 +340,12 @@ fn encode_with(
     for (i, (&v, out)) in xs.remainder().iter().zip(cs.into_remainder()).enumerate() {
         step(v, out, &mut xx[i], &mut ee[i], &mut yy[i]);
     }
+    sums(&xx, &ee, &yy)
+}
+
+/// The group's sums from the lane accumulators.
+#[inline(always)]
+fn sums(xx: &[f32; LANES], ee: &[f32; LANES], yy: &[f32; LANES]) -> GroupSums {
     let (xx, ee, yy): (f32, f32, f32) = (xx.iter().sum(), ee.iter().sum(), yy.iter().sum());
     GroupSums {
         xx,
