@@ -364,6 +364,19 @@ pub(crate) fn decode(codes: &[u8], p: GroupParams, out: &mut [f32]) {
     }
 }
 
+/// The exact (f64) squared error of a group encoded with `p`: the yardstick of the search tests.
+#[cfg(test)]
+pub(crate) fn exact_sq_error(x: &[f32], p: GroupParams, rule: GroupRule) -> f64 {
+    let mut codes = vec![0u8; x.len()];
+    encode(x, p, rule, &mut codes);
+    x.iter()
+        .zip(&codes)
+        .map(|(&v, &q)| {
+            (f64::from(v) - (f64::from(q) - f64::from(p.zero)) * f64::from(p.scale)).powi(2)
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

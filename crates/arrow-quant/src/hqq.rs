@@ -145,18 +145,7 @@ pub(crate) fn optimize(
 mod tests {
     use super::*;
     use crate::config::BitWidth;
-    use crate::group::{choose_params, encode, scan};
-
-    fn sq_error(x: &[f32], p: GroupParams, rule: GroupRule) -> f64 {
-        let mut codes = vec![0u8; x.len()];
-        encode(x, p, rule, &mut codes);
-        x.iter()
-            .zip(&codes)
-            .map(|(&v, &q)| {
-                (f64::from(v) - (f64::from(q) - f64::from(p.zero)) * f64::from(p.scale)).powi(2)
-            })
-            .sum()
-    }
+    use crate::group::{choose_params, exact_sq_error, scan};
 
     #[test]
     fn never_worse_than_its_start_and_helps_on_average() {
@@ -180,7 +169,7 @@ mod tests {
                 let x: Vec<f32> = (0..64).map(|_| next() + 0.3 * next() * next()).collect();
                 let start = choose_params(&x, scan(&x), rule, None).unwrap();
                 let p = optimize(&x, None, start, rule);
-                let (e0, e1) = (sq_error(&x, start, rule), sq_error(&x, p, rule));
+                let (e0, e1) = (exact_sq_error(&x, start, rule), exact_sq_error(&x, p, rule));
                 assert!(e1 <= e0 * (1.0 + 1e-3), "{bits:?}: {e1} > {e0}");
                 rtn_total += e0;
                 hqq_total += e1;

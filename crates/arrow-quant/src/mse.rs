@@ -165,18 +165,7 @@ pub(crate) fn search(x: &[f32], s: GroupScan, rule: GroupRule, w: Option<&[f32]>
 mod tests {
     use super::*;
     use crate::config::ScaleDtype;
-    use crate::group::{choose_params, encode, scan};
-
-    fn group_error(x: &[f32], p: GroupParams, rule: GroupRule) -> f64 {
-        let mut codes = vec![0u8; x.len()];
-        encode(x, p, rule, &mut codes);
-        x.iter()
-            .zip(&codes)
-            .map(|(&v, &q)| {
-                (f64::from(v) - (f64::from(q) - f64::from(p.zero)) * f64::from(p.scale)).powi(2)
-            })
-            .sum()
-    }
+    use crate::group::{choose_params, exact_sq_error, scan};
 
     #[test]
     fn grid_starts_at_the_rtn_range() {
@@ -207,8 +196,8 @@ mod tests {
                     ..rtn
                 };
                 let s = scan(&x);
-                let e_rtn = group_error(&x, choose_params(&x, s, rtn, None).unwrap(), rtn);
-                let e_mse = group_error(&x, choose_params(&x, s, mse, None).unwrap(), mse);
+                let e_rtn = exact_sq_error(&x, choose_params(&x, s, rtn, None).unwrap(), rtn);
+                let e_mse = exact_sq_error(&x, choose_params(&x, s, mse, None).unwrap(), mse);
                 assert!(
                     e_mse <= e_rtn,
                     "{bits:?} sym={symmetric}: {e_mse} > {e_rtn}"
