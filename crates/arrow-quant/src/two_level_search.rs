@@ -15,7 +15,7 @@
 //! at 8 bits is within a few percent of the search and much faster.
 
 use crate::config::{BitWidth, ScaleDtype};
-use crate::group::{round_scale_up, LANES, MAGIC};
+use crate::group::{quantize_magic, round_scale_up, LANES, MAGIC};
 use crate::two_level::{SuperBlockParams, TwoLevelSpec};
 use half::f16;
 
@@ -130,9 +130,7 @@ fn code_pass<const S: usize, const W: bool>(
         for l in 0..LANES {
             let x = t.x[i][l];
             // The offset is fractional: add it before MAGIC, which rounds to an integer.
-            let v = (x * inv[l] + off[l]) + MAGIC;
-            let v = if v < MAGIC { MAGIC } else { v };
-            let v = if v > qm { qm } else { v };
+            let v = quantize_magic(x * inv[l] + off[l], 1.0, MAGIC, qm);
             let q = v - MAGIC;
             let wq = if W { t.w[i][l] * q } else { q };
             s.swl[l] += wq;
@@ -525,9 +523,7 @@ fn final_pass<const S: usize>(
     for i in 0..S {
         for l in 0..LANES {
             let x = t.x[i][l];
-            let v = (x * inv[l] + off[l]) + MAGIC;
-            let v = if v < MAGIC { MAGIC } else { v };
-            let v = if v > qm { qm } else { v };
+            let v = quantize_magic(x * inv[l] + off[l], 1.0, MAGIC, qm);
             let q = v - MAGIC;
             codes[i][l] = (v.to_bits() & 0xff) as u8;
             let y = q * step[l] - min[l];
