@@ -20,6 +20,7 @@ EXCEPTIONS = [
     "CancelledError",
     "ModelNotFoundError",
     "QualityError",
+    "CalibrationError",
 ]
 
 

@@ -11,6 +11,7 @@ from ._async import AsyncArrowQuantV2
 from ._core import (
     ArrowQuantV2,
     BatchResult,
+    CalibrationError,
     CancelledError,
     ConfigurationError,
     CorruptDataError,
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidWeightsError",
     "ModelNotFoundError",
     "QualityError",
+    "CalibrationError",
     "QuantizationError",
     "QuantizedModel",
     "QuantizedTensor",

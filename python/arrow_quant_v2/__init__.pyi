@@ -27,6 +27,7 @@ from ._core import (
 )
 from ._core import (
     QualityError as QualityError,
+    CalibrationError as CalibrationError,
 )
 from ._core import (
     QuantizationError as QuantizationError,
@@ -61,6 +62,7 @@ __all__ = [
     "InvalidWeightsError",
     "ModelNotFoundError",
     "QualityError",
+    "CalibrationError",
     "QuantizationError",
     "QuantizedModel",
     "QuantizedTensor",

@@ -49,6 +49,12 @@ create_exception!(
 );
 create_exception!(
     arrow_quant_v2,
+    CalibrationError,
+    QuantizationError,
+    "Calibration statistics are malformed or do not fit the model (the message names the layer and the numbers)."
+);
+create_exception!(
+    arrow_quant_v2,
     QualityError,
     QuantizationError,
     "A layer missed its quality floor and the run was asked to fail fast."
@@ -96,6 +102,7 @@ impl From<Error> for PyErr {
                     QuantError::ModelNotFound { .. } => ModelNotFoundError::new_err(message),
                     QuantError::Io { .. } => pyo3::exceptions::PyOSError::new_err(message),
                     QuantError::Quality { .. } => QualityError::new_err(message),
+                    QuantError::Calibration { .. } => CalibrationError::new_err(message),
                     QuantError::Cancelled { .. } => CancelledError::new_err(message),
                 }
             }
@@ -119,5 +126,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CancelledError", py.get_type::<CancelledError>())?;
     m.add("ModelNotFoundError", py.get_type::<ModelNotFoundError>())?;
     m.add("QualityError", py.get_type::<QualityError>())?;
+    m.add("CalibrationError", py.get_type::<CalibrationError>())?;
     Ok(())
 }

@@ -84,6 +84,15 @@ pub enum QuantError {
         /// The figures.
         problem: String,
     },
+    /// Calibration statistics are malformed or do not fit the model (unknown layer, timestep out of range,
+    /// channel count not matching the layer's input width).
+    #[error("calibration {source_name}: {problem}")]
+    Calibration {
+        /// Where the statistics came from (a file path, or `table` / `dict`), with the layer when known.
+        source_name: String,
+        /// What is wrong, with the numbers, and how to fix it.
+        problem: String,
+    },
     /// The work was stopped by the caller (a progress callback raised, or Ctrl-C).
     #[error("cancelled before tensor '{tensor}' was quantized")]
     Cancelled {
@@ -134,6 +143,14 @@ impl QuantError {
         Self::Io {
             path: path.display().to_string(),
             message: e.to_string(),
+        }
+    }
+
+    /// Builds a [`QuantError::Calibration`].
+    pub fn calibration(source_name: impl ToString, problem: impl ToString) -> Self {
+        Self::Calibration {
+            source_name: source_name.to_string(),
+            problem: problem.to_string(),
         }
     }
 

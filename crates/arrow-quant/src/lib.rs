@@ -22,6 +22,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod dequantize;
+pub mod diffusion;
 pub mod error;
 mod group;
 mod hqq;
