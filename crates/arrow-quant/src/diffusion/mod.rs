@@ -4,6 +4,7 @@
 
 pub mod allocation;
 pub mod calibration;
+mod calibration_file;
 pub mod channel_scaling;
 pub mod entropy;
 pub mod markov;

@@ -1,7 +1,7 @@
 //! The model pipeline: checkpoints to quantized model files (`run`), the layer policy and quality fallback,
 //! the file writer and lazy reader (`model_file`), validation and export back to safetensors (`tools`).
 
-mod atomic_file;
+pub(crate) mod atomic_file;
 pub mod config;
 pub mod model_file;
 pub mod policy;
