@@ -2,7 +2,9 @@
 //! format; deployment profiles `edge`, `local`, `cloud`.
 
 use crate::config::{BitWidth, GroupSize, Method, QuantConfig, ScaleDtype};
+use crate::diffusion::time_groups::TimeAwareConfig;
 use crate::error::{QuantError, Result};
+use std::path::PathBuf;
 
 /// File format of a quantized model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,17 @@ pub struct PipelineConfig {
     pub keep_first_last: bool,
     /// Output file format.
     pub format: OutputFormat,
+    /// Calibration statistics (Parquet or Arrow IPC file); without them the diffusion-specific parts are off.
+    pub calibration_path: Option<PathBuf>,
+    /// With calibration: per-timestep-group activation parameters for every calibrated layer.
+    pub enable_time_aware: bool,
+    /// Settings of the time-aware parameters (groups, grouping, activation bits, boundary smoothing).
+    pub time_aware: TimeAwareConfig,
+    /// With calibration that records `channel_absmax`: activation-aware channel scaling of those layers.
+    pub enable_spatial: bool,
+    /// Mixed precision: per-layer widths chosen to minimise the total error with this many stored bits per
+    /// weight over the whole model (kept tensors included); `None` uses `quant.bits` with the fallback chain.
+    pub target_bits_per_weight: Option<f64>,
 }
 
 impl Default for PipelineConfig {
@@ -112,6 +125,11 @@ impl PipelineConfig {
                 .collect(),
             keep_first_last: true,
             format: OutputFormat::Parquet,
+            calibration_path: None,
+            enable_time_aware: true,
+            time_aware: TimeAwareConfig::default(),
+            enable_spatial: true,
+            target_bits_per_weight: None,
         })
     }
 
@@ -131,6 +149,16 @@ impl PipelineConfig {
                 "non-empty name patterns",
             ));
         }
+        self.time_aware.validate()?;
+        if let Some(t) = self.target_bits_per_weight {
+            if !(t.is_finite() && t > 0.0 && t <= 32.0) {
+                return Err(QuantError::config(
+                    "target_bits_per_weight",
+                    t,
+                    "stored bits per weight in (0, 32], e.g. 3.0 (None: no mixed precision)",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -149,6 +177,15 @@ impl PipelineConfig {
             "keep_patterns": self.keep_patterns,
             "keep_first_last": self.keep_first_last,
             "format": self.format.name(),
+            "calibration_path": self.calibration_path.as_ref().map(|p| p.display().to_string()),
+            "enable_time_aware": self.enable_time_aware,
+            "num_time_groups": self.time_aware.num_groups,
+            "time_grouping": self.time_aware.grouping.name(),
+            "activation_bits": self.time_aware.activation_bits,
+            "boundary_smoothing": self.time_aware.smoothing.name(),
+            "smoothing_window": self.time_aware.smoothing_window,
+            "enable_spatial": self.enable_spatial,
+            "target_bits_per_weight": self.target_bits_per_weight,
         })
     }
 }
