@@ -11,7 +11,18 @@ import pytest
 import arrow_quant_v2 as aq
 from arrow_quant_v2 import _core
 
-PROMISED_METHODS = ["quantize", "quantize_batch", "quantize_batch_with_progress", "dequantize"]
+PROMISED_METHODS = [
+    "quantize",
+    "quantize_batch",
+    "quantize_batch_with_progress",
+    "quantize_arrow",
+    "quantize_arrow_batch",
+    "quantize_diffusion_model",
+    "quantize_from_safetensors",
+    "validate_quality",
+    "get_markov_metrics",
+    "dequantize",
+]
 EXCEPTIONS = [
     "ConfigurationError",
     "SchemaError",

@@ -54,5 +54,9 @@ class AsyncArrowQuantV2:
     async def validate_quality(self, original_path: _Path, quantized_path: _Path) -> dict[str, Any]:
         return await self._run(self._sync.validate_quality, original_path, quantized_path)
 
+    def get_markov_metrics(self, threshold: float = 0.1) -> dict[str, Any] | None:
+        """Markov metrics of the last run with time-aware parameters (immediate: nothing to wait for)."""
+        return self._sync.get_markov_metrics(threshold)
+
     def __repr__(self) -> str:
         return f"AsyncArrowQuantV2(mode={self.mode!r})"

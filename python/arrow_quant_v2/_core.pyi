@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from os import PathLike
+from pathlib import Path
 from typing import Any, Literal, TypeAlias, final
 
 import numpy as np
@@ -166,6 +167,7 @@ class ArrowQuantV2:
     def validate_quality(
         self, original_path: str | PathLike[str], quantized_path: str | PathLike[str]
     ) -> dict[str, Any]: ...
+    def get_markov_metrics(self, threshold: float = 0.1) -> dict[str, Any] | None: ...
     def dequantize(
         self, quantized: QuantizedTensor, dtype: Literal["float32", "float16"] = "float32"
     ) -> npt.NDArray[np.floating[Any]]: ...
@@ -187,6 +189,15 @@ class DiffusionQuantConfig:
         keep_patterns: list[str] | None = None,
         keep_first_last: bool | None = None,
         format: Literal["parquet", "arrow"] | None = None,
+        calibration_path: str | PathLike[str] | None = None,
+        enable_time_aware: bool | None = None,
+        num_time_groups: int | None = None,
+        time_grouping: Literal["adaptive", "uniform"] | None = None,
+        activation_bits: int | None = None,
+        boundary_smoothing: Literal["none", "linear", "cubic", "sigmoid"] | None = None,
+        smoothing_window: int | None = None,
+        enable_spatial: bool | None = None,
+        target_bits_per_weight: float | None = None,
     ) -> DiffusionQuantConfig: ...
     @staticmethod
     def from_profile(name: Literal["edge", "local", "cloud"], **overrides: Any) -> DiffusionQuantConfig: ...
@@ -214,6 +225,24 @@ class DiffusionQuantConfig:
     def keep_first_last(self) -> bool: ...
     @property
     def format(self) -> Literal["parquet", "arrow"]: ...
+    @property
+    def calibration_path(self) -> Path | None: ...
+    @property
+    def enable_time_aware(self) -> bool: ...
+    @property
+    def num_time_groups(self) -> int: ...
+    @property
+    def time_grouping(self) -> Literal["adaptive", "uniform"]: ...
+    @property
+    def activation_bits(self) -> int: ...
+    @property
+    def boundary_smoothing(self) -> Literal["none", "linear", "cubic", "sigmoid"]: ...
+    @property
+    def smoothing_window(self) -> int: ...
+    @property
+    def enable_spatial(self) -> bool: ...
+    @property
+    def target_bits_per_weight(self) -> float | None: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 @final

@@ -2,8 +2,9 @@
 
 use crate::progress::Reporter;
 use crate::table::{print_report, print_rows};
-use crate::Command;
+use crate::{Command, DiffusionArgs};
 use arrow_quant::arrow::result::read_results;
+use arrow_quant::diffusion::time_groups::{Smoothing, TimeGrouping};
 use arrow_quant::pipeline::{
     export_safetensors, quantize_model, validate_model, ExportDtype, ModelFile, OutputFormat,
     PipelineConfig,
@@ -26,6 +27,19 @@ fn parse_group(text: &str) -> Result<GroupSize> {
     GroupSize::elements(n)
 }
 
+fn apply_diffusion(config: &mut PipelineConfig, d: DiffusionArgs) -> Result<()> {
+    config.calibration_path = d.calibration;
+    config.target_bits_per_weight = d.target_bpw;
+    config.enable_time_aware = !d.no_time_aware;
+    config.enable_spatial = !d.no_spatial;
+    config.time_aware.num_groups = d.time_groups;
+    config.time_aware.grouping = TimeGrouping::parse(&d.time_grouping)?;
+    config.time_aware.activation_bits = d.activation_bits;
+    config.time_aware.smoothing = Smoothing::parse(&d.smoothing)?;
+    config.time_aware.smoothing_window = d.smoothing_window;
+    Ok(())
+}
+
 /// Runs one subcommand; the exit code says whether quality held.
 pub fn run(command: Command) -> Result<ExitCode> {
     match command {
@@ -41,6 +55,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             format,
             json,
             quiet,
+            diffusion,
         } => {
             let mut config = PipelineConfig::profile(&profile)?;
             if let Some(b) = bits {
@@ -57,6 +72,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             }
             config.fail_fast = fail_fast;
             config.format = OutputFormat::parse(&format)?;
+            apply_diffusion(&mut config, diffusion)?;
             let reporter = Reporter::new(quiet || json);
             let cancel = AtomicBool::new(false);
             let report =

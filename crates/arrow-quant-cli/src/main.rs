@@ -35,7 +35,7 @@ enum Command {
         /// Group size: 32, 64, 128, 256 or per_channel (overrides the profile)
         #[arg(long)]
         group_size: Option<String>,
-        /// Parameter search: rtn or mse
+        /// Parameter search: auto, rtn, mse, hqq or two_level
         #[arg(long)]
         method: Option<String>,
         /// Minimum cosine similarity per layer (overrides the profile)
@@ -53,6 +53,8 @@ enum Command {
         /// No progress output
         #[arg(long, short)]
         quiet: bool,
+        #[command(flatten)]
+        diffusion: DiffusionArgs,
     },
     /// Re-read a checkpoint and its model file and check every layer's quality
     Validate {
@@ -82,6 +84,40 @@ enum Command {
         #[arg(long, default_value = "f16")]
         dtype: String,
     },
+}
+
+/// The diffusion-specific options of `quantize`.
+#[derive(Debug, clap::Args)]
+struct DiffusionArgs {
+    /// Calibration statistics (Parquet or Arrow IPC; see docs/CALIBRATION.md): enables time-aware activation
+    /// parameters and activation-aware channel scaling for the layers it records
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+    /// Mixed precision: choose 2 / 4 / 8 bits (or 16-bit) per layer for this many stored bits per weight over the
+    /// whole model, minimising the total error
+    #[arg(long, value_name = "X")]
+    target_bpw: Option<f64>,
+    /// Number of timestep groups of the time-aware activation parameters
+    #[arg(long, default_value_t = 10)]
+    time_groups: usize,
+    /// Placement of the timestep groups: adaptive or uniform
+    #[arg(long, default_value = "adaptive")]
+    time_grouping: String,
+    /// Bits of the activation quantization the time-aware parameters are for
+    #[arg(long, default_value_t = 8)]
+    activation_bits: u8,
+    /// Blend between neighbouring timestep groups: none, linear, cubic or sigmoid
+    #[arg(long, default_value = "none")]
+    smoothing: String,
+    /// Timesteps on each side of a group boundary that the smoothing blends
+    #[arg(long, default_value_t = 0)]
+    smoothing_window: u32,
+    /// With calibration: no time-aware activation parameters
+    #[arg(long)]
+    no_time_aware: bool,
+    /// With calibration: no activation-aware channel scaling
+    #[arg(long)]
+    no_spatial: bool,
 }
 
 fn main() -> ExitCode {

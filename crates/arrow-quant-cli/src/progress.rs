@@ -39,7 +39,7 @@ impl Reporter {
         if let Some(bar) = &self.bar {
             bar.set_length(p.bytes_total as u64);
             bar.set_position(p.bytes_done as u64);
-            bar.set_message(p.tensor.clone());
+            bar.set_message(format!("{}: {}", p.stage, p.tensor));
             return;
         }
         let tenth = p.bytes_done * 10 / p.bytes_total.max(1);
@@ -47,8 +47,9 @@ impl Reporter {
             if tenth > *last || p.done == p.total {
                 *last = tenth;
                 eprintln!(
-                    "{:>5.1}% {}/{} tensors, {:.1} / {:.1} MB",
+                    "{:>5.1}% {} {}/{} tensors, {:.1} / {:.1} MB",
                     p.bytes_done as f64 * 100.0 / p.bytes_total.max(1) as f64,
+                    p.stage,
                     p.done,
                     p.total,
                     p.bytes_done as f64 / 1e6,

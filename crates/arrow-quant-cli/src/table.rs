@@ -1,5 +1,6 @@
 //! Plain-text tables of reports and model files.
 
+use arrow_quant::diffusion::markov::DEFAULT_THRESHOLD;
 use arrow_quant::pipeline::Report;
 
 fn shape(s: &[usize]) -> String {
@@ -53,6 +54,31 @@ pub fn print_report(report: &Report) {
         report.compression_ratio(),
         report.bits_per_weight()
     );
+    if let Some(m) = &report.mixed_precision {
+        let [w2, w4, w8, w16] = m.layers_per_width;
+        println!(
+            "mixed precision: target {:.3} bits/weight, achieved {:.3}; layers at 2/4/8/16 bits: {w2}/{w4}/{w8}/{w16}; \
+             total error {:.4e}",
+            m.target_bits_per_weight,
+            report.bits_per_weight(),
+            m.total_error
+        );
+    }
+    if let Some(t) = report.time_aware_summary() {
+        println!(
+            "time-aware activation parameters for {} layers; mean range spread vs uniform groups {:.3}, vs one \
+             global range {:.3}",
+            t["layers"], t["spread_vs_uniform"].as_f64().unwrap_or(f64::NAN),
+            t["spread_vs_global"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    // The run validated the activation bits, so the metrics cannot fail here.
+    if let Ok(Some(m)) = report.markov_metrics(DEFAULT_THRESHOLD) {
+        println!(
+            "markov smoothness {:.3}; {} boundary jumps over {} (low {}, medium {}, high {})",
+            m.smoothness, m.violations, m.threshold, m.low, m.medium, m.high
+        );
+    }
     println!(
         "worst cosine of a quantized layer {:.6}; {:.2} s, {:.2} GB/s of input",
         report.worst_cosine(),

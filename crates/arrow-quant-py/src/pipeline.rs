@@ -7,10 +7,13 @@ use crate::options::{group_size_to_py, Overrides};
 use crate::quantized::PyQuantizedTensor;
 use arrow_quant::arrow::output::RowEncoding;
 use arrow_quant::arrow::result::read_results;
+use arrow_quant::diffusion::calibration::Calibration;
+use arrow_quant::diffusion::time_groups::{Smoothing, TimeGrouping};
 use arrow_quant::pipeline::{
     export_safetensors, quantize_model, validate_model, ExportDtype, ModelFile, OutputFormat,
     PipelineConfig, Progress,
 };
+use arrow_quant::pipeline::{quantize_model_with, Report};
 use arrow_quant::QuantError;
 use numpy::{IntoPyArray, PyArrayMethods};
 use pyo3::prelude::*;
@@ -25,7 +28,7 @@ pub struct PyDiffusionQuantConfig {
     pub inner: PipelineConfig,
 }
 
-fn to_python(py: Python<'_>, value: &serde_json::Value) -> PyResult<Py<PyAny>> {
+pub(crate) fn to_python(py: Python<'_>, value: &serde_json::Value) -> PyResult<Py<PyAny>> {
     Ok(py
         .import("json")?
         .call_method1("loads", (value.to_string(),))?
@@ -38,7 +41,10 @@ impl PyDiffusionQuantConfig {
     #[new]
     #[pyo3(signature = (*, profile = None, bit_width = None, group_size = None, symmetric = None, method = None,
                         scale_dtype = None, quality_floor = None, fail_fast = None, min_elements = None,
-                        keep_patterns = None, keep_first_last = None, format = None))]
+                        keep_patterns = None, keep_first_last = None, format = None, calibration_path = None,
+                        enable_time_aware = None, num_time_groups = None, time_grouping = None,
+                        activation_bits = None, boundary_smoothing = None, smoothing_window = None,
+                        enable_spatial = None, target_bits_per_weight = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         profile: Option<&str>,
@@ -53,6 +59,15 @@ impl PyDiffusionQuantConfig {
         keep_patterns: Option<Vec<String>>,
         keep_first_last: Option<bool>,
         format: Option<&str>,
+        calibration_path: Option<PathBuf>,
+        enable_time_aware: Option<bool>,
+        num_time_groups: Option<i64>,
+        time_grouping: Option<&str>,
+        activation_bits: Option<i64>,
+        boundary_smoothing: Option<&str>,
+        smoothing_window: Option<i64>,
+        enable_spatial: Option<bool>,
+        target_bits_per_weight: Option<f64>,
     ) -> Result<Self> {
         let mut inner = PipelineConfig::profile(profile.unwrap_or("local"))?;
         inner.profile = profile.map(str::to_string);
@@ -83,6 +98,33 @@ impl PyDiffusionQuantConfig {
         if let Some(f) = format {
             inner.format = OutputFormat::parse(f)?;
         }
+        inner.calibration_path = calibration_path;
+        if let Some(e) = enable_time_aware {
+            inner.enable_time_aware = e;
+        }
+        let t = &mut inner.time_aware;
+        if let Some(n) = num_time_groups {
+            t.num_groups = usize::try_from(n)
+                .map_err(|_| QuantError::config("num_time_groups", n, "a positive integer"))?;
+        }
+        if let Some(g) = time_grouping {
+            t.grouping = TimeGrouping::parse(g)?;
+        }
+        if let Some(b) = activation_bits {
+            t.activation_bits = u8::try_from(b)
+                .map_err(|_| QuantError::config("activation_bits", b, "an integer in 2..=16"))?;
+        }
+        if let Some(s) = boundary_smoothing {
+            t.smoothing = Smoothing::parse(s)?;
+        }
+        if let Some(w) = smoothing_window {
+            t.smoothing_window = u32::try_from(w)
+                .map_err(|_| QuantError::config("smoothing_window", w, "a non-negative integer"))?;
+        }
+        if let Some(e) = enable_spatial {
+            inner.enable_spatial = e;
+        }
+        inner.target_bits_per_weight = target_bits_per_weight;
         inner.validate()?;
         Ok(Self { inner })
     }
@@ -176,6 +218,60 @@ impl PyDiffusionQuantConfig {
         self.inner.format.name()
     }
 
+    /// Calibration statistics file, or None.
+    #[getter]
+    fn calibration_path(&self) -> Option<PathBuf> {
+        self.inner.calibration_path.clone()
+    }
+
+    /// With calibration: per-timestep-group activation parameters.
+    #[getter]
+    fn enable_time_aware(&self) -> bool {
+        self.inner.enable_time_aware
+    }
+
+    /// Number of timestep groups.
+    #[getter]
+    fn num_time_groups(&self) -> usize {
+        self.inner.time_aware.num_groups
+    }
+
+    /// "adaptive" or "uniform".
+    #[getter]
+    fn time_grouping(&self) -> &'static str {
+        self.inner.time_aware.grouping.name()
+    }
+
+    /// Bits of the activation quantization the time-aware parameters are for.
+    #[getter]
+    fn activation_bits(&self) -> u8 {
+        self.inner.time_aware.activation_bits
+    }
+
+    /// "none", "linear", "cubic" or "sigmoid".
+    #[getter]
+    fn boundary_smoothing(&self) -> &'static str {
+        self.inner.time_aware.smoothing.name()
+    }
+
+    /// Timesteps on each side of a boundary that the smoothing blends.
+    #[getter]
+    fn smoothing_window(&self) -> u32 {
+        self.inner.time_aware.smoothing_window
+    }
+
+    /// With calibration magnitudes: activation-aware channel scaling.
+    #[getter]
+    fn enable_spatial(&self) -> bool {
+        self.inner.enable_spatial
+    }
+
+    /// Mixed-precision budget in stored bits per weight, or None.
+    #[getter]
+    fn target_bits_per_weight(&self) -> Option<f64> {
+        self.inner.target_bits_per_weight
+    }
+
     /// The settings as a dict (as stored in the model file).
     fn to_dict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         to_python(py, &self.inner.to_json())
@@ -186,21 +282,24 @@ impl PyDiffusionQuantConfig {
     }
 }
 
-/// Runs a checkpoint through the pipeline; `progress(tensor, fraction)` is called on the calling thread.
+/// Runs a checkpoint through the pipeline with `calibration` (or the config's calibration file) and returns the
+/// report, as a dict and as the core struct; `progress(tensor, fraction)` is called on the calling thread.
 pub fn run_model(
     py: Python<'_>,
     input: &Path,
     output: &Path,
     config: Option<&PyDiffusionQuantConfig>,
+    calibration: Option<Calibration>,
     progress: Option<&Bound<'_, PyAny>>,
-) -> Result<Py<PyAny>> {
+) -> Result<(Py<PyAny>, Report)> {
     let config = config.map_or_else(PipelineConfig::default, |c| c.inner.clone());
     let cancel = AtomicBool::new(false);
     let report = run_detached(
         py,
         &cancel,
-        |notify: &(dyn Fn(Progress) + Sync)| {
-            quantize_model(input, output, &config, &cancel, notify)
+        |notify: &(dyn Fn(Progress) + Sync)| match &calibration {
+            Some(c) => quantize_model_with(input, output, &config, Some(c), &cancel, notify),
+            None => quantize_model(input, output, &config, &cancel, notify),
         },
         |p: Progress| match progress {
             Some(cb) => {
@@ -210,7 +309,7 @@ pub fn run_model(
             None => Ok(()),
         },
     )??;
-    Ok(to_python(py, &report.to_json())?)
+    Ok((to_python(py, &report.to_json())?, report))
 }
 
 /// Re-reads both files and returns `{passed, floor, layers: [...]}`.

@@ -6,13 +6,15 @@ use crate::detach::{run_detached, without_gil};
 use crate::errors::{schema, Error, Result};
 use crate::input::LayerInput;
 use crate::options::Overrides;
-use crate::pipeline::{run_model, validate, PyDiffusionQuantConfig};
+use crate::pipeline::{run_model, to_python, validate, PyDiffusionQuantConfig};
 use crate::quantized::PyQuantizedTensor;
 use arrow_array::RecordBatch;
 use arrow_quant::arrow::{
     dequantize_to_batch, quantize_to_batch, quantize_to_batches, read_layers, read_results,
     result_schema, tensors_to_batch, ArrowLayer,
 };
+use arrow_quant::diffusion::markov::DEFAULT_THRESHOLD;
+use arrow_quant::pipeline::Report;
 use arrow_quant::{quantize_batch, OnError, QuantConfig, QuantError, QuantizedTensor, TensorView};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -31,6 +33,8 @@ const MODES: [&str; 1] = ["diffusion"];
 pub struct ArrowQuantV2 {
     mode: String,
     defaults: QuantConfig,
+    /// The report of the last model run that produced time-aware parameters (for `get_markov_metrics`).
+    last_time_aware: std::sync::Mutex<Option<Arc<Report>>>,
 }
 
 /// Reads the layers of a `dict[str, ndarray]`.
@@ -168,6 +172,24 @@ impl ArrowQuantV2 {
         }
         Ok(out)
     }
+
+    /// Runs the pipeline and remembers the report when it has time-aware parameters.
+    fn run(
+        &self,
+        py: Python<'_>,
+        input: &std::path::Path,
+        output: &std::path::Path,
+        config: Option<&PyDiffusionQuantConfig>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> Result<Py<PyAny>> {
+        let (dict, report) = run_model(py, input, output, config, None, progress)?;
+        if report.layers.iter().any(|l| l.time_groups.is_some()) {
+            if let Ok(mut last) = self.last_time_aware.lock() {
+                *last = Some(Arc::new(report));
+            }
+        }
+        Ok(dict)
+    }
 }
 
 #[pymethods]
@@ -182,6 +204,7 @@ impl ArrowQuantV2 {
         Ok(Self {
             mode: mode.to_string(),
             defaults: QuantConfig::default(),
+            last_time_aware: std::sync::Mutex::new(None),
         })
     }
 
@@ -441,7 +464,7 @@ impl ArrowQuantV2 {
         config: Option<PyRef<'_, PyDiffusionQuantConfig>>,
         progress_callback: Option<&Bound<'_, PyAny>>,
     ) -> Result<Py<PyAny>> {
-        run_model(
+        self.run(
             py,
             &model_path,
             &output_path,
@@ -472,7 +495,7 @@ impl ArrowQuantV2 {
             )
             .into());
         }
-        run_model(
+        self.run(
             py,
             &safetensors_path,
             &output_path,
@@ -500,6 +523,22 @@ impl ArrowQuantV2 {
         dtype: &str,
     ) -> Result<Bound<'py, PyAny>> {
         Ok(quantized.call_method1("dequantize", (dtype,))?)
+    }
+
+    /// Markov metrics of the time-aware activation parameters of the last model run that produced them:
+    /// `{threshold, smoothness, violations, severity: {low, medium, high}, max_scale_jump, max_zero_point_jump,
+    /// layers: [{name, smoothness, violations, boundaries: [{t, scale_jump, zero_point_jump, severity}]}]}`;
+    /// None before any such run. A boundary violates when its jump exceeds `threshold` (see docs/TIME_AWARE.md).
+    #[pyo3(signature = (threshold = DEFAULT_THRESHOLD))]
+    fn get_markov_metrics(&self, py: Python<'_>, threshold: f64) -> Result<Option<Py<PyAny>>> {
+        let report = self.last_time_aware.lock().ok().and_then(|r| r.clone());
+        let Some(report) = report else {
+            return Ok(None);
+        };
+        match report.markov_metrics(threshold)? {
+            Some(m) => Ok(Some(to_python(py, &m.to_json())?)),
+            None => Ok(None),
+        }
     }
 
     fn __repr__(&self) -> String {

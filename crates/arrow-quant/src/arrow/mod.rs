@@ -6,6 +6,7 @@ pub mod input;
 pub mod output;
 pub mod result;
 pub mod schema;
+pub mod time_groups;
 
 pub use input::{read_layers, ArrowLayer};
 pub use output::{quantize_to_batch, quantize_to_batches, tensor_batch, tensors_to_batch};

@@ -53,7 +53,9 @@ pub fn allocate(layers: &[Vec<LayerOption>], budget_bits: f64) -> Result<Allocat
         return Err(QuantError::config(
             "target_bits_per_weight",
             format!("a budget of {budget_bits:.0} bits"),
-            format!("at least {smallest:.0} bits, the size with every layer at its smallest encoding"),
+            format!(
+                "at least {smallest:.0} bits, the size with every layer at its smallest encoding"
+            ),
         ));
     }
     let n = layers.len();
@@ -108,7 +110,11 @@ pub fn allocate(layers: &[Vec<LayerOption>], budget_bits: f64) -> Result<Allocat
     fill_greedily(layers, budget_bits, &mut choice);
     let bits = choice.iter().zip(layers).map(|(&k, o)| o[k].bits).sum();
     let error = choice.iter().zip(layers).map(|(&k, o)| o[k].error).sum();
-    Ok(Allocation { choice, bits, error })
+    Ok(Allocation {
+        choice,
+        bits,
+        error,
+    })
 }
 
 fn smallest_option(options: &[LayerOption]) -> usize {
@@ -130,7 +136,11 @@ fn fill_greedily(layers: &[Vec<LayerOption>], budget_bits: f64, choice: &mut [us
                 if gain <= 0.0 || used + added > budget_bits {
                     continue;
                 }
-                let rate = if added <= 0.0 { f64::INFINITY } else { gain / added };
+                let rate = if added <= 0.0 {
+                    f64::INFINITY
+                } else {
+                    gain / added
+                };
                 if best.is_none_or(|(r, _, _)| rate > r) {
                     best = Some((rate, l, k));
                 }
@@ -192,8 +202,13 @@ mod tests {
 
     #[test]
     fn a_budget_below_the_smallest_size_is_an_error() {
-        let e = allocate(&[vec![opt(200.0, 1.0)]], 100.0).unwrap_err().to_string();
-        assert!(e.contains("target_bits_per_weight") && e.contains("at least 200 bits"), "{e}");
+        let e = allocate(&[vec![opt(200.0, 1.0)]], 100.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("target_bits_per_weight") && e.contains("at least 200 bits"),
+            "{e}"
+        );
         assert!(allocate(&[vec![]], 100.0).is_err());
         assert_eq!(allocate(&[], 0.0).unwrap().choice, Vec::<usize>::new());
     }

@@ -22,5 +22,8 @@ pub fn quantize_channel_scaled(
     _config: &QuantConfig,
     _channel_absmax: &[f32],
 ) -> Result<(QuantizedTensor, ChannelScalingReport)> {
-    Err(QuantError::schema(view.name, "channel scaling is not built yet"))
+    Err(QuantError::schema(
+        view.name,
+        "channel scaling is not built yet",
+    ))
 }

@@ -15,7 +15,10 @@ pub const BINS: usize = 256;
 
 const CHUNK: usize = 1 << 16;
 
-fn values<'a>(data: &'a TensorData<'a>, range: std::ops::Range<usize>) -> Box<dyn Iterator<Item = f32> + 'a> {
+fn values<'a>(
+    data: &'a TensorData<'a>,
+    range: std::ops::Range<usize>,
+) -> Box<dyn Iterator<Item = f32> + 'a> {
     match data {
         TensorData::F32(x) => Box::new(x[range].iter().copied()),
         TensorData::F16(x) => Box::new(x[range].iter().map(|v| v.to_f32())),
@@ -96,7 +99,9 @@ mod tests {
 
     #[test]
     fn outliers_lower_the_entropy_and_dtypes_agree() {
-        let w: Vec<f32> = (0..100_000).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let w: Vec<f32> = (0..100_000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
         let flat = weight_entropy(&TensorData::F32(&w));
         let mut spiky = w.clone();
         spiky[17] = 400.0;

@@ -3,7 +3,9 @@
 
 pub(crate) mod atomic_file;
 pub mod config;
+mod layer_quant;
 pub mod model_file;
+pub mod plan;
 pub mod policy;
 pub mod report;
 pub mod run;
@@ -11,6 +13,7 @@ pub mod tools;
 
 pub use config::{OutputFormat, PipelineConfig};
 pub use model_file::{ModelFile, ModelWriter};
+pub use plan::MixedPrecision;
 pub use report::{LayerReport, Report};
-pub use run::{quantize_model, Progress};
+pub use run::{quantize_model, quantize_model_with, Progress};
 pub use tools::{export_safetensors, validate_model, ExportDtype, Validation};

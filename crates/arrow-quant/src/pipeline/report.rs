@@ -1,6 +1,10 @@
 //! The report of a run: per layer the decision, width, quality and any fallback; totals and throughput.
 
+use super::plan::MixedPrecision;
 use crate::checkpoint::TensorEntry;
+use crate::diffusion::markov::{markov_metrics, MarkovMetrics};
+use crate::diffusion::time_groups::{SpreadFigures, TimeGroup};
+use crate::error::Result;
 use crate::quantized::{Quality, QuantizedTensor};
 
 /// What happened to one tensor.
@@ -28,6 +32,16 @@ pub struct LayerReport {
     pub kept: Option<String>,
     /// Why a wider encoding than asked was used, if one was.
     pub fallback: Option<String>,
+    /// Entropy of the weights in bits over 256 bins (a sensitivity signal; quantizable layers only).
+    pub entropy: Option<f64>,
+    /// The exponent channel scaling chose (layers with calibration magnitudes).
+    pub channel_alpha: Option<f32>,
+    /// Activation-weighted relative error (layers with calibration magnitudes).
+    pub weighted_error: Option<f64>,
+    /// Time-aware activation parameters (calibrated layers).
+    pub time_groups: Option<Vec<TimeGroup>>,
+    /// Mean within-group activation range spread: the grouping used, uniform, and one global range.
+    pub time_spread: Option<SpreadFigures>,
 }
 
 impl LayerReport {
@@ -47,6 +61,11 @@ impl LayerReport {
             bytes_out: 0,
             kept: None,
             fallback: None,
+            entropy: None,
+            channel_alpha: None,
+            weighted_error: None,
+            time_groups: None,
+            time_spread: None,
         }
     }
 
@@ -84,6 +103,10 @@ pub struct Report {
     pub layers: Vec<LayerReport>,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// The mixed-precision plan, when a bits-per-weight target was set.
+    pub mixed_precision: Option<MixedPrecision>,
+    /// Bits of the activation quantization the time-aware parameters are for.
+    pub activation_bits: u8,
 }
 
 impl Report {
@@ -140,9 +163,44 @@ impl Report {
             .fold(1.0, f64::min)
     }
 
+    /// Markov metrics of the time-aware parameters (`None` when no layer has any), with violations above
+    /// `threshold` (in (0, 1]).
+    pub fn markov_metrics(&self, threshold: f64) -> Result<Option<MarkovMetrics>> {
+        let layers: Vec<(&str, &[TimeGroup])> = self
+            .layers
+            .iter()
+            .filter_map(|l| Some((l.name.as_str(), l.time_groups.as_deref()?)))
+            .collect();
+        if layers.is_empty() {
+            return Ok(None);
+        }
+        markov_metrics(layers, self.activation_bits, threshold).map(Some)
+    }
+
+    /// Over the layers with time-aware parameters: how many, and the mean ratios of their within-group range
+    /// spread (used grouping / uniform, used / one global range, uniform / global).
+    pub fn time_aware_summary(&self) -> Option<serde_json::Value> {
+        let spreads: Vec<SpreadFigures> =
+            self.layers.iter().filter_map(|l| l.time_spread).collect();
+        if spreads.is_empty() {
+            return None;
+        }
+        let mean = |f: fn(&SpreadFigures) -> f64| {
+            spreads.iter().map(f).sum::<f64>() / spreads.len() as f64
+        };
+        Some(serde_json::json!({
+            "layers": spreads.len(),
+            "spread_vs_uniform": mean(SpreadFigures::vs_uniform),
+            "spread_vs_global": mean(SpreadFigures::vs_global),
+            "uniform_vs_global": mean(SpreadFigures::uniform_vs_global),
+        }))
+    }
+
     /// The totals as JSON (stored in the model file's metadata).
     pub fn summary_json(&self) -> serde_json::Value {
         serde_json::json!({
+            "mixed_precision": self.mixed_precision.as_ref().map(MixedPrecision::to_json),
+            "time_aware": self.time_aware_summary(),
             "tensors": self.layers.len(),
             "quantized": self.quantized(),
             "fallbacks": self.fallbacks(),
@@ -166,6 +224,12 @@ impl Report {
                     "name": l.name, "shape": l.shape, "dtype": l.dtype, "encoding": l.encoding, "bits": l.bits,
                     "bits_per_weight": l.bits_per_weight, "cosine": l.quality.cosine, "rel_mse": l.quality.rel_mse,
                     "bytes_in": l.bytes_in, "bytes_out": l.bytes_out, "kept": l.kept, "fallback": l.fallback,
+                    "entropy": l.entropy, "channel_alpha": l.channel_alpha, "weighted_error": l.weighted_error,
+                    "time_groups": l.time_groups.as_ref().map(|g| g.len()),
+                    "time_spread": l.time_spread.map(|s| serde_json::json!({
+                        "chosen": s.chosen, "uniform": s.uniform, "global": s.global,
+                        "vs_uniform": s.vs_uniform(), "vs_global": s.vs_global(),
+                    })),
                 })
             })
             .collect();

@@ -1,16 +1,22 @@
 //! The main job: a checkpoint in, a quantized model file out, tensor by tensor (memory bounded by the largest
 //! tensor), with the quality floor and per-layer fallback (2 -> 4 -> 8 -> kept in 16-bit), progress, and a report.
+//! With calibration statistics: time-aware activation parameters and channel scaling per calibrated layer; with
+//! a bits-per-weight target: a planning pass first (`plan`), then each layer at its allotted width.
 
 use super::config::PipelineConfig;
+use super::layer_quant::quantize_with_fallback;
 use super::model_file::{ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY};
+use super::plan::plan_widths;
 use super::policy::{decide, Decision};
 use super::report::{LayerReport, Report};
 use crate::arrow::output::{plain_batch, tensor_batch, RowEncoding, RowMeta};
+use crate::arrow::time_groups::with_time_groups;
 use crate::checkpoint::{float_values, Checkpoint, Dtype, SafetensorsFile, TensorEntry};
-use crate::config::{BitWidth, QuantConfig};
+use crate::diffusion::calibration::Calibration;
+use crate::diffusion::entropy::weight_entropy;
+use crate::diffusion::time_groups::{time_aware_params, TimeAwareParams};
 use crate::error::{QuantError, Result};
-use crate::quantize::quantize_tensor;
-use crate::quantized::{Quality, QuantizedTensor};
+use crate::quantized::Quality;
 use crate::tensor::TensorView;
 use arrow_array::RecordBatch;
 use half::f16;
@@ -21,24 +27,18 @@ use std::time::Instant;
 /// Progress of a run, reported after each tensor.
 #[derive(Debug, Clone)]
 pub struct Progress {
-    /// The tensor just written.
+    /// `planning` (the mixed-precision pass that measures every layer) or `quantizing`.
+    pub stage: &'static str,
+    /// The tensor just done.
     pub tensor: String,
     /// Tensors done so far.
     pub done: usize,
     /// Tensors in the checkpoint.
     pub total: usize,
-    /// Source bytes done so far.
+    /// Source bytes done so far, over both passes when there is a planning pass.
     pub bytes_done: usize,
-    /// Source bytes in the checkpoint.
+    /// Source bytes to go through: the checkpoint's, twice with a planning pass.
     pub bytes_total: usize,
-}
-
-/// The widths tried after `first`, in order.
-fn fallback_chain(first: BitWidth) -> Vec<BitWidth> {
-    [BitWidth::Int2, BitWidth::Int4, BitWidth::Int8]
-        .into_iter()
-        .filter(|b| *b >= first)
-        .collect()
 }
 
 /// f32 values of a tensor (for keeping in 16-bit and for validation).
@@ -100,48 +100,37 @@ fn keep_bytes(file: &SafetensorsFile, entry: &TensorEntry) -> (&'static str, u8,
     }
 }
 
-/// Quantizes at the first width, then the next ones while the cosine misses the floor. Returns the accepted
-/// tensor (or `None`: keep in 16-bit) and the reason for any fallback.
-fn quantize_with_fallback(
-    view: &TensorView<'_>,
-    config: &PipelineConfig,
-) -> Result<(Option<QuantizedTensor>, Option<String>)> {
-    let mut misses = Vec::new();
-    for bits in fallback_chain(config.quant.bits) {
-        let q = quantize_tensor(
-            view,
-            &QuantConfig {
-                bits,
-                ..config.quant
-            },
-        )?;
-        if q.quality.cosine >= config.quality_floor {
-            return Ok((Some(q), (!misses.is_empty()).then(|| misses.join("; "))));
-        }
-        let miss = format!(
-            "cosine {:.4} < floor {:.4} at {}",
-            q.quality.cosine,
-            config.quality_floor,
-            q.encoding_name()
-        );
-        if config.fail_fast {
-            return Err(QuantError::Quality {
-                tensor: view.name.to_string(),
-                problem: miss,
-            });
-        }
-        misses.push(miss);
-    }
-    misses.push("kept in 16-bit".into());
-    Ok((None, Some(misses.join("; "))))
-}
-
-/// Quantizes the checkpoint at `input` into the model file `output`. `on_progress` is called after each tensor;
-/// setting `cancel` stops the run before the next tensor (nothing is written then).
+/// Quantizes the checkpoint at `input` into the model file `output`, with the calibration statistics at
+/// `config.calibration_path` if set. `on_progress` is called after each tensor; setting `cancel` stops the run
+/// before the next tensor (nothing is written then).
 pub fn quantize_model(
     input: &Path,
     output: &Path,
     config: &PipelineConfig,
+    cancel: &AtomicBool,
+    on_progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report> {
+    config.validate()?;
+    let calibration = match &config.calibration_path {
+        Some(path) => Some(Calibration::read(path)?),
+        None => None,
+    };
+    quantize_model_with(
+        input,
+        output,
+        config,
+        calibration.as_ref(),
+        cancel,
+        on_progress,
+    )
+}
+
+/// [`quantize_model`] with calibration statistics given directly (`config.calibration_path` is not read).
+pub fn quantize_model_with(
+    input: &Path,
+    output: &Path,
+    config: &PipelineConfig,
+    calibration: Option<&Calibration>,
     cancel: &AtomicBool,
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report> {
@@ -151,9 +140,45 @@ pub fn quantize_model(
     let tensors: Vec<(&SafetensorsFile, &TensorEntry)> = checkpoint.tensors().collect();
     let entries: Vec<&TensorEntry> = tensors.iter().map(|(_, t)| *t).collect();
     let decisions = decide(config, &entries);
-    let bytes_total = checkpoint.data_bytes();
+    let calibrated = CalibratedLayers::new(calibration, &entries, &decisions, config)?;
+    let data_bytes = checkpoint.data_bytes();
+    let planning = config.target_bits_per_weight.is_some();
+    let bytes_total = data_bytes * (1 + usize::from(planning));
+    let mut report = Report {
+        activation_bits: config.time_aware.activation_bits,
+        ..Report::default()
+    };
+    let widths = match config.target_bits_per_weight {
+        Some(target) => {
+            let done = std::sync::Mutex::new((0usize, 0usize));
+            let (widths, summary) = plan_widths(
+                &tensors,
+                &decisions,
+                &calibrated.channel_absmax,
+                config,
+                target,
+                cancel,
+                &|entry| {
+                    if let Ok(mut d) = done.lock() {
+                        d.0 += 1;
+                        d.1 += entry.end - entry.begin;
+                        on_progress(Progress {
+                            stage: "planning",
+                            tensor: entry.name.clone(),
+                            done: d.0,
+                            total: tensors.len(),
+                            bytes_done: d.1,
+                            bytes_total,
+                        });
+                    }
+                },
+            )?;
+            report.mixed_precision = Some(summary);
+            Some(widths)
+        }
+        None => None,
+    };
     let mut writer = ModelWriter::create(output, config.format, config.quant.scale_dtype)?;
-    let mut report = Report::default();
     // The next tensor is quantized while the writer thread encodes and writes the previous one; the bounded
     // channel keeps at most two finished batches in memory.
     let (to_writer, batches) = std::sync::mpsc::sync_channel::<RecordBatch>(1);
@@ -165,7 +190,7 @@ pub fn quantize_model(
             Ok(writer)
         });
         let produced = (|| -> Result<()> {
-            let mut bytes_done = 0;
+            let mut bytes_done = bytes_total - data_bytes;
             for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(QuantError::Cancelled {
@@ -179,15 +204,34 @@ pub fn quantize_model(
                     Decision::Quantize => {
                         let values = float_values(file, entry)
                             .ok_or_else(|| QuantError::schema(&entry.name, "not a float tensor"))?;
+                        layer.entropy = Some(weight_entropy(&values.data()));
                         let view = TensorView::new(&entry.name, &entry.shape, values.data())?;
-                        let (quantized, reason) = quantize_with_fallback(&view, config)?;
-                        layer.fallback = reason;
+                        let absmax = calibrated.channel_absmax[i].as_deref();
+                        let (quantized, reason) = match &widths {
+                            Some(w) => match w[i] {
+                                Some(bits) => quantize_with_fallback(&view, config, bits, absmax)?,
+                                None => (None, None),
+                            },
+                            None => {
+                                quantize_with_fallback(&view, config, config.quant.bits, absmax)?
+                            }
+                        };
                         match quantized {
                             Some(q) => {
-                                layer.set_quantized(&q);
-                                tensor_batch(q)?
+                                layer.fallback = reason;
+                                layer.set_quantized(&q.tensor);
+                                layer.channel_alpha = q.alpha;
+                                layer.weighted_error = q.weighted_error;
+                                tensor_batch(q.tensor)?
                             }
-                            None => keep_row(file, entry, &dtype, &mut layer, config)?,
+                            None if widths.is_some() && reason.is_none() => {
+                                layer.kept = Some("mixed precision: 16-bit".into());
+                                keep_row(file, entry, &dtype, &mut layer, config)?
+                            }
+                            None => {
+                                layer.fallback = reason;
+                                keep_row(file, entry, &dtype, &mut layer, config)?
+                            }
                         }
                     }
                     Decision::Keep(reason) => {
@@ -218,12 +262,21 @@ pub fn quantize_model(
                     }
                 };
                 file.release(entry);
+                let batch = match &calibrated.time[i] {
+                    Some(t) => {
+                        layer.time_groups = Some(t.groups.clone());
+                        layer.time_spread = Some(t.spread);
+                        with_time_groups(batch, &[Some(&t.groups)])?
+                    }
+                    None => batch,
+                };
                 if to_writer.send(batch).is_err() {
                     break; // the writer failed: its error is reported below
                 }
                 bytes_done += entry.end - entry.begin;
                 report.push(layer);
                 on_progress(Progress {
+                    stage: "quantizing",
                     tensor: entry.name.clone(),
                     done: i + 1,
                     total: tensors.len(),
@@ -251,6 +304,56 @@ pub fn quantize_model(
     writer.finish(metadata)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What calibration gives each tensor: channel magnitudes for scaling, time-aware activation parameters.
+struct CalibratedLayers {
+    channel_absmax: Vec<Option<Vec<f32>>>,
+    time: Vec<Option<TimeAwareParams>>,
+}
+
+impl CalibratedLayers {
+    fn new(
+        calibration: Option<&Calibration>,
+        entries: &[&TensorEntry],
+        decisions: &[Decision],
+        config: &PipelineConfig,
+    ) -> Result<Self> {
+        let n = entries.len();
+        let Some(calibration) = calibration else {
+            return Ok(Self {
+                channel_absmax: vec![None; n],
+                time: vec![None; n],
+            });
+        };
+        calibration.check_against(
+            entries
+                .iter()
+                .map(|e| (e.name.as_str(), e.shape.as_slice())),
+        )?;
+        let mut channel_absmax = vec![None; n];
+        let mut time = vec![None; n];
+        for (i, (entry, decision)) in entries.iter().zip(decisions).enumerate() {
+            let Some(layer) = calibration.for_tensor(&entry.name) else {
+                continue;
+            };
+            if config.enable_spatial && *decision == Decision::Quantize {
+                channel_absmax[i] = layer.channel_absmax();
+            }
+            if config.enable_time_aware {
+                time[i] = Some(time_aware_params(
+                    &layer.layer,
+                    &layer.ranges(),
+                    calibration.num_timesteps,
+                    &config.time_aware,
+                )?);
+            }
+        }
+        Ok(Self {
+            channel_absmax,
+            time,
+        })
+    }
 }
 
 fn keep_row(

@@ -1,0 +1,101 @@
+//! Quantizing one layer of a run: plainly, or with activation-aware channel scaling when its calibration records
+//! per-channel magnitudes; then the quality floor with the fallback chain (2 -> 4 -> 8 -> kept in 16-bit).
+
+use super::config::PipelineConfig;
+use crate::config::{BitWidth, QuantConfig};
+use crate::diffusion::channel_scaling::quantize_channel_scaled;
+use crate::error::{QuantError, Result};
+use crate::quantize::quantize_tensor;
+use crate::quantized::QuantizedTensor;
+use crate::tensor::TensorView;
+
+/// A quantized layer and what channel scaling found, if it ran.
+#[derive(Debug)]
+pub(crate) struct QuantizedLayer {
+    /// The tensor (channel scales included when scaled).
+    pub tensor: QuantizedTensor,
+    /// The chosen exponent of channel scaling.
+    pub alpha: Option<f32>,
+    /// Activation-weighted relative error (with calibration magnitudes).
+    pub weighted_error: Option<f64>,
+}
+
+impl QuantizedLayer {
+    /// The layer's share of the total error: its (activation-weighted, when known) relative error times its
+    /// parameter count.
+    pub fn total_error(&self) -> f64 {
+        let n: usize = self.tensor.shape.iter().product();
+        self.weighted_error.unwrap_or(self.tensor.quality.rel_mse) * n as f64
+    }
+}
+
+/// Quantizes `view` with `config`, scaling its channels first when `channel_absmax` is given.
+pub(crate) fn quantize_layer(
+    view: &TensorView<'_>,
+    config: &QuantConfig,
+    channel_absmax: Option<&[f32]>,
+) -> Result<QuantizedLayer> {
+    match channel_absmax {
+        Some(a) => {
+            let (tensor, report) = quantize_channel_scaled(view, config, a)?;
+            Ok(QuantizedLayer {
+                tensor,
+                alpha: Some(report.alpha),
+                weighted_error: Some(report.weighted_rel_error),
+            })
+        }
+        None => Ok(QuantizedLayer {
+            tensor: quantize_tensor(view, config)?,
+            alpha: None,
+            weighted_error: None,
+        }),
+    }
+}
+
+/// The widths tried after `first`, in order.
+pub(crate) fn fallback_chain(first: BitWidth) -> Vec<BitWidth> {
+    [BitWidth::Int2, BitWidth::Int4, BitWidth::Int8]
+        .into_iter()
+        .filter(|b| *b >= first)
+        .collect()
+}
+
+/// Quantizes at the first width, then the next ones while the cosine misses the floor. Returns the accepted
+/// layer (or `None`: keep in 16-bit) and the reason for any fallback.
+pub(crate) fn quantize_with_fallback(
+    view: &TensorView<'_>,
+    config: &PipelineConfig,
+    first: BitWidth,
+    channel_absmax: Option<&[f32]>,
+) -> Result<(Option<QuantizedLayer>, Option<String>)> {
+    let mut misses = Vec::new();
+    for bits in fallback_chain(first) {
+        let q = quantize_layer(
+            view,
+            &QuantConfig {
+                bits,
+                ..config.quant
+            },
+            channel_absmax,
+        )?;
+        let cosine = q.tensor.quality.cosine;
+        if cosine >= config.quality_floor {
+            return Ok((Some(q), (!misses.is_empty()).then(|| misses.join("; "))));
+        }
+        let miss = format!(
+            "cosine {:.4} < floor {:.4} at {}",
+            cosine,
+            config.quality_floor,
+            q.tensor.encoding_name()
+        );
+        if config.fail_fast {
+            return Err(QuantError::Quality {
+                tensor: view.name.to_string(),
+                problem: miss,
+            });
+        }
+        misses.push(miss);
+    }
+    misses.push("kept in 16-bit".into());
+    Ok((None, Some(misses.join("; "))))
+}
