@@ -58,9 +58,13 @@ def test_exception_hierarchy_is_registered_on_the_module():
         assert getattr(aq, name) is cls
 
 
+# Defined in Python (the async front, the calibration recorder), not re-exported from _core.
+PURE_PYTHON = {"AsyncArrowQuantV2", "CalibrationRecorder"}
+
+
 def test_package_reexports_everything_in_all():
     for name in aq.__all__:
-        if name != "AsyncArrowQuantV2":  # the pure-Python async front
+        if name not in PURE_PYTHON:
             assert getattr(aq, name) is getattr(_core, name)
     assert aq.__version__ == "0.1.0"
 
@@ -78,6 +82,19 @@ def test_arrow_and_pipeline_surface():
         assert asyncio.iscoroutinefunction(getattr(async_q, name)), name
     assert callable(aq.load_quantized) and callable(aq.export_safetensors)
     assert aq.DiffusionQuantConfig.from_profile("local").bit_width == 4
+
+
+CALIBRATION_FUNCTIONS = ["read_calibration", "write_calibration"]
+
+
+def test_calibration_surface():
+    for name in CALIBRATION_FUNCTIONS:
+        assert callable(getattr(_core, name)) and getattr(aq, name) is getattr(_core, name), name
+        assert name in aq.__all__, name
+    assert "CalibrationRecorder" in aq.__all__
+    from arrow_quant_v2.calibration import CalibrationRecorder
+
+    assert aq.CalibrationRecorder is CalibrationRecorder
 
 
 @pytest.mark.parametrize("module", ["arrow_quant_v2"])

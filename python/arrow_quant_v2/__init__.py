@@ -26,7 +26,10 @@ from ._core import (
     __version__,
     export_safetensors,
     load_quantized,
+    read_calibration,
+    write_calibration,
 )
+from .calibration import CalibrationRecorder
 
 # A QuantizedModel behaves as a read-only mapping from tensor names to arrays.
 Mapping.register(QuantizedModel)
@@ -35,6 +38,7 @@ __all__ = [
     "ArrowQuantV2",
     "AsyncArrowQuantV2",
     "BatchResult",
+    "CalibrationRecorder",
     "CancelledError",
     "ConfigurationError",
     "CorruptDataError",
@@ -50,4 +54,6 @@ __all__ = [
     "__version__",
     "export_safetensors",
     "load_quantized",
+    "read_calibration",
+    "write_calibration",
 ]

@@ -8,6 +8,9 @@ from ._core import (
     BatchResult as BatchResult,
 )
 from ._core import (
+    CalibrationError as CalibrationError,
+)
+from ._core import (
     CancelledError as CancelledError,
 )
 from ._core import (
@@ -27,7 +30,6 @@ from ._core import (
 )
 from ._core import (
     QualityError as QualityError,
-    CalibrationError as CalibrationError,
 )
 from ._core import (
     QuantizationError as QuantizationError,
@@ -50,11 +52,19 @@ from ._core import (
 from ._core import (
     load_quantized as load_quantized,
 )
+from ._core import (
+    read_calibration as read_calibration,
+)
+from ._core import (
+    write_calibration as write_calibration,
+)
+from .calibration import CalibrationRecorder as CalibrationRecorder
 
 __all__ = [
     "ArrowQuantV2",
     "AsyncArrowQuantV2",
     "BatchResult",
+    "CalibrationRecorder",
     "CancelledError",
     "ConfigurationError",
     "CorruptDataError",
@@ -70,4 +80,6 @@ __all__ = [
     "__version__",
     "export_safetensors",
     "load_quantized",
+    "read_calibration",
+    "write_calibration",
 ]

@@ -29,6 +29,8 @@ __all__ = [
     "QuantizedModel",
     "load_quantized",
     "export_safetensors",
+    "read_calibration",
+    "write_calibration",
 ]
 
 _GroupSize: TypeAlias = int | Literal["per_channel"]
@@ -37,6 +39,8 @@ _Encoding: TypeAlias = Literal["int8", "int4", "int2", "int8_2l", "int4_2l", "in
 _ScaleDtype: TypeAlias = Literal["float16", "float32"]
 # Any Arrow producer: an object with __arrow_c_stream__ or __arrow_c_array__ (pyarrow, polars, arro3, nanoarrow).
 _ArrowInput: TypeAlias = Any
+# Calibration statistics: a Parquet / Arrow IPC file path, an Arrow table or record batch, or a dict of arrays.
+_CalibrationSource: TypeAlias = str | PathLike[str] | dict[str, Any] | _ArrowInput
 
 class QuantizationError(Exception): ...
 class ConfigurationError(QuantizationError): ...
@@ -260,6 +264,8 @@ def load_quantized(path: str | PathLike[str]) -> QuantizedModel: ...
 def export_safetensors(
     quantized_path: str | PathLike[str], output_path: str | PathLike[str], dtype: Literal["f16", "bf16", "f32"] = "f16"
 ) -> None: ...
+def read_calibration(source: _CalibrationSource) -> pa.Table: ...
+def write_calibration(source: _CalibrationSource, path: str | PathLike[str]) -> None: ...
 def _kernel_seconds(
     weights: Mapping[str, npt.NDArray[Any]],
     bit_width: int = 4,

@@ -4,6 +4,8 @@
 
 mod arrow_io;
 mod batch_result;
+mod calibration;
+mod calibration_dict;
 mod detach;
 mod errors;
 mod input;
@@ -25,6 +27,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::QuantizedModel>()?;
     m.add_function(wrap_pyfunction!(pipeline::load_quantized, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::export, m)?)?;
+    m.add_function(wrap_pyfunction!(calibration::read_calibration, m)?)?;
+    m.add_function(wrap_pyfunction!(calibration::write_calibration, m)?)?;
     m.add_function(wrap_pyfunction!(timing::_kernel_seconds, m)?)?;
     errors::register(m)?;
     Ok(())
