@@ -37,8 +37,11 @@ class AsyncArrowQuantV2:
         output_path: _Path,
         config: DiffusionQuantConfig | None = None,
         progress_callback: Callable[[str, float], object] | None = None,
+        calibration: Any = None,
     ) -> dict[str, Any]:
-        return await self._run(self._sync.quantize_diffusion_model, model_path, output_path, config, progress_callback)
+        return await self._run(
+            self._sync.quantize_diffusion_model, model_path, output_path, config, progress_callback, calibration
+        )
 
     async def quantize_from_safetensors(
         self,
@@ -46,9 +49,10 @@ class AsyncArrowQuantV2:
         output_path: _Path,
         config: DiffusionQuantConfig | None = None,
         progress_callback: Callable[[str, float], object] | None = None,
+        calibration: Any = None,
     ) -> dict[str, Any]:
         return await self._run(
-            self._sync.quantize_from_safetensors, safetensors_path, output_path, config, progress_callback
+            self._sync.quantize_from_safetensors, safetensors_path, output_path, config, progress_callback, calibration
         )
 
     async def validate_quality(self, original_path: _Path, quantized_path: _Path) -> dict[str, Any]:

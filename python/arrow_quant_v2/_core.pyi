@@ -160,6 +160,7 @@ class ArrowQuantV2:
         output_path: str | PathLike[str],
         config: DiffusionQuantConfig | None = None,
         progress_callback: Callable[[str, float], object] | None = None,
+        calibration: _CalibrationSource | None = None,
     ) -> dict[str, Any]: ...
     def quantize_from_safetensors(
         self,
@@ -167,6 +168,7 @@ class ArrowQuantV2:
         output_path: str | PathLike[str],
         config: DiffusionQuantConfig | None = None,
         progress_callback: Callable[[str, float], object] | None = None,
+        calibration: _CalibrationSource | None = None,
     ) -> dict[str, Any]: ...
     def validate_quality(
         self, original_path: str | PathLike[str], quantized_path: str | PathLike[str]

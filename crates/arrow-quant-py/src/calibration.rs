@@ -38,14 +38,7 @@ pub fn calibration_from_py(obj: &Bound<'_, PyAny>) -> Result<Calibration> {
     }
     if obj.is_instance_of::<PyString>() || obj.hasattr("__fspath__")? {
         let path: PathBuf = obj.extract()?;
-        let read = without_gil(py, || Calibration::read(&path))?;
-        return Ok(read.map_err(|e| match e {
-            // A missing or unreadable calibration file is a calibration problem to the caller.
-            QuantError::Io { path, message } => {
-                QuantError::calibration(path, format!("cannot read the file: {message}"))
-            }
-            e => e,
-        })?);
+        return Ok(without_gil(py, || Calibration::read(&path))??);
     }
     let type_name = obj
         .get_type()

@@ -2,6 +2,7 @@
 
 use crate::arrow_io::{collect_batches, to_pyarrow_batch, to_pyarrow_table};
 use crate::batch_result::BatchResult;
+use crate::calibration::calibration_from_py;
 use crate::detach::{run_detached, without_gil};
 use crate::errors::{schema, Error, Result};
 use crate::input::LayerInput;
@@ -13,6 +14,7 @@ use arrow_quant::arrow::{
     dequantize_to_batch, quantize_to_batch, quantize_to_batches, read_layers, read_results,
     result_schema, tensors_to_batch, ArrowLayer,
 };
+use arrow_quant::diffusion::calibration::Calibration;
 use arrow_quant::diffusion::markov::DEFAULT_THRESHOLD;
 use arrow_quant::pipeline::Report;
 use arrow_quant::{quantize_batch, OnError, QuantConfig, QuantError, QuantizedTensor, TensorView};
@@ -180,9 +182,10 @@ impl ArrowQuantV2 {
         input: &std::path::Path,
         output: &std::path::Path,
         config: Option<&PyDiffusionQuantConfig>,
+        calibration: Option<Calibration>,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> Result<Py<PyAny>> {
-        let (dict, report) = run_model(py, input, output, config, None, progress)?;
+        let (dict, report) = run_model(py, input, output, config, calibration, progress)?;
         if report.layers.iter().any(|l| l.time_groups.is_some()) {
             if let Ok(mut last) = self.last_time_aware.lock() {
                 *last = Some(Arc::new(report));
@@ -455,7 +458,9 @@ impl ArrowQuantV2 {
     /// Quantizes a checkpoint (a `.safetensors` file, a sharded folder, or its `*.safetensors.index.json`) into a
     /// model file at `output_path` (Parquet or Arrow IPC per `config.format`), tensor by tensor; returns the
     /// report `{layers: [...], totals: {...}}`. `progress_callback(tensor_name, fraction)` runs on this thread.
-    #[pyo3(signature = (model_path, output_path, config = None, progress_callback = None))]
+    /// `calibration` (a file path, an Arrow table or a dict of numpy arrays; see docs/CALIBRATION.md) takes
+    /// precedence over `config.calibration_path`.
+    #[pyo3(signature = (model_path, output_path, config = None, progress_callback = None, calibration = None))]
     fn quantize_diffusion_model(
         &self,
         py: Python<'_>,
@@ -463,18 +468,21 @@ impl ArrowQuantV2 {
         output_path: PathBuf,
         config: Option<PyRef<'_, PyDiffusionQuantConfig>>,
         progress_callback: Option<&Bound<'_, PyAny>>,
+        calibration: Option<&Bound<'_, PyAny>>,
     ) -> Result<Py<PyAny>> {
+        let calibration = calibration.map(calibration_from_py).transpose()?;
         self.run(
             py,
             &model_path,
             &output_path,
             config.as_deref(),
+            calibration,
             progress_callback,
         )
     }
 
     /// Like `quantize_diffusion_model` for one `.safetensors` file.
-    #[pyo3(signature = (safetensors_path, output_path, config = None, progress_callback = None))]
+    #[pyo3(signature = (safetensors_path, output_path, config = None, progress_callback = None, calibration = None))]
     fn quantize_from_safetensors(
         &self,
         py: Python<'_>,
@@ -482,6 +490,7 @@ impl ArrowQuantV2 {
         output_path: PathBuf,
         config: Option<PyRef<'_, PyDiffusionQuantConfig>>,
         progress_callback: Option<&Bound<'_, PyAny>>,
+        calibration: Option<&Bound<'_, PyAny>>,
     ) -> Result<Py<PyAny>> {
         if safetensors_path.is_dir()
             || safetensors_path
@@ -495,11 +504,13 @@ impl ArrowQuantV2 {
             )
             .into());
         }
+        let calibration = calibration.map(calibration_from_py).transpose()?;
         self.run(
             py,
             &safetensors_path,
             &output_path,
             config.as_deref(),
+            calibration,
             progress_callback,
         )
     }

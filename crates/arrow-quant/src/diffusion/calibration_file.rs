@@ -17,14 +17,16 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Every record batch of a Parquet or Arrow IPC file; each carries the file's metadata in its schema.
+/// Every record batch of a Parquet or Arrow IPC file; each carries the file's metadata in its schema. A missing
+/// or unreadable file is a calibration error too: to the caller it is bad calibration input.
 pub(crate) fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
-    let mut file = File::open(path).map_err(|e| QuantError::io(path, &e))?;
+    let unreadable = |e: std::io::Error| {
+        QuantError::calibration(path.display(), format!("cannot read the file: {e}"))
+    };
+    let mut file = File::open(path).map_err(unreadable)?;
     let mut magic = [0u8; 6];
-    let n = file
-        .read(&mut magic)
-        .map_err(|e| QuantError::io(path, &e))?;
-    let file = File::open(path).map_err(|e| QuantError::io(path, &e))?;
+    let n = file.read(&mut magic).map_err(unreadable)?;
+    let file = File::open(path).map_err(unreadable)?;
     let bad = |e: &dyn std::fmt::Display| {
         QuantError::calibration(
             path.display(),
