@@ -79,7 +79,7 @@ def test_time_aware_parameters_are_stored_and_reported(model, tmp_path, rng):
             continue
         assert len(entries) == 4
         assert entries[0]["t_start"] == 0 and entries[-1]["t_end"] == T
-        assert all(a["t_end"] == b["t_start"] for a, b in zip(entries, entries[1:]))
+        assert all(a["t_end"] == b["t_start"] for a, b in zip(entries, entries[1:], strict=False))
         assert all(e["scale"] > 0 and 0 <= e["zero_point"] <= 255 for e in entries)
         # Ranges grow with t, so later groups need larger scales.
         assert [e["scale"] for e in entries] == sorted(e["scale"] for e in entries)
