@@ -155,3 +155,63 @@ fn exit_codes_and_one_line_errors() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Calibration statistics for the checkpoint's layer: 20 timesteps with growing ranges, 256 channel magnitudes.
+fn calibration(dir: &Path, layer: &str, channels: Option<usize>) -> PathBuf {
+    use arrow_quant::diffusion::calibration::{Calibration, CalibrationRow};
+    let rows = (0..20).map(|t| CalibrationRow {
+        layer: layer.into(),
+        timestep: t * 50,
+        min: -0.1 * f64::from(t as u32 + 1),
+        max: 1.0 + (t * t) as f64 / 10.0,
+        count: 100,
+        channel_absmax: channels.map(|n| (0..n).map(|j| 1.0 + (j % 7) as f32).collect()),
+    });
+    let path = dir.join("cal.parquet");
+    Calibration::from_rows("test", rows, Some(1000))
+        .and_then(|c| c.write(&path))
+        .expect("write calibration");
+    path
+}
+
+#[test]
+fn calibration_and_mixed_precision_options() {
+    let dir = temp_dir("cal");
+    let input = checkpoint(&dir);
+    let cal = calibration(&dir, "blocks.0.fc", None);
+    let out = dir.join("m.parquet");
+    let (input, out_s, cal_s) = (
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        cal.to_str().unwrap(),
+    );
+    let run = arrow_quant(&[
+        "quantize", input, out_s, "--calibration", cal_s, "--time-groups", "4", "--target-bpw", "6",
+        "--json",
+    ]);
+    assert!(run.status.success(), "{run:?}");
+    let report: serde_json::Value = serde_json::from_str(&stdout(&run)).expect("JSON report");
+    let totals = &report["totals"];
+    assert_eq!(totals["time_aware"]["layers"], 1);
+    assert_eq!(totals["mixed_precision"]["target_bits_per_weight"], 6.0);
+    assert!(totals["bits_per_weight"].as_f64().unwrap() <= 6.0);
+    let fc = &report["layers"][0];
+    assert_eq!(fc["name"], "blocks.0.fc.weight");
+    assert_eq!(fc["time_groups"], 4);
+    let table = stdout(&arrow_quant(&[
+        "quantize", input, out_s, "--calibration", cal_s, "--target-bpw", "6", "--quiet",
+    ]));
+    assert!(table.contains("mixed precision: target 6.000"), "{table}");
+    assert!(table.contains("time-aware activation parameters for 1 layers"), "{table}");
+    assert!(table.contains("markov smoothness"), "{table}");
+
+    let wrong = calibration(&dir, "blocks.7.fc", None);
+    let bad = arrow_quant(&["quantize", input, out_s, "--calibration", wrong.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("unknown layer") && err.contains("blocks.7.fc"), "{err}");
+    let low = arrow_quant(&["quantize", input, out_s, "--target-bpw", "1"]);
+    assert_eq!(low.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&low.stderr).contains("target_bits_per_weight"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
