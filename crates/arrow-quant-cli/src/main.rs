@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process: the size does not matter
 enum Command {
     /// Quantize a checkpoint (.safetensors file, sharded folder or index) into a model file
     Quantize {

@@ -186,7 +186,15 @@ fn calibration_and_mixed_precision_options() {
         cal.to_str().unwrap(),
     );
     let run = arrow_quant(&[
-        "quantize", input, out_s, "--calibration", cal_s, "--time-groups", "4", "--target-bpw", "6",
+        "quantize",
+        input,
+        out_s,
+        "--calibration",
+        cal_s,
+        "--time-groups",
+        "4",
+        "--target-bpw",
+        "6",
         "--json",
     ]);
     assert!(run.status.success(), "{run:?}");
@@ -199,17 +207,36 @@ fn calibration_and_mixed_precision_options() {
     assert_eq!(fc["name"], "blocks.0.fc.weight");
     assert_eq!(fc["time_groups"], 4);
     let table = stdout(&arrow_quant(&[
-        "quantize", input, out_s, "--calibration", cal_s, "--target-bpw", "6", "--quiet",
+        "quantize",
+        input,
+        out_s,
+        "--calibration",
+        cal_s,
+        "--target-bpw",
+        "6",
+        "--quiet",
     ]));
     assert!(table.contains("mixed precision: target 6.000"), "{table}");
-    assert!(table.contains("time-aware activation parameters for 1 layers"), "{table}");
+    assert!(
+        table.contains("time-aware activation parameters for 1 layers"),
+        "{table}"
+    );
     assert!(table.contains("markov smoothness"), "{table}");
 
     let wrong = calibration(&dir, "blocks.7.fc", None);
-    let bad = arrow_quant(&["quantize", input, out_s, "--calibration", wrong.to_str().unwrap()]);
+    let bad = arrow_quant(&[
+        "quantize",
+        input,
+        out_s,
+        "--calibration",
+        wrong.to_str().unwrap(),
+    ]);
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("unknown layer") && err.contains("blocks.7.fc"), "{err}");
+    assert!(
+        err.contains("unknown layer") && err.contains("blocks.7.fc"),
+        "{err}"
+    );
     let low = arrow_quant(&["quantize", input, out_s, "--target-bpw", "1"]);
     assert_eq!(low.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&low.stderr).contains("target_bits_per_weight"));

@@ -47,7 +47,7 @@ pub fn weight_entropy(data: &TensorData<'_>) -> f64 {
             || (f32::INFINITY, f32::NEG_INFINITY),
             |a, b| (a.0.min(b.0), a.1.max(b.1)),
         );
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return 0.0;
     }
     let (lo, width) = (f64::from(lo), f64::from(hi) - f64::from(lo));

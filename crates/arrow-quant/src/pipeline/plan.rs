@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The widths the allocation chooses from.
 const WIDTHS: [BitWidth; 3] = [BitWidth::Int2, BitWidth::Int4, BitWidth::Int8];
 
+/// A width to quantize at (`None`: keep in 16-bit) with its size and error.
+type WidthOption = (Option<BitWidth>, LayerOption);
+
 /// The outcome of planning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MixedPrecision {
@@ -65,7 +68,8 @@ pub(crate) fn plan_widths(
     cancel: &AtomicBool,
     on_tensor: &dyn Fn(&TensorEntry),
 ) -> Result<(Vec<Option<BitWidth>>, MixedPrecision)> {
-    let mut layers: Vec<(usize, Vec<(Option<BitWidth>, LayerOption)>)> = Vec::new();
+    // Per quantizable tensor: its index and its options (width, or None for 16-bit).
+    let mut layers: Vec<(usize, Vec<WidthOption>)> = Vec::new();
     let (mut fixed, mut params) = (0.0f64, 0usize);
     for (i, ((file, entry), decision)) in tensors.iter().zip(decisions).enumerate() {
         if cancel.load(Ordering::Relaxed) {
