@@ -76,6 +76,8 @@ class QuantizedTensor:
     @property
     def params(self) -> npt.NDArray[np.uint8] | None: ...
     @property
+    def channel_scales(self) -> npt.NDArray[np.float32] | None: ...
+    @property
     def cosine(self) -> float: ...
     @property
     def rel_mse(self) -> float: ...
@@ -106,6 +108,7 @@ class ArrowQuantV2:
         scale_dtype: _ScaleDtype = "float16",
         name: str = "weights",
         importance: npt.NDArray[np.float32] | None = None,
+        channel_absmax: npt.ArrayLike | None = None,
     ) -> QuantizedTensor: ...
     def quantize_batch(
         self,

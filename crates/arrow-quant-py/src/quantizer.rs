@@ -13,6 +13,7 @@ use arrow_quant::arrow::{
     dequantize_to_batch, quantize_to_batch, quantize_to_batches, read_layers, read_results,
     result_schema, tensors_to_batch, ArrowLayer,
 };
+use arrow_quant::diffusion::channel_scaling::quantize_channel_scaled;
 use arrow_quant::{quantize_batch, OnError, QuantConfig, QuantError, QuantizedTensor, TensorView};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -66,6 +67,36 @@ fn read_importance<'py>(
             )
             .into()
         })
+}
+
+/// Reads `channel_absmax`: anything numpy converts to a 1-D float32 array (copied once when it is not already a
+/// contiguous float32 vector).
+fn read_channel_absmax<'py>(
+    py: Python<'py>,
+    name: &str,
+    value: &Bound<'py, PyAny>,
+) -> Result<numpy::PyReadonlyArray1<'py, f32>> {
+    use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
+    let wrong = |what: String| -> Error {
+        QuantError::config(
+            "channel_absmax",
+            format!("{what} for tensor '{name}'"),
+            "a 1-D float32-convertible array with one activation magnitude per input channel (shape[1])",
+        )
+        .into()
+    };
+    let numpy = py.import("numpy")?;
+    let converted = numpy
+        .call_method1("ascontiguousarray", (value, "float32"))
+        .map_err(|e| wrong(format!("a value numpy cannot convert to float32 ({e})")))?;
+    let array = converted.cast_into::<PyArray1<f32>>().map_err(|e| {
+        let ndim = e
+            .into_inner()
+            .cast_into::<numpy::PyUntypedArray>()
+            .map_or(0, |a| a.ndim());
+        wrong(format!("a {ndim}-D array"))
+    })?;
+    Ok(array.readonly())
 }
 
 /// One element count per layer, for progress fractions weighted by size.
@@ -198,8 +229,13 @@ impl ArrowQuantV2 {
     /// `method="auto"` (the default) resolves per bit width (see README); `importance` is an optional float32
     /// vector with one non-negative weight per column of the 2-D view (e.g. mean squared input activations)
     /// that weights the squared error of the `mse`, `hqq` and `two_level` searches.
+    /// `channel_absmax` (one activation magnitude per input channel, `shape[1]`; weights with ndim >= 2) turns
+    /// on activation-aware channel scaling: columns are scaled by `a^alpha` (alpha searched on 0, 0.1, ..., 1.0
+    /// to minimise the activation-weighted error), the scales are stored in `channel_scales` and undone by
+    /// `dequantize`. It replaces `importance` (which it derives), so the two cannot be combined.
     #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = false, method = "auto",
-                        scale_dtype = "float16", name = "weights", importance = None))]
+                        scale_dtype = "float16", name = "weights", importance = None,
+                        channel_absmax = None))]
     #[allow(clippy::too_many_arguments)]
     fn quantize<'py>(
         &self,
@@ -212,6 +248,7 @@ impl ArrowQuantV2 {
         scale_dtype: &str,
         name: &str,
         importance: Option<&Bound<'py, PyAny>>,
+        channel_absmax: Option<&Bound<'py, PyAny>>,
     ) -> Result<PyQuantizedTensor> {
         let config = Overrides {
             bit_width: Some(bit_width),
@@ -228,6 +265,20 @@ impl ArrowQuantV2 {
             .as_ref()
             .map(|a| a.as_slice().map_err(|e| schema(name, e)))
             .transpose()?;
+        if let Some(absmax) = channel_absmax {
+            if importance.is_some() {
+                return Err(QuantError::config(
+                    "importance",
+                    format!("given together with channel_absmax for tensor '{name}'"),
+                    "one of them: channel scaling derives its importance (a^2 / s^2) from channel_absmax",
+                )
+                .into());
+            }
+            let absmax = read_channel_absmax(py, name, absmax)?;
+            let absmax = absmax.as_slice().map_err(|e| schema(name, e))?;
+            let (q, _) = without_gil(py, || quantize_channel_scaled(&view, &config, absmax))??;
+            return Ok(PyQuantizedTensor::from_core(py, q));
+        }
         let q: QuantizedTensor = without_gil(py, || {
             arrow_quant::quantize_tensor_with(&view, &config, importance)
         })??;
