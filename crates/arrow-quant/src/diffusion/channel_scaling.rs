@@ -606,4 +606,46 @@ mod tests {
         q.channel_scales = Some(vec![2.0; 64]);
         assert_eq!(q.nbytes(), without + 64 * 4);
     }
+
+    #[test]
+    fn model_files_keep_and_undo_the_scales() {
+        use crate::config::ScaleDtype;
+        use crate::pipeline::config::OutputFormat;
+        use crate::pipeline::model_file::{ModelFile, ModelWriter};
+        use crate::pipeline::tools::{export_safetensors, ExportDtype};
+        let shape = [8usize, 4, 3, 3];
+        let w = normals(10, 8 * 36);
+        let a = log_normal(11, 4);
+        let view = TensorView::new("conv", &shape, TensorData::F32(&w)).unwrap();
+        let (q, _) =
+            quantize_channel_scaled(&view, &config(BitWidth::Int4, Method::Mse), &a).unwrap();
+        let want = q.view().dequantize().unwrap();
+        let dir = std::env::temp_dir().join(format!("aq-channel-scaling-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (format, file) in [
+            (OutputFormat::Parquet, "m.parquet"),
+            (OutputFormat::ArrowIpc, "m.arrow"),
+        ] {
+            let path = dir.join(file);
+            let mut writer = ModelWriter::create(&path, format, ScaleDtype::F16).unwrap();
+            writer.write(&tensor_batch(q.clone()).unwrap()).unwrap();
+            writer.finish(Vec::new()).unwrap();
+            let model = ModelFile::open(&path).unwrap();
+            let batch = model.read(0).unwrap();
+            let rows = read_results(std::slice::from_ref(&batch)).unwrap();
+            assert_eq!(rows[0].channel_scales, q.channel_scales.as_deref());
+            let mut out = vec![0f32; want.len()];
+            rows[0].dequantize_into(&mut out).unwrap();
+            assert_eq!(out, want, "{file}");
+            let exported = dir.join(format!("{file}.safetensors"));
+            export_safetensors(&path, &exported, ExportDtype::F32).unwrap();
+            let bytes = std::fs::read(&exported).unwrap();
+            let values: Vec<f32> = bytes[bytes.len() - want.len() * 4..]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            assert_eq!(values, want, "{file}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
