@@ -8,6 +8,9 @@ from ._core import (
     BatchResult as BatchResult,
 )
 from ._core import (
+    CalibrationError as CalibrationError,
+)
+from ._core import (
     CancelledError as CancelledError,
 )
 from ._core import (
@@ -27,7 +30,6 @@ from ._core import (
 )
 from ._core import (
     QualityError as QualityError,
-    CalibrationError as CalibrationError,
 )
 from ._core import (
     QuantizationError as QuantizationError,
