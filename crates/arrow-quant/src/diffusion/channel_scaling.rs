@@ -9,7 +9,8 @@
 //! (`mse`, `hqq`, `two_level`) minimise exactly the activation-weighted error
 //! `E = sum a_j^2 (W_ij - What_ij)^2 / sum a_j^2 W_ij^2` of the dequantized tensor (scales undone). `alpha` is
 //! searched on `0, 0.1, ..., 1.0` over at most [`SEARCH_ROWS`] evenly spaced rows (groups never cross rows, so a
-//! row quantizes the same as in the full tensor); `alpha = 0` (no scaling) is on the grid.
+//! row quantizes the same as in the full tensor, except that two-level super-blocks span rows when `cols` is a
+//! multiple of the sub-block length but not of 256); `alpha = 0` (no scaling) is on the grid.
 
 use crate::config::QuantConfig;
 use crate::dequantize::divide_channels;
@@ -318,7 +319,7 @@ pub fn quantize_channel_scaled(
         )?;
         search.push((alpha, weighted_error(&sample, &trial.dequantized, &weights)));
     }
-    // The first minimum: ties go to the smaller exponent (alpha = 0 is plain quantization).
+    // The first minimum: ties go to the smaller exponent (alpha = 0: no scaling, importance a^2 only).
     let alpha = search
         .iter()
         .fold((0f32, f64::INFINITY), |best, &(a, e)| {
