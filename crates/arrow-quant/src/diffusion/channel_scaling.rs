@@ -6,8 +6,9 @@
 //! `[out, in, kh, kw]` column `c` of the 2-D view belongs to channel `c / (kh * kw)`), the columns are scaled by
 //! `s_j = a_j^alpha`, normalised to geometric mean 1 (`a_j` floored at `1e-6 * max(a)` so silent channels stay
 //! finite). `W * s` is quantized with importance `a_j^2 / s_j^2` per column, so the importance-aware objectives
-//! (`mse`, `hqq`, `two_level`) minimise exactly the activation-weighted error
-//! `E = sum a_j^2 (W_ij - What_ij)^2 / sum a_j^2 W_ij^2` of the dequantized tensor (scales undone). `alpha` is
+//! (`mse`, `hqq`, `two_level` below 8 bits) minimise the activation-weighted error
+//! `E = sum a_j^2 (W_ij - What_ij)^2 / sum a_j^2 W_ij^2` of the dequantized tensor (scales undone), up to the
+//! importance floor of [`crate::importance`]; `rtn` and `int8_2l` ignore importance. `alpha` is
 //! searched on `0, 0.1, ..., 1.0` over at most [`SEARCH_ROWS`] evenly spaced rows (groups never cross rows, so a
 //! row quantizes the same as in the full tensor, except that two-level super-blocks span rows when `cols` is a
 //! multiple of the sub-block length but not of 256); `alpha = 0` (no scaling) is on the grid.
