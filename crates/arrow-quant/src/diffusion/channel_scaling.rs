@@ -206,10 +206,15 @@ fn quantize_scaled(
         .iter()
         .flat_map(|&s| std::iter::repeat_n(s, per))
         .collect();
-    let scaled: Vec<f32> = original
-        .par_chunks(cols.max(1))
-        .flat_map_iter(|row| row.iter().zip(&col_scale).map(|(&w, &s)| w * s))
-        .collect();
+    let mut scaled = crate::output::zeroed_f32(original.len());
+    scaled
+        .par_chunks_mut(cols.max(1))
+        .zip(original.par_chunks(cols.max(1)))
+        .for_each(|(out, row)| {
+            out.iter_mut()
+                .zip(row.iter().zip(&col_scale))
+                .for_each(|(o, (&w, &s))| *o = w * s);
+        });
     let importance: Vec<f32> = absmax
         .iter()
         .zip(&scales)
@@ -286,7 +291,16 @@ pub fn quantize_channel_scaled(
     check_absmax(view, channel_absmax)?;
     let (rows, cols) = view.rows_cols();
     let original = to_f32(view);
-    if let Some(i) = original.par_iter().position_first(|v| !v.is_finite()) {
+    const SCAN: usize = 64 * 1024;
+    if let Some(chunk) = original
+        .par_chunks(SCAN)
+        .position_first(|c| !c.iter().all(|v| v.is_finite()))
+    {
+        let i = chunk * SCAN
+            + original[chunk * SCAN..]
+                .iter()
+                .position(|v| !v.is_finite())
+                .unwrap_or(0);
         return Err(QuantError::NonFinite {
             tensor: view.name.to_string(),
             index: i,
@@ -579,6 +593,11 @@ mod tests {
         assert!(m.contains("NaN at index 1"), "{m}");
         let m = message(&[0.0; 6]);
         assert!(m.contains("all zeros"), "{m}");
+        let mut nan = w.clone();
+        nan[13] = f32::NAN;
+        let bad = TensorView::new("layer.w", &[4, 6], TensorData::F32(&nan)).unwrap();
+        let e = quantize_channel_scaled(&bad, &cfg, &[1.0; 6]).unwrap_err();
+        assert!(matches!(e, QuantError::NonFinite { index: 13, .. }), "{e}");
         let flat = TensorView::new("bias", &[24], TensorData::F32(&w)).unwrap();
         let e = quantize_channel_scaled(&flat, &cfg, &[1.0; 24]).unwrap_err();
         assert!(matches!(e, QuantError::Schema { .. }), "{e}");
