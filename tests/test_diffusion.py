@@ -120,6 +120,7 @@ def test_markov_metrics_match_the_hand_computed_jumps(model, tmp_path):
     assert boundary["severity"] == "high"  # 0.8 > 4 x 0.1
     assert layer["smoothness"] == pytest.approx(1 - scale_jump, rel=1e-6) == m["smoothness"]
     assert (m["violations"], m["severity"]) == (1, {"low": 0, "medium": 0, "high": 1})
+    assert m["threshold"] == 0.1  # the documented default
     relaxed = q.get_markov_metrics(threshold=0.3)  # 0.8 <= 4 x 0.3: medium
     assert relaxed["layers"][0]["boundaries"][0]["severity"] == "medium"
     assert q.get_markov_metrics(threshold=0.9)["violations"] == 0
@@ -260,3 +261,31 @@ def test_minilm_at_three_bits_per_weight_beats_one_width_for_all(tmp_path):
     uniform = q.quantize_diffusion_model(path, tmp_path / "uniform.parquet", uniform_config)
     assert uniform["totals"]["bits_per_weight"] >= achieved - 1e-9
     assert total_error(mixed) < total_error(uniform)
+
+
+def test_channel_scaling_in_a_model_run(model, tmp_path, rng):
+    path, tensors = model
+    cal = sampler_calibration(rng, CALIBRATED, channels=True)
+    q = aq.ArrowQuantV2()
+    scaled = q.quantize_diffusion_model(path, tmp_path / "s.parquet", config(), calibration=cal)
+    plain = q.quantize_diffusion_model(path, tmp_path / "p.parquet", config(enable_spatial=False), calibration=cal)
+    stored = {r["name"]: r["channel_scales"] for r in pq.read_table(tmp_path / "s.parquet").to_pylist()}
+    by_name = {layer["name"]: layer for layer in scaled["layers"]}
+    plain_by_name = {layer["name"]: layer for layer in plain["layers"]}
+    model_file = aq.load_quantized(tmp_path / "s.parquet")
+    absmax = {f"{k}.weight" if not k.endswith(".weight") else k: v for k, v in CALIBRATED.items()}
+    for name in absmax:
+        layer = by_name[name]
+        assert 0.0 <= layer["channel_alpha"] <= 1.0
+        assert len(stored[name]) == tensors[name].shape[1]
+        assert plain_by_name[name]["channel_alpha"] is None and plain_by_name[name]["weighted_error"] is None
+        # The stored quality is measured against the source, after the scales are divided out.
+        w, w_hat = tensors[name].astype(np.float64), model_file[name].astype(np.float64)
+        rel = float(((w - w_hat) ** 2).sum() / (w**2).sum())
+        assert rel == pytest.approx(layer["rel_mse"], rel=1e-3)
+    assert stored["blocks.1.attn.qkv.weight"] is None
+    # Mixed precision uses the activation-weighted errors of the scaled layers.
+    mixed = q.quantize_diffusion_model(
+        path, tmp_path / "m.parquet", config(target_bits_per_weight=4.0), calibration=cal
+    )
+    assert mixed["totals"]["mixed_precision"]["planned_bits_per_weight"] <= 4.0

@@ -81,6 +81,8 @@ class QuantizedTensor:
     @property
     def params(self) -> npt.NDArray[np.uint8] | None: ...
     @property
+    def channel_scales(self) -> npt.NDArray[np.float32] | None: ...
+    @property
     def cosine(self) -> float: ...
     @property
     def rel_mse(self) -> float: ...
@@ -111,6 +113,7 @@ class ArrowQuantV2:
         scale_dtype: _ScaleDtype = "float16",
         name: str = "weights",
         importance: npt.NDArray[np.float32] | None = None,
+        channel_absmax: npt.ArrayLike | None = None,
     ) -> QuantizedTensor: ...
     def quantize_batch(
         self,

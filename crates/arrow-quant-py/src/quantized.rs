@@ -23,6 +23,7 @@ pub struct PyQuantizedTensor {
     scales: Py<PyUntypedArray>,
     zero_points: Option<Py<PyUntypedArray>>,
     params: Option<Py<PyArray1<u8>>>,
+    channel_scales: Option<Py<PyArray1<f32>>>,
     encoding: &'static str,
     quality: Quality,
     nbytes: usize,
@@ -43,6 +44,7 @@ pub struct TensorBorrow<'py> {
     scales: ParamBorrow<'py>,
     zeros: Option<ParamBorrow<'py>>,
     params: Option<numpy::PyReadonlyArray1<'py, u8>>,
+    channel_scales: Option<numpy::PyReadonlyArray1<'py, f32>>,
 }
 
 /// Read-only access to a numpy parameter buffer.
@@ -94,6 +96,7 @@ impl PyQuantizedTensor {
             scales: params_to_numpy(py, q.scales),
             zero_points: q.zero_points.map(|z| params_to_numpy(py, z)),
             params: q.params.map(|p| p.into_pyarray(py).unbind()),
+            channel_scales: q.channel_scales.map(|c| c.into_pyarray(py).unbind()),
             encoding,
             quality: q.quality,
             nbytes,
@@ -110,6 +113,7 @@ impl PyQuantizedTensor {
                 None => None,
             },
             params: self.params.as_ref().map(|p| p.bind(py).readonly()),
+            channel_scales: self.channel_scales.as_ref().map(|c| c.bind(py).readonly()),
         })
     }
 
@@ -131,6 +135,14 @@ impl PyQuantizedTensor {
                 .as_ref()
                 .map(|p| {
                     p.as_slice()
+                        .map_err(|e| crate::errors::schema(&self.name, e))
+                })
+                .transpose()?,
+            channel_scales: b
+                .channel_scales
+                .as_ref()
+                .map(|c| {
+                    c.as_slice()
                         .map_err(|e| crate::errors::schema(&self.name, e))
                 })
                 .transpose()?,
@@ -246,6 +258,14 @@ impl PyQuantizedTensor {
         self.params.as_ref().map(|p| p.clone_ref(py))
     }
 
+    /// Activation-aware channel scales (float32, one per input channel, shape[1]) of a tensor quantized with
+    /// `channel_absmax`, or None. `dequantize()` divides column c of the 2-D view by
+    /// `channel_scales[c // (cols // shape[1])]`.
+    #[getter]
+    fn channel_scales(&self, py: Python<'_>) -> Option<Py<PyArray1<f32>>> {
+        self.channel_scales.as_ref().map(|c| c.clone_ref(py))
+    }
+
     /// Cosine similarity between the source and its dequantized form.
     #[getter]
     fn cosine(&self) -> f64 {
@@ -258,7 +278,7 @@ impl PyQuantizedTensor {
         self.quality.rel_mse
     }
 
-    /// Stored bits per weight, counting scales and zero points.
+    /// Stored bits per weight, counting scales, zero points, two-level params and channel scales.
     #[getter]
     fn bits_per_weight(&self) -> f64 {
         let n: usize = self.shape.iter().product();
@@ -269,7 +289,7 @@ impl PyQuantizedTensor {
         }
     }
 
-    /// Stored bytes: packed codes plus scales plus zero points.
+    /// Stored bytes: packed codes plus scales plus zero points plus two-level params plus channel scales.
     #[getter]
     fn nbytes(&self) -> usize {
         self.nbytes

@@ -15,7 +15,7 @@ use arrow_quant::arrow::{
     result_schema, tensors_to_batch, ArrowLayer,
 };
 use arrow_quant::diffusion::calibration::Calibration;
-use arrow_quant::diffusion::markov::DEFAULT_THRESHOLD;
+use arrow_quant::diffusion::channel_scaling::quantize_channel_scaled;
 use arrow_quant::pipeline::Report;
 use arrow_quant::{quantize_batch, OnError, QuantConfig, QuantError, QuantizedTensor, TensorView};
 use pyo3::prelude::*;
@@ -72,6 +72,36 @@ fn read_importance<'py>(
             )
             .into()
         })
+}
+
+/// Reads `channel_absmax`: anything numpy converts to a 1-D float32 array (copied once when it is not already a
+/// contiguous float32 vector).
+fn read_channel_absmax<'py>(
+    py: Python<'py>,
+    name: &str,
+    value: &Bound<'py, PyAny>,
+) -> Result<numpy::PyReadonlyArray1<'py, f32>> {
+    use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
+    let wrong = |what: String| -> Error {
+        QuantError::config(
+            "channel_absmax",
+            format!("{what} for tensor '{name}'"),
+            "a 1-D float32-convertible array with one activation magnitude per input channel (shape[1])",
+        )
+        .into()
+    };
+    let numpy = py.import("numpy")?;
+    let converted = numpy
+        .call_method1("ascontiguousarray", (value, "float32"))
+        .map_err(|e| wrong(format!("a value numpy cannot convert to float32 ({e})")))?;
+    let array = converted.cast_into::<PyArray1<f32>>().map_err(|e| {
+        let ndim = e
+            .into_inner()
+            .cast_into::<numpy::PyUntypedArray>()
+            .map_or(0, |a| a.ndim());
+        wrong(format!("a {ndim}-D array"))
+    })?;
+    Ok(array.readonly())
 }
 
 /// One element count per layer, for progress fractions weighted by size.
@@ -224,8 +254,13 @@ impl ArrowQuantV2 {
     /// `method="auto"` (the default) resolves per bit width (see README); `importance` is an optional float32
     /// vector with one non-negative weight per column of the 2-D view (e.g. mean squared input activations)
     /// that weights the squared error of the `mse`, `hqq` and `two_level` searches.
+    /// `channel_absmax` (one activation magnitude per input channel, `shape[1]`; weights with ndim >= 2) turns
+    /// on activation-aware channel scaling: columns are scaled by `a^alpha` (alpha searched on 0, 0.1, ..., 1.0
+    /// to minimise the activation-weighted error), the scales are stored in `channel_scales` and undone by
+    /// `dequantize`. It replaces `importance` (which it derives), so the two cannot be combined.
     #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = false, method = "auto",
-                        scale_dtype = "float16", name = "weights", importance = None))]
+                        scale_dtype = "float16", name = "weights", importance = None,
+                        channel_absmax = None))]
     #[allow(clippy::too_many_arguments)]
     fn quantize<'py>(
         &self,
@@ -238,6 +273,7 @@ impl ArrowQuantV2 {
         scale_dtype: &str,
         name: &str,
         importance: Option<&Bound<'py, PyAny>>,
+        channel_absmax: Option<&Bound<'py, PyAny>>,
     ) -> Result<PyQuantizedTensor> {
         let config = Overrides {
             bit_width: Some(bit_width),
@@ -254,6 +290,20 @@ impl ArrowQuantV2 {
             .as_ref()
             .map(|a| a.as_slice().map_err(|e| schema(name, e)))
             .transpose()?;
+        if let Some(absmax) = channel_absmax {
+            if importance.is_some() {
+                return Err(QuantError::config(
+                    "importance",
+                    format!("given together with channel_absmax for tensor '{name}'"),
+                    "one of them: channel scaling derives its importance (a^2 / s^2) from channel_absmax",
+                )
+                .into());
+            }
+            let absmax = read_channel_absmax(py, name, absmax)?;
+            let absmax = absmax.as_slice().map_err(|e| schema(name, e))?;
+            let (q, _) = without_gil(py, || quantize_channel_scaled(&view, &config, absmax))??;
+            return Ok(PyQuantizedTensor::from_core(py, q));
+        }
         let q: QuantizedTensor = without_gil(py, || {
             arrow_quant::quantize_tensor_with(&view, &config, importance)
         })??;
@@ -540,7 +590,7 @@ impl ArrowQuantV2 {
     /// `{threshold, smoothness, violations, severity: {low, medium, high}, max_scale_jump, max_zero_point_jump,
     /// layers: [{name, smoothness, violations, boundaries: [{t, scale_jump, zero_point_jump, severity}]}]}`;
     /// None before any such run. A boundary violates when its jump exceeds `threshold` (see docs/TIME_AWARE.md).
-    #[pyo3(signature = (threshold = DEFAULT_THRESHOLD))]
+    #[pyo3(signature = (threshold = 0.1))] // markov::DEFAULT_THRESHOLD, as a literal for the text signature
     fn get_markov_metrics(&self, py: Python<'_>, threshold: f64) -> Result<Option<Py<PyAny>>> {
         let report = self.last_time_aware.lock().ok().and_then(|r| r.clone());
         let Some(report) = report else {

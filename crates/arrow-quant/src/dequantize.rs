@@ -1,4 +1,5 @@
-//! Dequantization: `(code - zero) * scale` per element, parallel over chunks, to f32, f16 or bf16.
+//! Dequantization: `(code - zero) * scale` per element (then divided by the channel scale of a channel-scaled
+//! tensor), parallel over chunks, to f32, f16 or bf16.
 
 use crate::config::BitWidth;
 use crate::error::{QuantError, Result};
@@ -39,6 +40,34 @@ multiversion! {
                 group::decode(&codes[at..at + len], p, &mut row[start..start + len]);
                 g += 1;
             }
+        }
+    }
+}
+
+/// Divides `values`, the flat elements `start..start + values.len()` of a tensor whose 2-D view has `cols`
+/// columns, by their channel scales: column `c` belongs to input channel `c / (cols / scales.len())`, so a conv
+/// kernel's `kh * kw` columns share their channel's scale.
+pub(crate) fn divide_channels(values: &mut [f32], start: usize, cols: usize, scales: &[f32]) {
+    let per = if scales.is_empty() {
+        0
+    } else {
+        cols / scales.len()
+    };
+    if per == 0 {
+        return;
+    }
+    let mut col = start % cols;
+    let mut rest = values;
+    while !rest.is_empty() {
+        let channel = col / per;
+        let take = ((channel + 1) * per - col).min(rest.len());
+        let (block, tail) = std::mem::take(&mut rest).split_at_mut(take);
+        let s = scales[channel];
+        block.iter_mut().for_each(|v| *v /= s);
+        rest = tail;
+        col += take;
+        if col == cols {
+            col = 0;
         }
     }
 }
@@ -88,17 +117,28 @@ impl QuantizedView<'_> {
     /// Dequantizes into `out` (f32), which must hold exactly one value per element.
     pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
         self.check_output(out.len())?;
+        let cols = crate::tensor::rows_cols(self.shape).1;
         if let Some(params) = self.params {
             crate::quantize_two_level::dequantize_into(self, params, out);
+            if let Some(s) = self.channel_scales {
+                out.par_chunks_mut(CONVERT_CHUNK)
+                    .enumerate()
+                    .for_each(|(ci, v)| divide_channels(v, ci * CONVERT_CHUNK, cols, s));
+            }
             return Ok(());
         }
         let layout = self.layout();
-        out.par_chunks_mut(layout.chunk_rows() * layout.cols)
-            .enumerate()
-            .for_each_init(Scratch::default, |scratch, (ci, chunk)| {
+        let chunk_elems = layout.chunk_rows() * layout.cols;
+        out.par_chunks_mut(chunk_elems).enumerate().for_each_init(
+            Scratch::default,
+            |scratch, (ci, chunk)| {
                 scratch.codes.resize(chunk.len(), 0);
                 dequantize_chunk(&self.chunk_source(layout, ci), &mut scratch.codes, chunk);
-            });
+                if let Some(s) = self.channel_scales {
+                    divide_channels(chunk, ci * chunk_elems, cols, s);
+                }
+            },
+        );
         Ok(())
     }
 
@@ -114,9 +154,11 @@ impl QuantizedView<'_> {
             return Ok(());
         }
         let layout = self.layout();
-        out.par_chunks_mut(layout.chunk_rows() * layout.cols)
-            .enumerate()
-            .for_each_init(Scratch::default, |scratch, (ci, chunk)| {
+        let cols = crate::tensor::rows_cols(self.shape).1;
+        let chunk_elems = layout.chunk_rows() * layout.cols;
+        out.par_chunks_mut(chunk_elems).enumerate().for_each_init(
+            Scratch::default,
+            |scratch, (ci, chunk)| {
                 scratch.codes.resize(chunk.len(), 0);
                 scratch.values.resize(chunk.len(), 0.0);
                 dequantize_chunk(
@@ -124,8 +166,12 @@ impl QuantizedView<'_> {
                     &mut scratch.codes,
                     &mut scratch.values,
                 );
+                if let Some(s) = self.channel_scales {
+                    divide_channels(&mut scratch.values, ci * chunk_elems, cols, s);
+                }
                 T::from_f32_slice(&scratch.values, chunk);
-            });
+            },
+        );
         Ok(())
     }
 

@@ -204,6 +204,7 @@ pub fn quantize_tensor_with(
         scales: ParamBuffer::from_f32(scales, config.scale_dtype),
         zero_points: (!config.symmetric).then(|| ParamBuffer::from_f32(zeros, config.scale_dtype)),
         params: None,
+        channel_scales: None,
         quality: Quality::from_sums(sums[0], sums[1], sums[2], sums[3]),
     })
 }

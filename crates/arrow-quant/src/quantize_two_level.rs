@@ -299,6 +299,7 @@ pub(crate) fn quantize_two_level(
         scales: ParamBuffer::from_f32(Vec::new(), config.scale_dtype),
         zero_points: None,
         params: Some(params),
+        channel_scales: None,
         quality: Quality::from_sums(sums[0], sums[1], sums[2], sums[3]),
     })
 }

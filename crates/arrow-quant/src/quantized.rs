@@ -137,7 +137,12 @@ pub struct QuantizedTensor {
     /// The packed super-block records of a two-level encoding (see `docs/FORMAT.md`); `None` for the flat
     /// encodings. When present, `scales` is empty and `zero_points` is `None`.
     pub params: Option<Vec<u8>>,
-    /// Fidelity to the source.
+    /// Activation-aware channel scales `s` (one per input channel, `shape[1]` values; see
+    /// [`crate::diffusion::channel_scaling`]): the codes encode `w[i, c] * s[channel(c)]`, and dequantization
+    /// divides by them. `None` for a plainly quantized tensor.
+    pub channel_scales: Option<Vec<f32>>,
+    /// Fidelity to the source (for a channel-scaled tensor: of the dequantized values, scales undone, to the
+    /// original weights).
     pub quality: Quality,
 }
 
@@ -153,6 +158,7 @@ impl QuantizedTensor {
             scales: self.scales.as_slice(),
             zero_points: self.zero_points.as_ref().map(ParamBuffer::as_slice),
             params: self.params.as_deref(),
+            channel_scales: self.channel_scales.as_deref(),
         }
     }
 
@@ -171,7 +177,7 @@ impl QuantizedTensor {
         self.len() == 0
     }
 
-    /// Stored bytes: packed codes plus scales plus zero points.
+    /// Stored bytes: packed codes plus scales plus zero points plus two-level params plus channel scales.
     pub fn nbytes(&self) -> usize {
         self.view().nbytes()
     }
@@ -207,6 +213,9 @@ pub struct QuantizedView<'a> {
     /// Super-block records of a two-level encoding; `None` for flat encodings (then `scales` holds the
     /// parameters). When present, `scales` must be empty and `zero_points` `None`.
     pub params: Option<&'a [u8]>,
+    /// Activation-aware channel scales, one per input channel (`shape[1]`), positive and finite; dequantized
+    /// values are divided by the scale of their channel. `None` for a plainly quantized tensor.
+    pub channel_scales: Option<&'a [f32]>,
 }
 
 impl QuantizedView<'_> {
@@ -233,8 +242,10 @@ impl QuantizedView<'_> {
         self.len() == 0
     }
 
-    /// Checks that every buffer has the length its metadata implies.
+    /// Checks that every buffer has the length its metadata implies (and that channel scales are positive and
+    /// finite).
     pub fn validate(&self) -> Result<()> {
+        self.validate_channel_scales()?;
         let layout = self.layout();
         let n = layout.len();
         if let Some(params) = self.params {
@@ -284,9 +295,54 @@ impl QuantizedView<'_> {
         Ok(())
     }
 
-    /// Stored bytes: packed codes plus scales plus zero points plus two-level params.
+    /// Input channels of the tensor (`shape[1]`) and the columns of the 2-D view per channel (the product of
+    /// the axes after the second: `kh * kw` for a conv kernel); `None` for a tensor with fewer than 2 axes.
+    pub fn channel_geometry(&self) -> Option<(usize, usize)> {
+        match self.shape {
+            [_, channels, rest @ ..] => Some((*channels, rest.iter().product())),
+            _ => None,
+        }
+    }
+
+    fn validate_channel_scales(&self) -> Result<()> {
+        let Some(s) = self.channel_scales else {
+            return Ok(());
+        };
+        let Some((channels, _)) = self.channel_geometry() else {
+            return Err(QuantError::corrupt(
+                self.name,
+                format!(
+                    "has channel scales but shape {:?} has no input-channel axis (needs ndim >= 2)",
+                    self.shape
+                ),
+            ));
+        };
+        if s.len() != channels {
+            return Err(QuantError::corrupt(
+                self.name,
+                format!(
+                    "{} channel scales but shape {:?} has {channels} input channels (shape[1])",
+                    s.len(),
+                    self.shape
+                ),
+            ));
+        }
+        if let Some(i) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(QuantError::corrupt(
+                self.name,
+                format!(
+                    "channel scale {i} is {}; channel scales must be positive and finite",
+                    s[i]
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stored bytes: packed codes plus scales plus zero points plus two-level params plus channel scales.
     pub fn nbytes(&self) -> usize {
         self.data.len()
+            + self.channel_scales.map_or(0, |s| s.len() * 4)
             + self.scales.nbytes()
             + self.zero_points.map_or(0, |z| z.nbytes())
             + self.params.map_or(0, <[u8]>::len)

@@ -174,6 +174,28 @@ pub(crate) struct RowBuffers {
     zeros: Option<ZeroColumn>,
     /// Two-level parameter blocks, when any row has them.
     params: Option<ParamsColumn>,
+    /// Activation-aware channel scales, when any row has them.
+    channel_scales: Option<ChannelScalesColumn>,
+}
+
+/// Channel scales of all rows: the values, the count per row, and which rows have none.
+pub(crate) struct ChannelScalesColumn {
+    values: Vec<f32>,
+    lens: Vec<usize>,
+    nulls: Option<NullBuffer>,
+}
+
+impl ChannelScalesColumn {
+    /// The column of `rows` (`None` for rows without channel scales); `None` when no row has them.
+    fn of<'a>(rows: impl Iterator<Item = Option<&'a [f32]>> + Clone) -> Option<Self> {
+        rows.clone().any(|r| r.is_some()).then(|| Self {
+            values: rows.clone().flatten().flatten().copied().collect(),
+            lens: rows.clone().map(|r| r.map_or(0, <[f32]>::len)).collect(),
+            nulls: Some(NullBuffer::from(
+                rows.map(|r| r.is_some()).collect::<Vec<_>>(),
+            )),
+        })
+    }
 }
 
 /// Two-level parameter blocks of all rows: the bytes, the length per row, and which rows have none.
@@ -183,7 +205,6 @@ pub(crate) struct ParamsColumn {
     nulls: Option<NullBuffer>,
 }
 
-/// Builds the batch from row metadata and the flat buffers (`zeros` is `None` when every row is symmetric).
 /// Builds a result batch from row metadata and the flat buffers (`zeros` is `None` when no row has zero points).
 pub(crate) fn build_batch(
     rows: &[RowMeta<'_>],
@@ -197,6 +218,7 @@ pub(crate) fn build_batch(
         group_lens,
         zeros,
         params,
+        channel_scales,
     } = buffers;
     let (data_lens, group_lens) = (data_lens.as_slice(), group_lens.as_slice());
     let schema = Arc::new(result_schema(scale_dtype));
@@ -251,7 +273,15 @@ pub(crate) fn build_batch(
             ),
             None => new_null_array(&DataType::LargeBinary, n),
         },
-        new_null_array(&list_of(DataType::Float32), n),
+        match channel_scales {
+            Some(c) => param_list(
+                ParamValues::F32(c.values),
+                &c.lens,
+                c.nulls,
+                "channel_scales",
+            )?,
+            None => new_null_array(&list_of(DataType::Float32), n),
+        },
         new_null_array(&list_of(super::schema::time_group_type()), n),
         Arc::new(Float64Array::from_iter_values(
             rows.iter().map(|r| r.quality.cosine),
@@ -284,7 +314,7 @@ fn param_f32(p: ParamSlice<'_>) -> impl Iterator<Item = f32> + '_ {
 }
 
 /// Copies already-quantized tensors into one result batch (rows must share the scale storage type; symmetric
-/// rows get a null zero-point list).
+/// rows get a null zero-point list, rows without channel scales a null `channel_scales`).
 pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Result<RecordBatch> {
     let dtype = views.first().map_or(ScaleDtype::F16, |v| v.scales.dtype());
     if let Some(v) = views.iter().find(|v| v.scales.dtype() != dtype) {
@@ -348,6 +378,7 @@ pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Re
             )),
         });
     let scales = ParamValues::from_f32(scales, dtype);
+    let channel_scales = ChannelScalesColumn::of(views.iter().map(|v| v.channel_scales));
     build_batch(
         rows,
         dtype,
@@ -358,6 +389,7 @@ pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Re
             group_lens,
             zeros,
             params,
+            channel_scales,
         },
     )
 }
@@ -373,6 +405,7 @@ pub fn tensor_batch(q: QuantizedTensor) -> Result<RecordBatch> {
         scales,
         zero_points,
         params,
+        channel_scales,
         quality,
     } = q;
     let meta = RowMeta::quantized(&name, &shape, source_dtype, config, quality);
@@ -394,6 +427,11 @@ pub fn tensor_batch(q: QuantizedTensor) -> Result<RecordBatch> {
         group_lens,
         zeros,
         params,
+        channel_scales: channel_scales.map(|c| ChannelScalesColumn {
+            lens: vec![c.len()],
+            values: c,
+            nulls: None,
+        }),
     };
     build_batch(std::slice::from_ref(&meta), config.scale_dtype, buffers)
 }
@@ -426,6 +464,7 @@ pub fn plain_batch(
         group_lens: vec![0],
         zeros: None,
         params: None,
+        channel_scales: None,
     };
     build_batch(std::slice::from_ref(meta), scale_dtype, buffers)
 }

@@ -35,6 +35,8 @@ pub struct ResultRow<'a> {
     pub zero_points: Option<ParamSlice<'a>>,
     /// Two-level parameter block (None for flat and plain rows).
     pub params: Option<&'a [u8]>,
+    /// Activation-aware channel scales, one per input channel (None for rows quantized without them).
+    pub channel_scales: Option<&'a [f32]>,
     /// Stored fidelity figures.
     pub quality: Quality,
 }
@@ -63,6 +65,7 @@ impl ResultRow<'_> {
                 scales: self.scales,
                 zero_points: self.zero_points,
                 params: self.params,
+                channel_scales: self.channel_scales,
             }),
             RowEncoding::Plain { encoding, .. } => Err(QuantError::column(
                 col::ENCODING,
@@ -153,6 +156,7 @@ impl ResultRow<'_> {
             scales: self.scales.to_buffer(),
             zero_points: self.zero_points.map(|z| z.to_buffer()),
             params: self.params.map(<[u8]>::to_vec),
+            channel_scales: self.channel_scales.map(<[f32]>::to_vec),
             quality: self.quality,
         })
     }
@@ -210,6 +214,29 @@ fn param_slice<'a>(list: &'a ListArray, row: usize, column: &str) -> Result<Para
             ))
         }
     })
+}
+
+/// The `channel_scales` column of a batch as a list<float32> array; `None` when the column is absent (tables
+/// written before it existed read as having no channel scales).
+fn channel_scales_column(batch: &RecordBatch) -> Result<Option<&ListArray>> {
+    let Some(column) = batch.column_by_name(col::CHANNEL_SCALES) else {
+        return Ok(None);
+    };
+    expect_type(
+        column,
+        col::CHANNEL_SCALES,
+        matches!(column.data_type(), DataType::List(f) if f.data_type() == &DataType::Float32),
+        "list<float32>",
+    )?;
+    Ok(Some(column.as_list::<i32>()))
+}
+
+/// The channel scales of row `row` (None when null).
+fn channel_scales_of(list: Option<&ListArray>, row: usize) -> Option<&[f32]> {
+    let list = list.filter(|l| !l.is_null(row))?;
+    let offsets = list.value_offsets();
+    let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+    Some(&list.values().as_primitive::<Float32Type>().values()[start..end])
 }
 
 fn is_param_list(t: &DataType) -> bool {
@@ -300,6 +327,7 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
             is_param_list(zeros.data_type()),
             "list<float16 | float32>",
         )?;
+        let channel_scales = channel_scales_column(batch)?;
         let cosine = get(batch, col::COSINE, "float64")?;
         expect_type(
             cosine,
@@ -453,6 +481,7 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
                 scales: scale_slice,
                 zero_points: zero_slice,
                 params,
+                channel_scales: channel_scales_of(channel_scales, r),
                 quality: Quality {
                     cosine: cosine.value(r),
                     rel_mse: rel_mse.value(r),

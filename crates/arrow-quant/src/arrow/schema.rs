@@ -13,7 +13,7 @@
 //! | `scales` | list<float16> (list<float32> with float32 scales) | one per group, row by row |
 //! | `zero_points` | like `scales`, null when symmetric | one per group |
 //! | `params` | large_binary, null | two-level parameter block of encodings that use one |
-//! | `channel_scales` | list<float32>, null | activation-aware column scales |
+//! | `channel_scales` | list<float32>, null | activation-aware scales, one per input channel (`shape[1]`); values dequantize to `deq(q)[i, c] / s[c / (cols / shape[1])]` |
 //! | `time_groups` | list<struct<t_start int32, t_end int32, scale float32, zero_point float32>>, null | time-aware activation parameters |
 //! | `cosine` | float64 | cosine similarity to the source |
 //! | `rel_mse` | float64 | relative squared error to the source |
