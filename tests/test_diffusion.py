@@ -89,6 +89,11 @@ def test_time_aware_parameters_are_stored_and_reported(model, tmp_path, rng):
         assert spread["chosen"] <= spread["uniform"] < spread["global"]
     summary = report["totals"]["time_aware"]
     assert summary["layers"] == 3 and summary["spread_vs_uniform"] <= 1.0 and summary["spread_vs_global"] < 1.0
+    model_file = aq.load_quantized(out)
+    assert model_file.time_groups("blocks.0.mlp.fc1.weight") == groups["blocks.0.mlp.fc1.weight"]
+    assert model_file.time_groups("blocks.1.attn.qkv.weight") is None
+    with pytest.raises(KeyError):
+        model_file.time_groups("nope")
     metrics = q.get_markov_metrics()
     assert metrics is not None and {m["name"] for m in metrics["layers"]} == calibrated
 

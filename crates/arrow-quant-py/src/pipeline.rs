@@ -7,6 +7,7 @@ use crate::options::{group_size_to_py, Overrides};
 use crate::quantized::PyQuantizedTensor;
 use arrow_quant::arrow::output::RowEncoding;
 use arrow_quant::arrow::result::read_results;
+use arrow_quant::arrow::time_groups::read_time_groups;
 use arrow_quant::diffusion::calibration::Calibration;
 use arrow_quant::diffusion::time_groups::{Smoothing, TimeGrouping};
 use arrow_quant::pipeline::{
@@ -403,6 +404,32 @@ impl QuantizedModel {
         let batch = self.file.read(i)?;
         let rows = read_results(std::slice::from_ref(&batch))?;
         Ok(PyQuantizedTensor::from_core(py, rows[0].to_tensor()?))
+    }
+
+    /// The time-aware activation parameters stored with a layer, `[{t_start, t_end, scale, zero_point}]` (`t_end`
+    /// exclusive), or None for a layer without calibration statistics (KeyError for unknown names).
+    fn time_groups<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> Result<Option<Vec<Bound<'py, PyDict>>>> {
+        let i = self.index(name)?;
+        let batch = without_gil(py, || self.file.read(i))??;
+        let Some(groups) = read_time_groups(&batch)?.pop().flatten() else {
+            return Ok(None);
+        };
+        let entries = groups
+            .iter()
+            .map(|g| {
+                let d = PyDict::new(py);
+                d.set_item("t_start", g.t_start)?;
+                d.set_item("t_end", g.t_end)?;
+                d.set_item("scale", g.scale)?;
+                d.set_item("zero_point", g.zero_point)?;
+                Ok(d)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Some(entries))
     }
 
     /// Footer metadata: format, source, config and report (JSON strings), tensor list.
