@@ -8,4 +8,5 @@ mod calibration_file;
 pub mod channel_scaling;
 pub mod entropy;
 pub mod markov;
+mod smoothing;
 pub mod time_groups;

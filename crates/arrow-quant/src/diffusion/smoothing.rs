@@ -4,13 +4,13 @@
 //! `wr = min(w, floor(span_B / 2))` of `B` get a blended range of their own, `[t, t + 1)` each; a window never
 //! reaches past the middle of a group, so the windows of a group's two boundaries never overlap.
 
-use super::{Smoothing, Span, TimestepRange};
+use super::time_groups::{Smoothing, Span, TimestepRange};
 
 /// Logistic steepness of [`Smoothing::Sigmoid`].
 const SIGMOID_K: f64 = 10.0;
 
 /// The blend weight `f(u)` for `u` in `[0, 1]`: 0 means all `A`, 1 all `B`.
-pub(super) fn weight(kind: Smoothing, u: f64) -> f64 {
+pub(crate) fn weight(kind: Smoothing, u: f64) -> f64 {
     match kind {
         Smoothing::None => {
             if u < 0.5 {
@@ -29,7 +29,7 @@ pub(super) fn weight(kind: Smoothing, u: f64) -> f64 {
 }
 
 /// Splits the group spans around each boundary into per-timestep blended spans (sorted, contiguous).
-pub(super) fn smooth(
+pub(crate) fn smooth(
     groups: &[Span],
     ranges: &[TimestepRange],
     kind: Smoothing,

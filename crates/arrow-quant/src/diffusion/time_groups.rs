@@ -35,10 +35,8 @@
 //!   `[t, t+1)`; the rest of `A` and `B` keep their group's entry. Adjacent entries with identical
 //!   `(scale, zero_point)` are then merged. Without smoothing there is exactly one entry per group.
 
+use super::smoothing;
 use crate::error::{QuantError, Result};
-
-#[path = "smoothing.rs"] // a sibling file of this one, so that `diffusion/mod.rs` stays as it is
-mod smoothing;
 
 /// The observed activation range of one layer at one timestep (calibration statistics).
 #[derive(Debug, Clone, Copy, PartialEq)]
