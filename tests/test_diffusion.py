@@ -294,3 +294,18 @@ def test_channel_scaling_in_a_model_run(model, tmp_path, rng):
         path, tmp_path / "m.parquet", config(target_bits_per_weight=4.0), calibration=cal
     )
     assert mixed["totals"]["mixed_precision"]["planned_bits_per_weight"] <= 4.0
+
+
+def test_mixed_precision_keeps_the_quality_floor(model, tmp_path):
+    path, _ = model
+    floor = 0.99  # 2-bit options miss it (cosine about 0.94 here), 4-bit ones pass
+    report = aq.ArrowQuantV2().quantize_diffusion_model(
+        path, tmp_path / "q.parquet", config(target_bits_per_weight=6.0, quality_floor=floor)
+    )
+    quantized = [layer for layer in report["layers"] if layer["encoding"].startswith("int")]
+    assert quantized and all(layer["cosine"] >= floor and layer["bits"] > 2 for layer in quantized)
+    assert report["totals"]["bits_per_weight"] <= 6.0 + 1e-9
+    with pytest.raises(aq.ConfigurationError, match=r"at least 4\.\d+"):
+        aq.ArrowQuantV2().quantize_diffusion_model(
+            path, tmp_path / "r.parquet", config(target_bits_per_weight=3.0, quality_floor=floor)
+        )
