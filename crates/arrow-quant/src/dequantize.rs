@@ -194,3 +194,23 @@ impl QuantizedView<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::divide_channels;
+
+    #[test]
+    fn divide_channels_from_any_offset() {
+        let scales = [2.0f32, 4.0, 8.0];
+        let cols = 6;
+        let whole: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let mut once = whole.clone();
+        divide_channels(&mut once, 0, cols, &scales);
+        let mut pieces = whole.clone();
+        let (a, b) = pieces.split_at_mut(7);
+        divide_channels(a, 0, cols, &scales);
+        divide_channels(b, 7, cols, &scales);
+        assert_eq!(once, pieces);
+        assert_eq!(&once[..6], &[0.0, 0.5, 0.5, 0.75, 0.5, 0.625]);
+    }
+}

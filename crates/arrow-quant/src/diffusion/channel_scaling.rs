@@ -14,7 +14,6 @@
 //! multiple of the sub-block length but not of 256); `alpha = 0` (no scaling) is on the grid.
 
 use crate::config::QuantConfig;
-use crate::dequantize::divide_channels;
 use crate::error::{QuantError, Result};
 use crate::quantize::quantize_tensor_with;
 use crate::quantized::{Quality, QuantizedTensor};
@@ -225,9 +224,9 @@ fn quantize_scaled(
         .collect();
     let view = TensorView::new(name, shape, TensorData::F32(&scaled))?;
     let mut tensor = quantize_tensor_with(&view, config, Some(&importance))?;
-    let mut dequantized = tensor.view().dequantize()?;
-    divide_channels(&mut dequantized, 0, cols, &scales);
+    // Dequantization divides by the channel scales itself, chunk by chunk in parallel.
     tensor.channel_scales = Some(scales);
+    let dequantized = tensor.view().dequantize()?;
     Ok(Trial {
         tensor,
         dequantized,
@@ -515,21 +514,6 @@ mod tests {
         let rows = search_rows(4096);
         assert_eq!(rows.len(), SEARCH_ROWS);
         assert_eq!((rows[0], rows[1], rows[255]), (0, 16, 4080));
-    }
-
-    #[test]
-    fn divide_channels_from_any_offset() {
-        let scales = [2.0f32, 4.0, 8.0];
-        let cols = 6;
-        let whole: Vec<f32> = (0..24).map(|i| i as f32).collect();
-        let mut once = whole.clone();
-        divide_channels(&mut once, 0, cols, &scales);
-        let mut pieces = whole.clone();
-        let (a, b) = pieces.split_at_mut(7);
-        divide_channels(a, 0, cols, &scales);
-        divide_channels(b, 7, cols, &scales);
-        assert_eq!(once, pieces);
-        assert_eq!(&once[..6], &[0.0, 0.5, 0.5, 0.75, 0.5, 0.625]);
     }
 
     #[test]
