@@ -254,3 +254,65 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::diffusion::calibration::CalibrationRow;
+    use proptest::prelude::*;
+
+    fn valid_file() -> Vec<u8> {
+        let rows = (0..4).map(|t| CalibrationRow {
+            layer: "blocks.0".into(),
+            timestep: t,
+            min: -1.0,
+            max: 1.0,
+            count: 3,
+            channel_absmax: Some(vec![1.0, 2.0]),
+        });
+        let dir = std::env::temp_dir().join(format!("aq-cal-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cal.parquet");
+        Calibration::from_rows("fuzz", rows, Some(8))
+            .unwrap()
+            .write(&path)
+            .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        bytes
+    }
+
+    fn read_bytes(bytes: &[u8], name: &str) -> Result<Calibration> {
+        let dir = std::env::temp_dir().join(format!("aq-cal-fuzz-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cal.parquet");
+        std::fs::write(&path, bytes).unwrap();
+        let read = Calibration::read(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        read
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Mutated calibration files give an error (or, rarely, still-valid statistics), never a panic.
+        #[test]
+        fn mutated_files_are_errors_not_panics(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut bytes = valid_file();
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            if let Err(e) = read_bytes(&bytes, "mutated") {
+                prop_assert!(matches!(e, QuantError::Calibration { .. }), "{e}");
+            }
+        }
+    }
+}
