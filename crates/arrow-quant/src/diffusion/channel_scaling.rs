@@ -9,7 +9,8 @@
 //! (`mse`, `hqq`, `two_level` below 8 bits) minimise the activation-weighted error
 //! `E = sum a_j^2 (W_ij - What_ij)^2 / sum a_j^2 W_ij^2` of the dequantized tensor (scales undone), up to the
 //! importance floor of [`crate::importance`]; `rtn` and `int8_2l` ignore importance. `alpha` is
-//! searched on `0, 0.1, ..., 1.0` over at most [`SEARCH_ROWS`] evenly spaced rows (groups never cross rows, so a
+//! searched on `0, 0.1, ..., 1.0` over a quarter of the rows, evenly spaced, at least [`MIN_SEARCH_ROWS`] and at
+//! most [`SEARCH_ROWS`] of them (groups never cross rows, so a
 //! row quantizes the same as in the full tensor, except that two-level super-blocks span rows when `cols` is a
 //! multiple of the sub-block length but not of 256); `alpha = 0` (no scaling) is on the grid.
 
@@ -23,6 +24,10 @@ use std::borrow::Cow;
 
 /// Most rows the alpha search quantizes (evenly spaced over the tensor).
 pub const SEARCH_ROWS: usize = 256;
+
+/// Tensors with more rows than this search on a quarter of their rows (at least this many, at most
+/// [`SEARCH_ROWS`]), so that the eleven search quantizations of a small layer cost under three of the layer.
+pub const MIN_SEARCH_ROWS: usize = 64;
 
 /// Exponents searched: `0, 0.1, ..., 1.0`.
 const ALPHA_STEPS: usize = 10;
@@ -233,13 +238,15 @@ fn quantize_scaled(
     })
 }
 
-/// The rows the alpha search quantizes: all of them up to [`SEARCH_ROWS`], else that many evenly spaced.
+/// The rows the alpha search quantizes, evenly spaced: all of them up to [`MIN_SEARCH_ROWS`], else a quarter of
+/// them, at least [`MIN_SEARCH_ROWS`] and at most [`SEARCH_ROWS`].
 fn search_rows(rows: usize) -> Vec<usize> {
-    if rows <= SEARCH_ROWS {
-        (0..rows).collect()
+    let count = if rows <= MIN_SEARCH_ROWS {
+        rows
     } else {
-        (0..SEARCH_ROWS).map(|i| i * rows / SEARCH_ROWS).collect()
-    }
+        (rows / 4).clamp(MIN_SEARCH_ROWS, SEARCH_ROWS)
+    };
+    (0..count).map(|i| i * rows / count).collect()
 }
 
 /// Quality (cosine, rel_mse) of `dequantized` against `original` (whole rows), and `E` with the per-column
@@ -275,7 +282,7 @@ fn quality_and_error(original: &[f32], dequantized: &[f32], weights: &[f64]) -> 
 }
 
 /// Quantizes `view` with activation-aware channel scaling (see the module docs): searches `alpha` on
-/// `0, 0.1, ..., 1.0` over at most [`SEARCH_ROWS`] evenly spaced rows, then quantizes the whole tensor once with
+/// `0, 0.1, ..., 1.0` over evenly spaced rows (see the module docs), then quantizes the whole tensor once with
 /// the best. The result carries `channel_scales` (so dequantization undoes them) and its `quality` is measured
 /// against the original weights.
 ///
@@ -511,6 +518,11 @@ mod tests {
     #[test]
     fn search_rows_are_evenly_spaced() {
         assert_eq!(search_rows(3), vec![0, 1, 2]);
+        assert_eq!(search_rows(64), (0..64).collect::<Vec<_>>());
+        let rows = search_rows(100);
+        assert_eq!((rows.len(), rows[1], rows[63]), (64, 1, 98));
+        let rows = search_rows(384);
+        assert_eq!((rows.len(), rows[1], rows[95]), (96, 4, 380));
         let rows = search_rows(4096);
         assert_eq!(rows.len(), SEARCH_ROWS);
         assert_eq!((rows[0], rows[1], rows[255]), (0, 16, 4080));

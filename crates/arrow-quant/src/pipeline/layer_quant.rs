@@ -3,9 +3,9 @@
 
 use super::config::PipelineConfig;
 use crate::config::{BitWidth, QuantConfig};
-use crate::diffusion::channel_scaling::quantize_channel_scaled;
+use crate::diffusion::channel_scaling::{activation_weighted_error, quantize_channel_scaled};
 use crate::error::{QuantError, Result};
-use crate::quantize::quantize_tensor;
+use crate::quantize::{quantize_tensor, quantize_tensor_with};
 use crate::quantized::QuantizedTensor;
 use crate::tensor::TensorView;
 
@@ -18,15 +18,6 @@ pub(crate) struct QuantizedLayer {
     pub alpha: Option<f32>,
     /// Activation-weighted relative error (with calibration magnitudes).
     pub weighted_error: Option<f64>,
-}
-
-impl QuantizedLayer {
-    /// The layer's share of the total error: its (activation-weighted, when known) relative error times its
-    /// parameter count.
-    pub fn total_error(&self) -> f64 {
-        let n: usize = self.tensor.shape.iter().product();
-        self.weighted_error.unwrap_or(self.tensor.quality.rel_mse) * n as f64
-    }
 }
 
 /// Quantizes `view` with `config`, scaling its channels first when `channel_absmax` is given.
@@ -50,6 +41,48 @@ pub(crate) fn quantize_layer(
             weighted_error: None,
         }),
     }
+}
+
+/// What the planning pass needs of a layer at one width: stored bits, error contribution, cosine.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Estimate {
+    /// Stored size in bits (channel scales included when the layer will be scaled).
+    pub bits: f64,
+    /// Relative error (activation-weighted with magnitudes) times the parameter count.
+    pub error: f64,
+    /// Cosine similarity to the source.
+    pub cosine: f64,
+}
+
+/// Measures `view` at `config` for the mixed-precision plan. A layer with calibration magnitudes is measured
+/// with importance weights `a_j^2` only, not the channel-scaling search (which would multiply the cost of
+/// planning by the search's eleven quantizations); its stored size counts the channel scales it will carry.
+pub(crate) fn estimate(
+    view: &TensorView<'_>,
+    config: &QuantConfig,
+    channel_absmax: Option<&[f32]>,
+) -> Result<Estimate> {
+    let n = view.data.len() as f64;
+    let Some(a) = channel_absmax else {
+        let q = quantize_tensor(view, config)?;
+        return Ok(Estimate {
+            bits: (q.nbytes() * 8) as f64,
+            error: q.quality.rel_mse * n,
+            cosine: q.quality.cosine,
+        });
+    };
+    let per = view.shape[2..].iter().product::<usize>();
+    let importance: Vec<f32> = a
+        .iter()
+        .flat_map(|&x| std::iter::repeat_n(x * x, per))
+        .collect();
+    let q = quantize_tensor_with(view, config, Some(&importance))?;
+    let weighted = activation_weighted_error(view, &q.view().dequantize()?, a)?;
+    Ok(Estimate {
+        bits: ((q.nbytes() + 4 * a.len()) * 8) as f64,
+        error: weighted * n,
+        cosine: q.quality.cosine,
+    })
 }
 
 /// The widths tried after `first`, in order.

@@ -1,11 +1,11 @@
 //! Mixed-precision planning: a first pass over the checkpoint measures every quantizable layer at 2, 4 and 8
 //! bits (options whose cosine misses the quality floor are dropped; keeping the layer in 16-bit is always an
-//! option), then `diffusion::allocation` picks one width per layer to minimise the total error under the
+//! option; layers with calibration magnitudes are measured with importance weights, see `layer_quant::estimate`), then `diffusion::allocation` picks one width per layer to minimise the total error under the
 //! bits-per-weight budget. The budget covers the whole model: tensors kept in 16-bit or carried through count at
 //! their stored size.
 
 use super::config::PipelineConfig;
-use super::layer_quant::quantize_layer;
+use super::layer_quant::estimate;
 use super::policy::Decision;
 use crate::checkpoint::{float_values, SafetensorsFile, TensorEntry};
 use crate::config::{BitWidth, QuantConfig};
@@ -95,7 +95,7 @@ pub(crate) fn plan_widths(
             },
         )];
         for bits in WIDTHS {
-            let q = quantize_layer(
+            let e = estimate(
                 &view,
                 &QuantConfig {
                     bits,
@@ -103,12 +103,12 @@ pub(crate) fn plan_widths(
                 },
                 channel_absmax[i].as_deref(),
             )?;
-            if q.tensor.quality.cosine >= config.quality_floor {
+            if e.cosine >= config.quality_floor {
                 options.push((
                     Some(bits),
                     LayerOption {
-                        bits: (q.tensor.nbytes() * 8) as f64,
-                        error: q.total_error(),
+                        bits: e.bits,
+                        error: e.error,
                     },
                 ));
             }
