@@ -143,3 +143,16 @@ def test_corrupt_channel_scales_are_rejected_on_read(quantizer, log_normal_case)
     short = pa.array([list(t.channel_scales[:-1])], table.schema.field(i).type)
     with pytest.raises(aq.CorruptDataError, match="511 channel scales"):
         quantizer.dequantize_arrow(table.set_column(i, table.schema.field(i), short))
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_acceptance_on_the_standard_tensor(quantizer, bench_weights, bits):
+    """Issue 6: with log-normal channel magnitudes (sigma 1), scaling at most 0.7 x the plain weighted error."""
+    w = bench_weights.standard_tensor(1024, 1024)
+    a = np.exp(np.random.default_rng(20261126).normal(0.0, 1.0, 1024)).astype(np.float32)
+    plain = weighted_error(w, quantizer.quantize(w, bit_width=bits).dequantize(), a)
+    scaled_t = quantizer.quantize(w, bit_width=bits, channel_absmax=a)
+    scaled = weighted_error(w, scaled_t.dequantize(), a)
+    assert scaled <= 0.7 * plain, (scaled, plain)
+    # The same encoding; the channel scales add 32 bits per input channel.
+    assert scaled_t.bits_per_weight == pytest.approx(quantizer.quantize(w, bit_width=bits).bits_per_weight + 32 / 1024)
