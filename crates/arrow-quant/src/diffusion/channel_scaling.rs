@@ -125,7 +125,7 @@ pub fn activation_weighted_error(
 }
 
 /// One value per column of the 2-D view: `f(a_j)` of the column's channel.
-fn column_weights<T: Copy>(
+pub(crate) fn column_weights<T: Copy>(
     view: &TensorView<'_>,
     per_channel: &[f32],
     f: impl Fn(f32) -> T,

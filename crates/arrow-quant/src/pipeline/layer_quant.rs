@@ -3,7 +3,9 @@
 
 use super::config::PipelineConfig;
 use crate::config::{BitWidth, QuantConfig};
-use crate::diffusion::channel_scaling::{activation_weighted_error, quantize_channel_scaled};
+use crate::diffusion::channel_scaling::{
+    activation_weighted_error, column_weights, quantize_channel_scaled,
+};
 use crate::error::{QuantError, Result};
 use crate::quantize::{quantize_tensor, quantize_tensor_with};
 use crate::quantized::QuantizedTensor;
@@ -71,11 +73,7 @@ pub(crate) fn estimate(
             cosine: q.quality.cosine,
         });
     };
-    let per = view.shape[2..].iter().product::<usize>();
-    let importance: Vec<f32> = a
-        .iter()
-        .flat_map(|&x| std::iter::repeat_n(x * x, per))
-        .collect();
+    let importance = column_weights(view, a, |x| x * x);
     let q = quantize_tensor_with(view, config, Some(&importance))?;
     let weighted = activation_weighted_error(view, &q.view().dequantize()?, a)?;
     Ok(Estimate {

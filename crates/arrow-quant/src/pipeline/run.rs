@@ -207,29 +207,25 @@ pub fn quantize_model_with(
                         layer.entropy = Some(weight_entropy(&values.data()));
                         let view = TensorView::new(&entry.name, &entry.shape, values.data())?;
                         let absmax = calibrated.channel_absmax[i].as_deref();
-                        let (quantized, reason) = match &widths {
-                            Some(w) => match w[i] {
-                                Some(bits) => quantize_with_fallback(&view, config, bits, absmax)?,
-                                None => (None, None),
-                            },
-                            None => {
-                                quantize_with_fallback(&view, config, config.quant.bits, absmax)?
-                            }
+                        // The first width: the allotted one with mixed precision (None: 16-bit), else the
+                        // configured one.
+                        let first = widths.as_ref().map_or(Some(config.quant.bits), |w| w[i]);
+                        let (quantized, reason) = match first {
+                            Some(bits) => quantize_with_fallback(&view, config, bits, absmax)?,
+                            None => (None, None),
                         };
+                        layer.fallback = reason;
                         match quantized {
                             Some(q) => {
-                                layer.fallback = reason;
                                 layer.set_quantized(&q.tensor);
                                 layer.channel_alpha = q.alpha;
                                 layer.weighted_error = q.weighted_error;
                                 tensor_batch(q.tensor)?
                             }
-                            None if widths.is_some() && reason.is_none() => {
-                                layer.kept = Some("mixed precision: 16-bit".into());
-                                keep_row(file, entry, &dtype, &mut layer, config)?
-                            }
                             None => {
-                                layer.fallback = reason;
+                                if first.is_none() {
+                                    layer.kept = Some("mixed precision: 16-bit".into());
+                                }
                                 keep_row(file, entry, &dtype, &mut layer, config)?
                             }
                         }
