@@ -162,3 +162,23 @@ impl QuantError {
         }
     }
 }
+
+/// Runs a third-party file reader (arrow-ipc, parquet) and turns a panic inside it into an error: some malformed
+/// files make those readers panic instead of returning an error (found by fuzzing). `on_panic` builds the error
+/// from the panic message.
+pub(crate) fn catch_reader_panic<T>(
+    read: impl FnOnce() -> Result<T>,
+    on_panic: impl FnOnce(&str) -> QuantError,
+) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the reader panicked".into());
+            Err(on_panic(&message))
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! (zstd) through a temporary file that appears only when complete.
 
 use super::calibration::{col, Calibration, NUM_TIMESTEPS_KEY};
-use crate::error::{QuantError, Result};
+use crate::error::{catch_reader_panic, QuantError, Result};
 use crate::pipeline::atomic_file::AtomicFile;
 use arrow_array::builder::{Float32Builder, ListBuilder};
 use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray, UInt32Array};
@@ -20,6 +20,18 @@ use std::sync::Arc;
 /// Every record batch of a Parquet or Arrow IPC file; each carries the file's metadata in its schema. A missing
 /// or unreadable file is a calibration error too: to the caller it is bad calibration input.
 pub(crate) fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
+    catch_reader_panic(
+        || read_batches_unguarded(path),
+        |message| {
+            QuantError::calibration(
+                path.display(),
+                format!("not a readable calibration table: malformed file ({message})"),
+            )
+        },
+    )
+}
+
+fn read_batches_unguarded(path: &Path) -> Result<Vec<RecordBatch>> {
     let unreadable = |e: std::io::Error| {
         QuantError::calibration(path.display(), format!("cannot read the file: {e}"))
     };

@@ -7,7 +7,7 @@ use crate::arrow::schema::{
     col, result_schema, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, VERSION_KEY,
 };
 use crate::config::ScaleDtype;
-use crate::error::{QuantError, Result};
+use crate::error::{catch_reader_panic, QuantError, Result};
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
@@ -157,6 +157,15 @@ pub struct ModelFile {
 impl ModelFile {
     /// Opens a Parquet or Arrow IPC model file (detected from its magic bytes).
     pub fn open(path: &Path) -> Result<Self> {
+        catch_reader_panic(
+            || Self::open_unguarded(path),
+            |message| {
+                QuantError::format(path, format!("not a readable quantized model: {message}"))
+            },
+        )
+    }
+
+    fn open_unguarded(path: &Path) -> Result<Self> {
         let not_found = || QuantError::ModelNotFound {
             path: path.display().to_string(),
             problem: "no such file".into(),
@@ -241,6 +250,13 @@ impl ModelFile {
 
     /// The one-row batch of tensor `index`.
     pub fn read(&self, index: usize) -> Result<RecordBatch> {
+        catch_reader_panic(
+            || self.read_unguarded(index),
+            |message| QuantError::format(&self.path, format!("tensor {index}: {message}")),
+        )
+    }
+
+    fn read_unguarded(&self, index: usize) -> Result<RecordBatch> {
         let bad = |e: &dyn std::fmt::Display| {
             QuantError::format(&self.path, format!("tensor {index}: {e}"))
         };
@@ -268,6 +284,71 @@ impl ModelFile {
                     .ok_or_else(|| bad(&"missing batch"))?
                     .map_err(|e| bad(&e))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::arrow::output::tensor_batch;
+    use crate::arrow::result::read_results;
+    use crate::{quantize_tensor, QuantConfig, TensorData, TensorView};
+    use proptest::prelude::*;
+
+    fn valid_file(format: OutputFormat, dir: &Path) -> Vec<u8> {
+        let w: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin()).collect();
+        let path = dir.join("valid");
+        let mut writer = ModelWriter::create(&path, format, ScaleDtype::F16).unwrap();
+        for name in ["a", "b"] {
+            let view = TensorView::new(name, &[4, 128], TensorData::F32(&w)).unwrap();
+            let q = quantize_tensor(&view, &QuantConfig::default()).unwrap();
+            writer.write(&tensor_batch(q).unwrap()).unwrap();
+        }
+        writer.finish(Vec::new()).unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    /// Opens, reads and dequantizes every tensor; any error is fine, a panic is not.
+    fn read_everything(path: &Path) -> Result<()> {
+        let model = ModelFile::open(path)?;
+        for i in 0..model.names.len() {
+            let batch = model.read(i)?;
+            for row in read_results(std::slice::from_ref(&batch))? {
+                if let Ok(view) = row.view() {
+                    view.dequantize()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Mutated and truncated model files (Parquet and Arrow IPC) give errors, never panics.
+        #[test]
+        fn mutated_model_files_are_errors_not_panics(
+            ipc in any::<bool>(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let dir = std::env::temp_dir().join(format!("aq-model-fuzz-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let format = if ipc { OutputFormat::ArrowIpc } else { OutputFormat::Parquet };
+            let mut bytes = valid_file(format, &dir);
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            let path = dir.join("mutated");
+            std::fs::write(&path, &bytes).unwrap();
+            let _ = read_everything(&path);
+            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 }
