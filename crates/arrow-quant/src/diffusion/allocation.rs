@@ -45,10 +45,7 @@ pub fn allocate(layers: &[Vec<LayerOption>], budget_bits: f64) -> Result<Allocat
             "at least one option per layer",
         ));
     }
-    let smallest: f64 = layers
-        .iter()
-        .map(|o| o.iter().map(|x| x.bits).fold(f64::INFINITY, f64::min))
-        .sum();
+    let smallest = smallest_bits(layers);
     if budget_bits < smallest {
         return Err(QuantError::config(
             "target_bits_per_weight",
@@ -115,6 +112,14 @@ pub fn allocate(layers: &[Vec<LayerOption>], budget_bits: f64) -> Result<Allocat
         bits,
         error,
     })
+}
+
+/// The total bits with every layer at its smallest option: the least budget [`allocate`] accepts.
+pub fn smallest_bits(layers: &[Vec<LayerOption>]) -> f64 {
+    layers
+        .iter()
+        .map(|o| o.iter().map(|x| x.bits).fold(f64::INFINITY, f64::min))
+        .sum()
 }
 
 fn smallest_option(options: &[LayerOption]) -> usize {
@@ -223,7 +228,7 @@ mod tests {
             let layers: Vec<Vec<LayerOption>> = layers.into_iter()
                 .map(|o| o.into_iter().map(|(b, e)| opt(f64::from(b), f64::from(e))).collect())
                 .collect();
-            let lo: f64 = layers.iter().map(|o| o.iter().map(|x| x.bits).fold(f64::INFINITY, f64::min)).sum();
+            let lo = smallest_bits(&layers);
             let hi: f64 = layers.iter().map(|o| o.iter().map(|x| x.bits).fold(0.0, f64::max)).sum();
             let budget = lo + frac * (hi - lo);
             let a = allocate(&layers, budget).unwrap();

@@ -9,7 +9,7 @@ use super::layer_quant::estimate;
 use super::policy::Decision;
 use crate::checkpoint::{float_values, SafetensorsFile, TensorEntry};
 use crate::config::{BitWidth, QuantConfig};
-use crate::diffusion::allocation::{allocate, LayerOption};
+use crate::diffusion::allocation::{allocate, smallest_bits, LayerOption};
 use crate::error::{QuantError, Result};
 use crate::tensor::TensorView;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,10 +122,7 @@ pub(crate) fn plan_widths(
         .iter()
         .map(|(_, o)| o.iter().map(|(_, x)| *x).collect())
         .collect();
-    let smallest: f64 = table
-        .iter()
-        .map(|o| o.iter().map(|x| x.bits).fold(f64::INFINITY, f64::min))
-        .sum();
+    let smallest = smallest_bits(&table);
     if budget < smallest {
         return Err(QuantError::config(
             "target_bits_per_weight",
