@@ -76,3 +76,74 @@ def test_batch_key_and_value_errors(quantizer):
 def test_errors_are_quantization_errors(quantizer):
     with pytest.raises(aq.QuantizationError):
         quantizer.quantize(np.zeros(4, np.float64))
+
+
+# --- I/O errors keep their kind: the built-in OSError subclass Python raises for the same cause ----------------
+
+
+@pytest.fixture()
+def small_checkpoint(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "model.safetensors"
+    rng = np.random.default_rng(0)
+    save_file({"blocks.0.mlp.fc1.weight": rng.standard_normal((64, 64)).astype(np.float32)}, str(path))
+    return path
+
+
+@pytest.fixture()
+def model_file(quantizer, small_checkpoint, tmp_path):
+    out = tmp_path / "model.parquet"
+    quantizer.quantize_diffusion_model(small_checkpoint, out)
+    return out
+
+
+def test_missing_output_folder_is_file_not_found(quantizer, small_checkpoint, model_file, tmp_path):
+    missing = tmp_path / "no" / "dir"
+    with pytest.raises(FileNotFoundError, match="output folder does not exist") as info:
+        quantizer.quantize_diffusion_model(small_checkpoint, missing / "o.parquet")
+    assert str(missing / "o.parquet") in str(info.value)
+    # A plain OSError subclass, outside the QuantizationError hierarchy (like every I/O failure).
+    assert not isinstance(info.value, aq.QuantizationError)
+    with pytest.raises(FileNotFoundError, match="output folder does not exist"):
+        aq.export_safetensors(model_file, missing / "o.safetensors")
+    with pytest.raises(FileNotFoundError, match="output folder does not exist"):
+        aq.write_calibration(
+            {"layer_name": ["a"], "timestep": [0], "min": [-1.0], "max": [1.0], "num_timesteps": 10},
+            missing / "cal.parquet",
+        )
+    assert not (tmp_path / "no").exists()
+
+
+def test_missing_model_is_still_model_not_found(quantizer, tmp_path):
+    # Missing inputs keep their own class (not an OSError): only I/O failures map to the OSError subclasses.
+    with pytest.raises(aq.ModelNotFoundError) as info:
+        quantizer.quantize_diffusion_model(tmp_path / "nope.safetensors", tmp_path / "o.parquet")
+    assert not isinstance(info.value, OSError)
+    with pytest.raises(aq.ModelNotFoundError):
+        aq.load_quantized(tmp_path / "nope.parquet")
+
+
+def test_output_onto_a_directory_is_a_directory_error(quantizer, small_checkpoint, model_file, tmp_path):
+    # One target per call: the temporary file of a write is named after its target.
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    with pytest.raises(IsADirectoryError, match="taken: Is a directory") as info:
+        quantizer.quantize_diffusion_model(small_checkpoint, taken)
+    assert isinstance(info.value, OSError)
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    with pytest.raises(IsADirectoryError, match="exported: Is a directory"):
+        aq.export_safetensors(model_file, exported)
+    assert not any(taken.iterdir()) and not any(exported.iterdir())
+
+
+def test_reading_a_directory_or_through_a_file(tmp_path):
+    folder = tmp_path / "folder.parquet"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="folder.parquet"):
+        aq.load_quantized(folder)
+    regular = tmp_path / "regular"
+    regular.write_bytes(b"x")
+    with pytest.raises(NotADirectoryError, match="regular"):
+        aq.load_quantized(regular / "model.parquet")

@@ -100,13 +100,31 @@ impl From<Error> for PyErr {
                         CorruptDataError::new_err(message)
                     }
                     QuantError::ModelNotFound { .. } => ModelNotFoundError::new_err(message),
-                    QuantError::Io { .. } => pyo3::exceptions::PyOSError::new_err(message),
+                    QuantError::Io { kind, .. } => os_error(kind, message),
                     QuantError::Quality { .. } => QualityError::new_err(message),
                     QuantError::Calibration { .. } => CalibrationError::new_err(message),
                     QuantError::Cancelled { .. } => CancelledError::new_err(message),
                 }
             }
         }
+    }
+}
+
+/// The built-in `OSError` subclass of an I/O error kind (what Python raises for the same `errno`), so callers
+/// can `except FileNotFoundError`; other kinds raise `OSError` itself.
+fn os_error(kind: std::io::ErrorKind, message: String) -> PyErr {
+    use pyo3::exceptions::{
+        PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyNotADirectoryError,
+        PyOSError, PyPermissionError,
+    };
+    use std::io::ErrorKind;
+    match kind {
+        ErrorKind::NotFound => PyFileNotFoundError::new_err(message),
+        ErrorKind::PermissionDenied => PyPermissionError::new_err(message),
+        ErrorKind::IsADirectory => PyIsADirectoryError::new_err(message),
+        ErrorKind::NotADirectory => PyNotADirectoryError::new_err(message),
+        ErrorKind::AlreadyExists => PyFileExistsError::new_err(message),
+        _ => PyOSError::new_err(message),
     }
 }
 

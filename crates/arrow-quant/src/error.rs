@@ -75,6 +75,8 @@ pub enum QuantError {
         path: String,
         /// The operating system's message.
         message: String,
+        /// The kind of the I/O error (`NotFound`, `PermissionDenied`, ...), for callers that react to it.
+        kind: std::io::ErrorKind,
     },
     /// A layer missed its quality floor at every allowed width and the run was asked to fail fast.
     #[error("tensor '{tensor}': {problem}; lower the quality floor or drop fail_fast to fall back per layer")]
@@ -138,11 +140,12 @@ impl QuantError {
         }
     }
 
-    /// Builds a [`QuantError::Io`].
+    /// Builds a [`QuantError::Io`], keeping the error's kind.
     pub fn io(path: &std::path::Path, e: &std::io::Error) -> Self {
         Self::Io {
             path: path.display().to_string(),
             message: e.to_string(),
+            kind: e.kind(),
         }
     }
 
