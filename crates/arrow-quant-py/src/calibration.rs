@@ -26,19 +26,17 @@ pub fn calibration_from_py(obj: &Bound<'_, PyAny>) -> Result<Calibration> {
     let py = obj.py();
     if let Ok(dict) = obj.cast::<PyDict>() {
         let (rows, num_timesteps) = rows_from_dict(dict)?;
-        return Ok(without_gil(py, || {
+        return without_gil(py, || {
             Calibration::from_rows(crate::calibration_dict::SOURCE, rows, num_timesteps)
-        })??);
+        });
     }
     if obj.hasattr("__arrow_c_stream__")? || obj.hasattr("__arrow_c_array__")? {
         let batches = collect_batches(obj)?;
-        return Ok(without_gil(py, || {
-            Calibration::from_batches(TABLE, &batches)
-        })??);
+        return without_gil(py, || Calibration::from_batches(TABLE, &batches));
     }
     if obj.is_instance_of::<PyString>() || obj.hasattr("__fspath__")? {
         let path: PathBuf = obj.extract()?;
-        return Ok(without_gil(py, || Calibration::read(&path))??);
+        return without_gil(py, || Calibration::read(&path));
     }
     let type_name = obj
         .get_type()
@@ -61,7 +59,7 @@ pub fn calibration_from_py(obj: &Bound<'_, PyAny>) -> Result<Calibration> {
 pub fn read_calibration<'py>(source: &Bound<'py, PyAny>) -> Result<Bound<'py, PyAny>> {
     let py = source.py();
     let calibration = calibration_from_py(source)?;
-    let batch = without_gil(py, || calibration.to_batch())??;
+    let batch = without_gil(py, || calibration.to_batch())?;
     let schema = batch.schema();
     to_pyarrow_table(py, vec![batch], schema)
 }
@@ -71,5 +69,5 @@ pub fn read_calibration<'py>(source: &Bound<'py, PyAny>) -> Result<Bound<'py, Py
 #[pyfunction]
 pub fn write_calibration(source: &Bound<'_, PyAny>, path: PathBuf) -> Result<()> {
     let calibration = calibration_from_py(source)?;
-    Ok(without_gil(source.py(), || calibration.write(&path))??)
+    without_gil(source.py(), || calibration.write(&path))
 }

@@ -309,13 +309,13 @@ pub fn run_model(
             }
             None => Ok(()),
         },
-    )??;
+    )?;
     Ok((to_python(py, &report.to_json())?, report))
 }
 
 /// Re-reads both files and returns `{passed, floor, layers: [...]}`.
 pub fn validate(py: Python<'_>, original: &Path, quantized: &Path) -> Result<Py<PyAny>> {
-    let v = without_gil(py, || validate_model(original, quantized))??;
+    let v = without_gil(py, || validate_model(original, quantized))?;
     Ok(to_python(py, &v.to_json())?)
 }
 
@@ -359,7 +359,7 @@ impl QuantizedModel {
     /// The tensor's values in its source shape: float tensors dequantized to float32, raw tensors as stored.
     fn __getitem__<'py>(&self, py: Python<'py>, name: &str) -> Result<Bound<'py, PyAny>> {
         let i = self.index(name)?;
-        let batch = without_gil(py, || self.file.read(i))??;
+        let batch = without_gil(py, || self.file.read(i))?;
         let rows = read_results(std::slice::from_ref(&batch))?;
         let row = &rows[0];
         if let RowEncoding::Plain {
@@ -390,7 +390,7 @@ impl QuantizedModel {
                 .call_method1("reshape", (row.shape.clone(),))?);
         }
         let mut values = vec![0f32; row.shape.iter().product()];
-        without_gil(py, || row.dequantize_into(&mut values))??;
+        without_gil(py, || row.dequantize_into(&mut values))?;
         Ok(values
             .into_pyarray(py)
             .reshape(row.shape.as_slice())?
@@ -414,7 +414,7 @@ impl QuantizedModel {
         name: &str,
     ) -> Result<Option<Vec<Bound<'py, PyDict>>>> {
         let i = self.index(name)?;
-        let batch = without_gil(py, || self.file.read(i))??;
+        let batch = without_gil(py, || self.file.read(i))?;
         let Some(groups) = read_time_groups(&batch)?.pop().flatten() else {
             return Ok(None);
         };
@@ -465,7 +465,7 @@ pub fn export(
     dtype: &str,
 ) -> Result<()> {
     let dtype = ExportDtype::parse(dtype)?;
-    Ok(without_gil(py, || {
+    without_gil(py, || {
         export_safetensors(&quantized_path, &output_path, dtype)
-    })??)
+    })
 }

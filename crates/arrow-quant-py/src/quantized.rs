@@ -167,7 +167,7 @@ impl PyQuantizedTensor {
     ) -> Result<Bound<'py, PyArrayDyn<T>>> {
         let borrowed = self.borrow(py)?;
         let view = self.view(&borrowed)?;
-        let values = crate::detach::without_gil(py, || T::dequantize(&view))??;
+        let values = crate::detach::without_gil(py, || T::dequantize(&view))?;
         Ok(values.into_pyarray(py).reshape(self.shape.as_slice())?)
     }
 

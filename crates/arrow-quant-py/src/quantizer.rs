@@ -138,7 +138,7 @@ impl ArrowQuantV2 {
             } else {
                 quantize_to_batches(&views, &config)
             }
-        })??;
+        })?;
         Ok((out, config))
     }
 
@@ -166,12 +166,13 @@ impl ArrowQuantV2 {
         let (sizes, total) = prefix_sizes(&views);
         let mut done = 0usize;
         let report = progress.is_some();
+        // The per-layer results are the outcome: the batch itself does not fail.
         let work = |notify: &(dyn Fn(usize) + Sync)| {
-            if report {
+            Ok(if report {
                 quantize_batch(&views, &config, on_error, &cancel, notify)
             } else {
                 quantize_batch(&views, &config, on_error, &cancel, &|_| {})
-            }
+            })
         };
         let results = run_detached(py, &cancel, work, |i| {
             done += sizes[i];
@@ -301,12 +302,12 @@ impl ArrowQuantV2 {
             }
             let absmax = read_channel_absmax(py, name, absmax)?;
             let absmax = absmax.as_slice().map_err(|e| schema(name, e))?;
-            let (q, _) = without_gil(py, || quantize_channel_scaled(&view, &config, absmax))??;
+            let (q, _) = without_gil(py, || quantize_channel_scaled(&view, &config, absmax))?;
             return Ok(PyQuantizedTensor::from_core(py, q));
         }
         let q: QuantizedTensor = without_gil(py, || {
             arrow_quant::quantize_tensor_with(&view, &config, importance)
-        })??;
+        })?;
         Ok(PyQuantizedTensor::from_core(py, q))
     }
 
@@ -440,7 +441,7 @@ impl ArrowQuantV2 {
         let batches = collect_batches(result)?;
         let batch = without_gil(py, || {
             read_results(&batches).and_then(|rows| dequantize_to_batch(&rows))
-        })??;
+        })?;
         let schema = batch.schema();
         to_pyarrow_table(py, vec![batch], schema)
     }
