@@ -14,7 +14,24 @@ pub struct Overrides<'a, 'py> {
     pub scale_dtype: Option<&'a str>,
 }
 
-impl Overrides<'_, '_> {
+impl<'a, 'py> Overrides<'a, 'py> {
+    /// The overrides of one call, in the order of the keyword arguments.
+    pub fn new(
+        bit_width: Option<i64>,
+        group_size: Option<&'a Bound<'py, PyAny>>,
+        symmetric: Option<bool>,
+        method: Option<&'a str>,
+        scale_dtype: Option<&'a str>,
+    ) -> Self {
+        Self {
+            bit_width,
+            group_size,
+            symmetric,
+            method,
+            scale_dtype,
+        }
+    }
+
     /// Applies the overrides to `base`, validating each.
     pub fn apply(&self, base: QuantConfig) -> Result<QuantConfig> {
         let mut cfg = base;

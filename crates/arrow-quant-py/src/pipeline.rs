@@ -72,14 +72,8 @@ impl PyDiffusionQuantConfig {
     ) -> Result<Self> {
         let mut inner = PipelineConfig::profile(profile.unwrap_or("local"))?;
         inner.profile = profile.map(str::to_string);
-        inner.quant = Overrides {
-            bit_width,
-            group_size,
-            symmetric,
-            method,
-            scale_dtype,
-        }
-        .apply(inner.quant)?;
+        inner.quant = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype)
+            .apply(inner.quant)?;
         if let Some(f) = quality_floor {
             inner.quality_floor = f;
         }

@@ -276,13 +276,13 @@ impl ArrowQuantV2 {
         importance: Option<&Bound<'py, PyAny>>,
         channel_absmax: Option<&Bound<'py, PyAny>>,
     ) -> Result<PyQuantizedTensor> {
-        let config = Overrides {
-            bit_width: Some(bit_width),
+        let config = Overrides::new(
+            Some(bit_width),
             group_size,
-            symmetric: Some(symmetric),
-            method: Some(method),
-            scale_dtype: Some(scale_dtype),
-        }
+            Some(symmetric),
+            Some(method),
+            Some(scale_dtype),
+        )
         .apply(self.defaults)?;
         let layer = LayerInput::from_py(name.to_string(), weights)?;
         let view = layer.view()?;
@@ -328,13 +328,7 @@ impl ArrowQuantV2 {
         scale_dtype: Option<&str>,
         continue_on_error: bool,
     ) -> Result<Bound<'py, BatchResult>> {
-        let overrides = Overrides {
-            bit_width,
-            group_size,
-            symmetric,
-            method,
-            scale_dtype,
-        };
+        let overrides = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype);
         self.run_batch(py, weights, overrides, continue_on_error, None)
     }
 
@@ -366,13 +360,7 @@ impl ArrowQuantV2 {
                 .into());
             }
         }
-        let overrides = Overrides {
-            bit_width,
-            group_size,
-            symmetric,
-            method,
-            scale_dtype,
-        };
+        let overrides = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype);
         self.run_batch(py, weights, overrides, continue_on_error, progress_callback)
     }
 
@@ -392,13 +380,7 @@ impl ArrowQuantV2 {
         method: Option<&str>,
         scale_dtype: Option<&str>,
     ) -> Result<Bound<'py, PyAny>> {
-        let overrides = Overrides {
-            bit_width,
-            group_size,
-            symmetric,
-            method,
-            scale_dtype,
-        };
+        let overrides = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype);
         let (batches, config) = self.run_arrow(py, table, overrides, false)?;
         to_pyarrow_table(py, batches, Arc::new(result_schema(config.scale_dtype)))
     }
@@ -417,13 +399,7 @@ impl ArrowQuantV2 {
         method: Option<&str>,
         scale_dtype: Option<&str>,
     ) -> Result<Bound<'py, PyAny>> {
-        let overrides = Overrides {
-            bit_width,
-            group_size,
-            symmetric,
-            method,
-            scale_dtype,
-        };
+        let overrides = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype);
         let (mut batches, _) = self.run_arrow(py, record_batch, overrides, true)?;
         match batches.pop() {
             Some(batch) => to_pyarrow_batch(py, batch),

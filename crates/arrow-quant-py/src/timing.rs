@@ -22,13 +22,8 @@ pub fn _kernel_seconds<'py>(
     method: &str,
     repeats: usize,
 ) -> Result<f64> {
-    let config = Overrides {
-        bit_width: Some(bit_width),
-        group_size,
-        method: Some(method),
-        ..Overrides::default()
-    }
-    .apply(QuantConfig::default())?;
+    let config = Overrides::new(Some(bit_width), group_size, None, Some(method), None)
+        .apply(QuantConfig::default())?;
     let layers = weights
         .iter()
         .map(|(k, v)| LayerInput::from_py(k.extract()?, &v))
