@@ -3,11 +3,13 @@
 use crate::arrow_io::{collect_batches, to_pyarrow_batch, to_pyarrow_table};
 use crate::batch_result::BatchResult;
 use crate::calibration::calibration_from_py;
+use crate::config_class::PyDiffusionQuantConfig;
 use crate::detach::{run_detached, without_gil};
 use crate::errors::{schema, Error, Result};
 use crate::input::LayerInput;
+use crate::json::to_python;
+use crate::model_runs::{run_model, validate};
 use crate::options::Overrides;
-use crate::pipeline::{run_model, to_python, validate, PyDiffusionQuantConfig};
 use crate::quantized::PyQuantizedTensor;
 use arrow_array::RecordBatch;
 use arrow_quant::arrow::{

@@ -1,0 +1,166 @@
+//! Reading model files from Python: `QuantizedModel` (a lazy, read-only mapping from tensor names to dequantized
+//! numpy arrays), `load_quantized` that opens one, and `export_safetensors`.
+
+use crate::detach::without_gil;
+use crate::errors::Result;
+use crate::quantized::PyQuantizedTensor;
+use arrow_quant::arrow::output::RowEncoding;
+use arrow_quant::arrow::result::read_results;
+use arrow_quant::arrow::time_groups::read_time_groups;
+use arrow_quant::pipeline::{export_safetensors, ExportDtype, ModelFile};
+use arrow_quant::QuantError;
+use numpy::{IntoPyArray, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::path::PathBuf;
+
+/// A quantized model file opened lazily: a read-only mapping from tensor names to dequantized numpy arrays.
+#[pyclass(module = "arrow_quant_v2._core", name = "QuantizedModel", frozen)]
+pub struct QuantizedModel {
+    file: ModelFile,
+}
+
+impl QuantizedModel {
+    fn index(&self, name: &str) -> PyResult<usize> {
+        self.file
+            .names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.to_string()))
+    }
+}
+
+#[pymethods]
+impl QuantizedModel {
+    /// Tensor names in file order.
+    fn keys(&self) -> Vec<String> {
+        self.file.names.clone()
+    }
+
+    fn __len__(&self) -> usize {
+        self.file.names.len()
+    }
+
+    fn __contains__(&self, name: &str) -> bool {
+        self.file.names.iter().any(|n| n == name)
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        PyList::new(py, &self.file.names)?
+            .try_iter()
+            .map(Bound::into_any)
+    }
+
+    /// The tensor's values in its source shape: float tensors dequantized to float32, raw tensors as stored.
+    fn __getitem__<'py>(&self, py: Python<'py>, name: &str) -> Result<Bound<'py, PyAny>> {
+        let i = self.index(name)?;
+        let batch = without_gil(py, || self.file.read(i))?;
+        let rows = read_results(std::slice::from_ref(&batch))?;
+        let row = &rows[0];
+        if let RowEncoding::Plain {
+            encoding: "raw", ..
+        } = row.encoding
+        {
+            let bytes = numpy::PyArray1::from_slice(py, row.data);
+            let dtype = match row.dtype {
+                "i64" => "<i8",
+                "i32" => "<i4",
+                "i16" => "<i2",
+                "i8" => "i1",
+                "u8" => "u1",
+                "u16" => "<u2",
+                "u32" => "<u4",
+                "u64" => "<u8",
+                "bool" => "?",
+                other => {
+                    return Err(QuantError::format(
+                        self.file.path(),
+                        format!("tensor '{name}' has dtype {other} with no numpy equivalent"),
+                    )
+                    .into())
+                }
+            };
+            return Ok(bytes
+                .call_method1("view", (dtype,))?
+                .call_method1("reshape", (row.shape.clone(),))?);
+        }
+        let mut values = vec![0f32; row.shape.iter().product()];
+        without_gil(py, || row.dequantize_into(&mut values))?;
+        Ok(values
+            .into_pyarray(py)
+            .reshape(row.shape.as_slice())?
+            .into_any())
+    }
+
+    /// The stored `QuantizedTensor` of a quantized layer (KeyError for unknown names; SchemaError for a layer
+    /// kept in 16-bit).
+    fn quantized(&self, py: Python<'_>, name: &str) -> Result<PyQuantizedTensor> {
+        let i = self.index(name)?;
+        let batch = self.file.read(i)?;
+        let rows = read_results(std::slice::from_ref(&batch))?;
+        Ok(PyQuantizedTensor::from_core(py, rows[0].to_tensor()?))
+    }
+
+    /// The time-aware activation parameters stored with a layer, `[{t_start, t_end, scale, zero_point}]` (`t_end`
+    /// exclusive), or None for a layer without calibration statistics (KeyError for unknown names).
+    fn time_groups<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> Result<Option<Vec<Bound<'py, PyDict>>>> {
+        let i = self.index(name)?;
+        let batch = without_gil(py, || self.file.read(i))?;
+        let Some(groups) = read_time_groups(&batch)?.pop().flatten() else {
+            return Ok(None);
+        };
+        let entries = groups
+            .iter()
+            .map(|g| {
+                let d = PyDict::new(py);
+                d.set_item("t_start", g.t_start)?;
+                d.set_item("t_end", g.t_end)?;
+                d.set_item("scale", g.scale)?;
+                d.set_item("zero_point", g.zero_point)?;
+                Ok(d)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Some(entries))
+    }
+
+    /// Footer metadata: format, source, config and report (JSON strings), tensor list.
+    #[getter]
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        self.file.metadata.clone()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "QuantizedModel({:?}, {} tensors)",
+            self.file.path().display().to_string(),
+            self.file.names.len()
+        )
+    }
+}
+
+/// `load_quantized(path)`: opens a model file (Parquet or Arrow IPC) for lazy reading.
+#[pyfunction]
+pub fn load_quantized(path: PathBuf) -> Result<QuantizedModel> {
+    Ok(QuantizedModel {
+        file: ModelFile::open(&path)?,
+    })
+}
+
+/// `export_safetensors(quantized_path, output_path, dtype="f16")`: writes a dequantized `.safetensors`.
+#[pyfunction(name = "export_safetensors")]
+#[pyo3(signature = (quantized_path, output_path, dtype = "f16"))]
+pub fn export(
+    py: Python<'_>,
+    quantized_path: PathBuf,
+    output_path: PathBuf,
+    dtype: &str,
+) -> Result<()> {
+    let dtype = ExportDtype::parse(dtype)?;
+    without_gil(py, || {
+        export_safetensors(&quantized_path, &output_path, dtype)
+    })
+}
