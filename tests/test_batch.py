@@ -29,7 +29,7 @@ def test_batch_defaults(quantizer, rng):
     result = quantizer.quantize_batch(layers(rng, 2))
     t = next(iter(result.values()))
     # the default method is "auto": the two-level encoding at 4 bits (32-element sub-blocks)
-    assert (t.bits, t.group_size, t.symmetric, t.method) == (4, 32, False, "two_level")
+    assert (t.bits, t.group_size, t.symmetric, t.method, t.encoding) == (4, 32, False, None, "int4_2l")
     assert t.encoding == "int4_2l" and t.params is not None
 
 

@@ -41,7 +41,8 @@ def log_normal_case():
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_dequantize_divides_the_codes_by_the_channel_scales(quantizer, log_normal_case, method, bits):
     w, a = log_normal_case
-    t = quantizer.quantize(w[:64], bit_width=bits, method=method, channel_absmax=a)
+    layout = "two_level" if method == "two_level" else None
+    t = quantizer.quantize(w[:64], bit_width=bits, method="auto" if layout else method, layout=layout, channel_absmax=a)
     s = t.channel_scales
     assert s is not None and s.dtype == np.float32 and s.shape == (512,)
     assert np.all(s > 0) and np.all(np.isfinite(s))

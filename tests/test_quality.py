@@ -41,14 +41,14 @@ def read_two_level(t):
 @pytest.mark.parametrize("bits,encoding,bpw", [(8, "int8_2l", 8.5), (4, "int4_2l", 4.5), (2, "int2_2l", 2.625)])
 def test_two_level_exposes_params_and_dequantizes_exactly(quantizer, rng, bits, encoding, bpw):
     w = rng.standard_normal((384, 384)).astype(np.float32)
-    t = quantizer.quantize(w, bit_width=bits, method="two_level")
-    assert (t.encoding, t.method) == (encoding, "two_level")
+    t = quantizer.quantize(w, bit_width=bits, layout="two_level")
+    assert (t.encoding, t.method) == (encoding, None)
     assert t.params.dtype == np.uint8 and t.params.ndim == 1
     assert t.scales.size == 0 and t.zero_points is None
     assert t.bits_per_weight == pytest.approx(bpw)
     assert t.nbytes == t.data.nbytes + t.params.nbytes
     back = t.dequantize()
-    small = quantizer.quantize(w[:5, :70], bit_width=bits, method="two_level")  # partial blocks, row layout
+    small = quantizer.quantize(w[:5, :70], bit_width=bits, layout="two_level")  # partial blocks, row layout
     for tensor in (t, small):
         assert np.array_equal(tensor.dequantize().view(np.uint32), read_two_level(tensor).view(np.uint32))
     err = float(((back.astype(np.float64) - w) ** 2).sum() / (w.astype(np.float64) ** 2).sum())
@@ -65,15 +65,15 @@ def test_flat_encodings_have_no_params(quantizer, rng):
 def test_auto_is_the_default_and_resolves(quantizer, rng):
     w = rng.standard_normal((64, 256)).astype(np.float32)
     t = quantizer.quantize(w)
-    assert (t.method, t.encoding) == ("two_level", "int4_2l")
+    assert (t.method, t.encoding) == (None, "int4_2l")
     assert quantizer.quantize(w, bit_width=2).encoding == "int2_2l"
-    # a flat-only setting keeps auto on the best flat method
+    # a flat setting selects the flat layout, where auto is the best flat method
     assert (quantizer.quantize(w, group_size=64).method, quantizer.quantize(w, symmetric=True).method) == (
         "mse",
         "mse",
     )
     with pytest.raises(aq.ConfigurationError, match="group_size"):
-        quantizer.quantize(w, method="two_level", group_size=64)
+        quantizer.quantize(w, layout="two_level", group_size=64)
     with pytest.raises(aq.ConfigurationError, match="method"):
         quantizer.quantize(w, method="k_quant")
 
@@ -88,7 +88,7 @@ def test_two_level_beats_llama_cpp_q4_k_figure_on_the_standard_tensor(quantizer,
     assert t.rel_mse < hqq.rel_mse < rtn.rel_mse
 
 
-@pytest.mark.parametrize("method,group", [("two_level", None), ("mse", 64), ("hqq", 64)])
+@pytest.mark.parametrize("method,group", [("auto", None), ("mse", 64), ("hqq", 64)])
 def test_importance_lowers_the_weighted_error(quantizer, rng, method, group):
     w = rng.standard_normal((128, 384)).astype(np.float32)
     importance = np.where(np.arange(384) % 5 == 0, 40.0, 0.2).astype(np.float32)

@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 _GroupSize: TypeAlias = int | Literal["per_channel"]
-_Method: TypeAlias = Literal["auto", "rtn", "mse", "hqq", "two_level"]
+_Method: TypeAlias = Literal["auto", "rtn", "mse", "hqq"]
+_Layout: TypeAlias = Literal["auto", "flat", "two_level"]
 _Encoding: TypeAlias = Literal["int8", "int4", "int2", "int8_2l", "int4_2l", "int2_2l"]
 _ScaleDtype: TypeAlias = Literal["float16", "float32"]
 # Any Arrow producer: an object with __arrow_c_stream__ or __arrow_c_array__ (pyarrow, polars, arro3, nanoarrow).
@@ -69,7 +70,7 @@ class QuantizedTensor:
     @property
     def symmetric(self) -> bool: ...
     @property
-    def method(self) -> _Method: ...
+    def method(self) -> Literal["rtn", "mse", "hqq"] | None: ...
     @property
     def scale_dtype(self) -> _ScaleDtype: ...
     @property
@@ -108,12 +109,13 @@ class ArrowQuantV2:
         weights: npt.NDArray[Any],
         bit_width: int = 4,
         group_size: _GroupSize | None = None,
-        symmetric: bool = False,
+        symmetric: bool | None = None,
         method: _Method = "auto",
-        scale_dtype: _ScaleDtype = "float16",
+        scale_dtype: _ScaleDtype | None = None,
         name: str = "weights",
         importance: npt.NDArray[np.float32] | None = None,
         channel_absmax: npt.ArrayLike | None = None,
+        layout: _Layout | None = None,
     ) -> QuantizedTensor: ...
     def quantize_batch(
         self,
@@ -124,6 +126,7 @@ class ArrowQuantV2:
         method: _Method | None = None,
         scale_dtype: _ScaleDtype | None = None,
         continue_on_error: bool = False,
+        layout: _Layout | None = None,
     ) -> BatchResult: ...
     def quantize_batch_with_progress(
         self,
@@ -135,6 +138,7 @@ class ArrowQuantV2:
         symmetric: bool | None = None,
         method: _Method | None = None,
         scale_dtype: _ScaleDtype | None = None,
+        layout: _Layout | None = None,
     ) -> BatchResult: ...
     def quantize_arrow(
         self,
@@ -144,6 +148,7 @@ class ArrowQuantV2:
         symmetric: bool | None = None,
         method: _Method | None = None,
         scale_dtype: _ScaleDtype | None = None,
+        layout: _Layout | None = None,
     ) -> pa.Table: ...
     def quantize_arrow_batch(
         self,
@@ -153,6 +158,7 @@ class ArrowQuantV2:
         symmetric: bool | None = None,
         method: _Method | None = None,
         scale_dtype: _ScaleDtype | None = None,
+        layout: _Layout | None = None,
     ) -> pa.RecordBatch: ...
     def dequantize_arrow(self, result: _ArrowInput) -> pa.Table: ...
     def to_arrow(self, tensors: Mapping[str, QuantizedTensor] | Iterable[QuantizedTensor]) -> pa.Table: ...
@@ -188,6 +194,7 @@ class DiffusionQuantConfig:
         *,
         profile: Literal["edge", "local", "cloud"] | None = None,
         bit_width: int | None = None,
+        layout: _Layout | None = None,
         group_size: _GroupSize | None = None,
         symmetric: bool | None = None,
         method: _Method | None = None,
@@ -215,7 +222,9 @@ class DiffusionQuantConfig:
     @property
     def bit_width(self) -> int: ...
     @property
-    def group_size(self) -> _GroupSize: ...
+    def layout(self) -> _Layout: ...
+    @property
+    def group_size(self) -> _GroupSize | None: ...
     @property
     def symmetric(self) -> bool: ...
     @property

@@ -2,29 +2,30 @@
 
 use crate::progress::Reporter;
 use crate::table::{print_report, print_rows};
-use crate::{Command, DiffusionArgs};
+use crate::{Command, DiffusionArgs, QuantArgs};
 use arrow_quant::arrow::result::read_results;
 use arrow_quant::diffusion::time_groups::{Smoothing, TimeGrouping};
 use arrow_quant::pipeline::{
     export_safetensors, quantize_model, validate_model, ExportDtype, ModelFile, OutputFormat,
     PipelineConfig,
 };
-use arrow_quant::{BitWidth, GroupSize, Method, QuantError, Result};
+use arrow_quant::{parse_group_size, QuantOptions, Result};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
-fn parse_group(text: &str) -> Result<GroupSize> {
-    if text == "per_channel" {
-        return Ok(GroupSize::PerChannel);
+/// The profile's quantization settings with the command-line options applied.
+fn apply_quant(config: &mut PipelineConfig, q: &QuantArgs) -> Result<()> {
+    let group_size = q.group_size.as_deref().map(parse_group_size).transpose()?;
+    config.quant = QuantOptions {
+        bits: q.bits,
+        layout: q.layout.as_deref(),
+        group_size,
+        symmetric: q.symmetric.then_some(true),
+        scale_dtype: q.scale_dtype.as_deref(),
+        method: q.method.as_deref(),
     }
-    let n: usize = text.parse().map_err(|_| {
-        QuantError::config(
-            "group_size",
-            format!("{text:?}"),
-            "32, 64, 128, 256 or per_channel",
-        )
-    })?;
-    GroupSize::elements(n)
+    .apply(config.quant)?;
+    Ok(())
 }
 
 fn apply_diffusion(config: &mut PipelineConfig, d: DiffusionArgs) -> Result<()> {
@@ -47,9 +48,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             input,
             output,
             profile,
-            bits,
-            group_size,
-            method,
+            quant,
             floor,
             fail_fast,
             format,
@@ -58,15 +57,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             diffusion,
         } => {
             let mut config = PipelineConfig::profile(&profile)?;
-            if let Some(b) = bits {
-                config.quant.bits = BitWidth::from_bits(b)?;
-            }
-            if let Some(g) = group_size {
-                config.quant.group_size = parse_group(&g)?;
-            }
-            if let Some(m) = method {
-                config.quant.method = m.parse::<Method>()?;
-            }
+            apply_quant(&mut config, &quant)?;
             if let Some(f) = floor {
                 config.quality_floor = f;
             }
@@ -135,8 +126,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 let results = read_results(std::slice::from_ref(&batch))?;
                 for r in &results {
                     let n: usize = r.shape.iter().product();
-                    let bytes =
-                        r.data.len() + r.scales.nbytes() + r.zero_points.map_or(0, |z| z.nbytes());
+                    // Every stored byte: codes, scales and zero points or block records, channel scales.
+                    let bytes = r.view().map_or(r.data.len(), |v| v.nbytes());
                     let bpw = if n == 0 {
                         0.0
                     } else {

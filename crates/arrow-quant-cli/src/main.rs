@@ -27,18 +27,12 @@ enum Command {
         input: PathBuf,
         /// The model file to write (appears only when the run succeeds)
         output: PathBuf,
-        /// Deployment profile: edge (INT2, group 256, floor 0.65), local (INT4, 128, 0.85), cloud (INT8, 64, 0.95)
+        /// Deployment profile: edge (INT2, flat groups of 256, floor 0.65), local (INT4, layout auto, 0.85),
+        /// cloud (INT8, flat groups of 64, 0.95)
         #[arg(long, default_value = "local")]
         profile: String,
-        /// First bit width tried: 2, 4 or 8 (overrides the profile)
-        #[arg(long)]
-        bits: Option<u32>,
-        /// Group size: 32, 64, 128, 256 or per_channel (overrides the profile)
-        #[arg(long)]
-        group_size: Option<String>,
-        /// Parameter search: auto, rtn, mse, hqq or two_level
-        #[arg(long)]
-        method: Option<String>,
+        #[command(flatten)]
+        quant: QuantArgs,
         /// Minimum cosine similarity per layer (overrides the profile)
         #[arg(long)]
         floor: Option<f64>,
@@ -85,6 +79,30 @@ enum Command {
         #[arg(long, default_value = "f16")]
         dtype: String,
     },
+}
+
+/// The encoding options of `quantize`; unset ones keep the profile's (see `QuantOptions` in the core).
+#[derive(Debug, clap::Args)]
+struct QuantArgs {
+    /// First bit width tried: 2, 4 or 8 (overrides the profile)
+    #[arg(long)]
+    bits: Option<u32>,
+    /// Encoding family: auto (two-level where rows fit, else flat), flat or two_level. Unset: flat when a flat
+    /// option or a flat method is given, else the profile's
+    #[arg(long)]
+    layout: Option<String>,
+    /// Flat layout: elements per group, 32, 64, 128, 256 or per_channel
+    #[arg(long)]
+    group_size: Option<String>,
+    /// Flat layout: symmetric groups (no zero point)
+    #[arg(long)]
+    symmetric: bool,
+    /// Flat layout: storage type of scales and zero points, float16 or float32
+    #[arg(long)]
+    scale_dtype: Option<String>,
+    /// Parameter search: auto (two-level's own search, mse on flat), rtn, mse or hqq
+    #[arg(long)]
+    method: Option<String>,
 }
 
 /// The diffusion-specific options of `quantize`.

@@ -6,6 +6,7 @@ use crate::json::to_python;
 use crate::options::{group_size_to_py, Overrides};
 use arrow_quant::diffusion::time_groups::{Smoothing, TimeGrouping};
 use arrow_quant::pipeline::{OutputFormat, PipelineConfig};
+use arrow_quant::Layout;
 use arrow_quant::QuantError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -22,7 +23,8 @@ pub struct PyDiffusionQuantConfig {
 impl PyDiffusionQuantConfig {
     /// Starts from `profile` ("edge", "local" (default) or "cloud") and applies every field given.
     #[new]
-    #[pyo3(signature = (*, profile = None, bit_width = None, group_size = None, symmetric = None, method = None,
+    #[pyo3(signature = (*, profile = None, bit_width = None, layout = None, group_size = None, symmetric = None,
+                        method = None,
                         scale_dtype = None, quality_floor = None, fail_fast = None, min_elements = None,
                         keep_patterns = None, keep_first_last = None, format = None, calibration_path = None,
                         enable_time_aware = None, num_time_groups = None, time_grouping = None,
@@ -32,6 +34,7 @@ impl PyDiffusionQuantConfig {
     fn new(
         profile: Option<&str>,
         bit_width: Option<i64>,
+        layout: Option<&str>,
         group_size: Option<&Bound<'_, PyAny>>,
         symmetric: Option<bool>,
         method: Option<&str>,
@@ -52,10 +55,17 @@ impl PyDiffusionQuantConfig {
         enable_spatial: Option<bool>,
         target_bits_per_weight: Option<f64>,
     ) -> Result<Self> {
+        // The settings start from a profile ("local" unless named), and record it, as the CLI does.
         let mut inner = PipelineConfig::profile(profile.unwrap_or("local"))?;
-        inner.profile = profile.map(str::to_string);
-        inner.quant = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype)
-            .apply(inner.quant)?;
+        inner.quant = Overrides::new(
+            bit_width,
+            layout,
+            group_size,
+            symmetric,
+            method,
+            scale_dtype,
+        )
+        .apply(inner.quant)?;
         if let Some(f) = quality_floor {
             inner.quality_floor = f;
         }
@@ -123,7 +133,7 @@ impl PyDiffusionQuantConfig {
         py.get_type::<Self>().call((), Some(&kwargs))
     }
 
-    /// The profile the settings started from, or None.
+    /// The profile the settings started from ("local" unless another was named).
     #[getter]
     fn profile(&self) -> Option<String> {
         self.inner.profile.clone()
@@ -135,16 +145,25 @@ impl PyDiffusionQuantConfig {
         self.inner.quant.bits.bits()
     }
 
-    /// Group size or "per_channel".
+    /// Encoding family: "auto" (two-level where rows fit, else flat), "flat" or "two_level".
     #[getter]
-    fn group_size<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        group_size_to_py(py, self.inner.quant.group_size)
+    fn layout(&self) -> &'static str {
+        self.inner.quant.layout.name()
     }
 
-    /// Symmetric quantization.
+    /// Group size ("per_channel" for one group per row) of the flat layout; None for "auto" and "two_level".
+    #[getter]
+    fn group_size<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.inner.quant.layout {
+            Layout::Flat(f) => group_size_to_py(py, f.group_size).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Symmetric groups (flat layout; False otherwise).
     #[getter]
     fn symmetric(&self) -> bool {
-        self.inner.quant.symmetric
+        self.inner.quant.flat().symmetric && matches!(self.inner.quant.layout, Layout::Flat(_))
     }
 
     /// Parameter search.
@@ -156,7 +175,7 @@ impl PyDiffusionQuantConfig {
     /// Storage type of scales.
     #[getter]
     fn scale_dtype(&self) -> &'static str {
-        self.inner.quant.scale_dtype.name()
+        self.inner.quant.scale_dtype().name()
     }
 
     /// Minimum cosine similarity per quantized layer.

@@ -1,13 +1,16 @@
-//! Python keyword arguments to a core `QuantConfig`, with `ConfigurationError`s that name the bad field.
+//! Python keyword arguments to a core `QuantConfig` (through the core's `QuantOptions`), with
+//! `ConfigurationError`s that name the bad field.
 
 use crate::errors::Result;
-use arrow_quant::{BitWidth, GroupSize, Method, QuantConfig, QuantError, ScaleDtype};
+use arrow_quant::{GroupSize, QuantConfig, QuantError, QuantOptions};
 use pyo3::prelude::*;
 
-/// Keyword overrides of a call; `None` keeps the quantizer's default.
+/// Keyword overrides of a call; `None` keeps the base setting. The rule that turns them into a config is the
+/// core's [`QuantOptions`], shared with the CLI.
 #[derive(Default)]
 pub struct Overrides<'a, 'py> {
     pub bit_width: Option<i64>,
+    pub layout: Option<&'a str>,
     pub group_size: Option<&'a Bound<'py, PyAny>>,
     pub symmetric: Option<bool>,
     pub method: Option<&'a str>,
@@ -18,6 +21,7 @@ impl<'a, 'py> Overrides<'a, 'py> {
     /// The overrides of one call, in the order of the keyword arguments.
     pub fn new(
         bit_width: Option<i64>,
+        layout: Option<&'a str>,
         group_size: Option<&'a Bound<'py, PyAny>>,
         symmetric: Option<bool>,
         method: Option<&'a str>,
@@ -25,6 +29,7 @@ impl<'a, 'py> Overrides<'a, 'py> {
     ) -> Self {
         Self {
             bit_width,
+            layout,
             group_size,
             symmetric,
             method,
@@ -32,39 +37,22 @@ impl<'a, 'py> Overrides<'a, 'py> {
         }
     }
 
-    /// Applies the overrides to `base`, validating each.
+    /// Applies the overrides to `base`, validating each and their combination.
     pub fn apply(&self, base: QuantConfig) -> Result<QuantConfig> {
-        let mut cfg = base;
-        if let Some(bits) = self.bit_width {
-            cfg.bits = u32::try_from(bits)
-                .map_err(|_| QuantError::config("bit_width", bits, "2, 4 or 8"))
-                .and_then(BitWidth::from_bits)?;
+        let bits = self
+            .bit_width
+            .map(|b| u32::try_from(b).map_err(|_| QuantError::config("bit_width", b, "2, 4 or 8")))
+            .transpose()?;
+        let group_size = self.group_size.map(parse_group_size).transpose()?;
+        Ok(QuantOptions {
+            bits,
+            layout: self.layout,
+            group_size,
+            symmetric: self.symmetric,
+            scale_dtype: self.scale_dtype,
+            method: self.method,
         }
-        if let Some(g) = self.group_size {
-            cfg.group_size = parse_group_size(g)?;
-        }
-        if let Some(s) = self.symmetric {
-            cfg.symmetric = s;
-        }
-        if let Some(m) = self.method {
-            cfg.method = m.parse::<Method>()?;
-        }
-        if let Some(d) = self.scale_dtype {
-            cfg.scale_dtype = d.parse::<ScaleDtype>()?;
-        }
-        if self.group_size.is_some() {
-            if cfg.method == Method::TwoLevel {
-                return Err(QuantError::config(
-                    "group_size",
-                    "a value with method=\"two_level\"",
-                    "None: two_level uses fixed sub-blocks (32 elements at 8 and 4 bits, 16 at 2 bits)",
-                )
-                .into());
-            }
-            // An explicit group size asks for the flat encoding: "auto" picks the best flat method.
-            cfg.method = cfg.method.resolve(true);
-        }
-        Ok(cfg)
+        .apply(base)?)
     }
 }
 

@@ -5,7 +5,8 @@ use crate::errors::{Error, Result};
 use crate::options::group_size_to_py;
 use arrow_quant::arrow::output::RowMeta;
 use arrow_quant::{
-    GroupSize, ParamBuffer, ParamSlice, Quality, QuantConfig, QuantizedView, SourceDtype,
+    Encoding, Family, GroupSize, Method, ParamBuffer, ParamSlice, Payload, PayloadRef, Quality,
+    QuantizedView, ScaleDtype, SourceDtype,
 };
 use half::f16;
 use numpy::{IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArray};
@@ -18,13 +19,16 @@ pub struct PyQuantizedTensor {
     name: String,
     shape: Vec<usize>,
     source_dtype: SourceDtype,
-    config: QuantConfig,
+    encoding: Encoding,
+    /// The flat search used; `None` for block encodings and tensors read from a file.
+    method: Option<Method>,
+    /// A flat tensor's group size, or a block encoding's sub-block length (the stored `group_size` column).
+    group_size: GroupSize,
     data: Py<PyArray1<u8>>,
     scales: Py<PyUntypedArray>,
     zero_points: Option<Py<PyUntypedArray>>,
     params: Option<Py<PyArray1<u8>>>,
     channel_scales: Option<Py<PyArray1<f32>>>,
-    encoding: &'static str,
     quality: Quality,
     nbytes: usize,
 }
@@ -86,18 +90,26 @@ impl PyQuantizedTensor {
     /// Moves a core result into Python: its buffers become numpy arrays without a copy.
     pub fn from_core(py: Python<'_>, q: arrow_quant::QuantizedTensor) -> Self {
         let nbytes = q.nbytes();
-        let encoding = q.encoding_name();
+        let view = q.view();
+        let group_size = view
+            .group_size()
+            .unwrap_or(GroupSize::Elements(q.encoding.info().block_len));
+        let (scales, zero_points, params) = match q.payload {
+            Payload::Flat(f) => (f.scales, f.zero_points, None),
+            Payload::Blocks(records) => (ParamBuffer::F16(Vec::new()), None, Some(records)),
+        };
         Self {
             name: q.name,
             shape: q.shape,
             source_dtype: q.source_dtype,
-            config: q.config,
+            encoding: q.encoding,
+            method: q.method,
+            group_size,
             data: q.data.into_pyarray(py).unbind(),
-            scales: params_to_numpy(py, q.scales),
-            zero_points: q.zero_points.map(|z| params_to_numpy(py, z)),
-            params: q.params.map(|p| p.into_pyarray(py).unbind()),
+            scales: params_to_numpy(py, scales),
+            zero_points: zero_points.map(|z| params_to_numpy(py, z)),
+            params: params.map(|p| p.into_pyarray(py).unbind()),
             channel_scales: q.channel_scales.map(|c| c.into_pyarray(py).unbind()),
-            encoding,
             quality: q.quality,
             nbytes,
         }
@@ -119,25 +131,33 @@ impl PyQuantizedTensor {
 
     /// The core view of this tensor over borrowed buffers.
     pub fn view<'a>(&'a self, b: &'a TensorBorrow<'_>) -> Result<QuantizedView<'a>> {
+        let slice = |a: &'a numpy::PyReadonlyArray1<'_, u8>| {
+            a.as_slice()
+                .map_err(|e| crate::errors::schema(&self.name, e))
+        };
+        let payload = match self.encoding.family() {
+            Family::Blocks => PayloadRef::Blocks(match &b.params {
+                Some(p) => slice(p)?,
+                None => {
+                    return Err(arrow_quant::QuantError::corrupt(
+                        &self.name,
+                        format!("{} has no params", self.encoding),
+                    )
+                    .into())
+                }
+            }),
+            Family::Flat => PayloadRef::Flat {
+                group_size: self.group_size,
+                scales: b.scales.slice(&self.name)?,
+                zero_points: b.zeros.as_ref().map(|z| z.slice(&self.name)).transpose()?,
+            },
+        };
         Ok(QuantizedView {
             name: &self.name,
             shape: &self.shape,
-            bits: self.config.bits,
-            group_size: self.config.group_size,
-            data: b
-                .data
-                .as_slice()
-                .map_err(|e| crate::errors::schema(&self.name, e))?,
-            scales: b.scales.slice(&self.name)?,
-            zero_points: b.zeros.as_ref().map(|z| z.slice(&self.name)).transpose()?,
-            params: b
-                .params
-                .as_ref()
-                .map(|p| {
-                    p.as_slice()
-                        .map_err(|e| crate::errors::schema(&self.name, e))
-                })
-                .transpose()?,
+            encoding: self.encoding,
+            data: slice(&b.data)?,
+            payload,
             channel_scales: b
                 .channel_scales
                 .as_ref()
@@ -150,14 +170,8 @@ impl PyQuantizedTensor {
     }
 
     /// The metadata of this tensor as a result row.
-    pub fn row_meta(&self) -> RowMeta<'_> {
-        RowMeta::quantized(
-            &self.name,
-            &self.shape,
-            self.source_dtype,
-            self.config,
-            self.quality,
-        )
+    pub fn row_meta<'a>(&self, view: &QuantizedView<'a>) -> RowMeta<'a> {
+        RowMeta::quantized(view, self.source_dtype, self.quality)
     }
 
     /// Dequantizes to a new array of the source shape, f32 or f16 (the GIL is released while the kernels run).
@@ -200,37 +214,41 @@ impl PyQuantizedTensor {
     /// Encoding: "int8", "int4", "int2" (flat) or "int8_2l", "int4_2l", "int2_2l" (two-level).
     #[getter]
     fn encoding(&self) -> &'static str {
-        self.encoding
+        self.encoding.name()
     }
 
     /// Bits per code (2, 4 or 8).
     #[getter]
     fn bits(&self) -> u32 {
-        self.config.bits.bits()
+        self.encoding.bits().bits()
     }
 
-    /// Elements per group, or "per_channel".
+    /// Elements per group, or "per_channel" (a two-level tensor's sub-block length).
     #[getter]
     fn group_size<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        group_size_to_py(py, self.config.group_size)
+        group_size_to_py(py, self.group_size)
     }
 
-    /// True when there is no zero point (codes centred on 2^(bits-1)).
+    /// True when there is no zero point (codes centred on 2^(bits-1)); False for two-level tensors.
     #[getter]
     fn symmetric(&self) -> bool {
-        self.config.symmetric
+        self.encoding.family() == Family::Flat && self.zero_points.is_none()
     }
 
-    /// Parameter-choice method: "rtn", "mse", "hqq" or "two_level" (never "auto": the resolved method).
+    /// The flat parameter search used: "rtn", "mse" or "hqq" (never "auto"); None for the two-level
+    /// encodings (they have one search of their own) and for tensors read back from a file (not stored).
     #[getter]
-    fn method(&self) -> &'static str {
-        self.config.method.name()
+    fn method(&self) -> Option<&'static str> {
+        self.method.map(Method::name)
     }
 
-    /// Storage type of scales and zero points: "float16" or "float32".
+    /// Storage type of scales and zero points: "float16" or "float32" (float16 for two-level records).
     #[getter]
-    fn scale_dtype(&self) -> &'static str {
-        self.config.scale_dtype.name()
+    fn scale_dtype(&self, py: Python<'_>) -> &'static str {
+        match ParamBorrow::new(&self.name, self.scales.bind(py)) {
+            Ok(ParamBorrow::F32(_)) => ScaleDtype::F32.name(),
+            _ => ScaleDtype::F16.name(),
+        }
     }
 
     /// Packed codes (uint8), ceil(n * bits / 8) bytes.
@@ -311,7 +329,7 @@ impl PyQuantizedTensor {
     }
 
     fn __repr__(&self) -> String {
-        let group = match self.config.group_size {
+        let group = match self.group_size {
             GroupSize::Elements(g) => g.to_string(),
             GroupSize::PerChannel => "'per_channel'".to_string(),
         };
@@ -331,7 +349,7 @@ impl PyQuantizedTensor {
             self.name,
             self.encoding,
             group,
-            if self.config.symmetric { "True" } else { "False" },
+            if self.symmetric() { "True" } else { "False" },
             self.bits_per_weight(),
             self.quality.cosine,
             self.quality.rel_mse
@@ -353,7 +371,7 @@ impl DequantTarget for f32 {
 
 impl DequantTarget for f16 {
     fn dequantize(view: &QuantizedView<'_>) -> arrow_quant::Result<Vec<Self>> {
-        let mut out = vec![f16::ZERO; view.layout().len()];
+        let mut out = vec![f16::ZERO; view.len()];
         view.dequantize_into_half(&mut out)?;
         Ok(out)
     }

@@ -254,16 +254,18 @@ impl ArrowQuantV2 {
     ///
     /// C-contiguous arrays are read in place; other layouts are copied once. The GIL is released while the
     /// kernels run.
-    /// `method="auto"` (the default) resolves per bit width (see README); `importance` is an optional float32
+    /// `layout` ("auto", "flat" or "two_level"; unset: "flat" when `group_size`, `symmetric`, `scale_dtype` or
+    /// a flat method is given, else "auto") and `method` ("auto", "rtn", "mse", "hqq") follow the README's rule;
+    /// an option the layout ignores is a `ConfigurationError`. `importance` is an optional float32
     /// vector with one non-negative weight per column of the 2-D view (e.g. mean squared input activations)
-    /// that weights the squared error of the `mse`, `hqq` and `two_level` searches.
+    /// that weights the squared error of the `mse`, `hqq` and two-level searches.
     /// `channel_absmax` (one activation magnitude per input channel, `shape[1]`; weights with ndim >= 2) turns
     /// on activation-aware channel scaling: columns are scaled by `a^alpha` (alpha searched on 0, 0.1, ..., 1.0
     /// to minimise the activation-weighted error), the scales are stored in `channel_scales` and undone by
     /// `dequantize`. It replaces `importance` (which it derives), so the two cannot be combined.
-    #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = false, method = "auto",
-                        scale_dtype = "float16", name = "weights", importance = None,
-                        channel_absmax = None))]
+    #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = None, method = "auto",
+                        scale_dtype = None, name = "weights", importance = None,
+                        channel_absmax = None, layout = None))]
     #[allow(clippy::too_many_arguments)]
     fn quantize<'py>(
         &self,
@@ -271,19 +273,21 @@ impl ArrowQuantV2 {
         weights: &Bound<'py, PyAny>,
         bit_width: i64,
         group_size: Option<&Bound<'py, PyAny>>,
-        symmetric: bool,
+        symmetric: Option<bool>,
         method: &str,
-        scale_dtype: &str,
+        scale_dtype: Option<&str>,
         name: &str,
         importance: Option<&Bound<'py, PyAny>>,
         channel_absmax: Option<&Bound<'py, PyAny>>,
+        layout: Option<&str>,
     ) -> Result<PyQuantizedTensor> {
         let config = Overrides::new(
             Some(bit_width),
+            layout,
             group_size,
-            Some(symmetric),
+            symmetric,
             Some(method),
-            Some(scale_dtype),
+            scale_dtype,
         )
         .apply(self.defaults)?;
         let layer = LayerInput::from_py(name.to_string(), weights)?;
@@ -317,7 +321,7 @@ impl ArrowQuantV2 {
     /// `QuantizedTensor`). Without `continue_on_error` the first failure is raised; with it, failed layers are
     /// left out of the dict and listed in `.errors`.
     #[pyo3(signature = (weights, bit_width = None, group_size = None, symmetric = None, method = None,
-                        scale_dtype = None, continue_on_error = false))]
+                        scale_dtype = None, continue_on_error = false, layout = None))]
     #[allow(clippy::too_many_arguments)]
     fn quantize_batch<'py>(
         &self,
@@ -329,8 +333,16 @@ impl ArrowQuantV2 {
         method: Option<&str>,
         scale_dtype: Option<&str>,
         continue_on_error: bool,
+        layout: Option<&str>,
     ) -> Result<Bound<'py, BatchResult>> {
-        let overrides = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype);
+        let overrides = Overrides::new(
+            bit_width,
+            layout,
+            group_size,
+            symmetric,
+            method,
+            scale_dtype,
+        );
         self.run_batch(py, weights, overrides, continue_on_error, None)
     }
 
@@ -338,7 +350,8 @@ impl ArrowQuantV2 {
     /// layer finishes (`fraction` is weighted by layer size). An exception raised by the callback stops the
     /// batch and propagates.
     #[pyo3(signature = (weights, bit_width = None, progress_callback = None, continue_on_error = false,
-                        group_size = None, symmetric = None, method = None, scale_dtype = None))]
+                        group_size = None, symmetric = None, method = None, scale_dtype = None,
+                        layout = None))]
     #[allow(clippy::too_many_arguments)]
     fn quantize_batch_with_progress<'py>(
         &self,
@@ -351,6 +364,7 @@ impl ArrowQuantV2 {
         symmetric: Option<bool>,
         method: Option<&str>,
         scale_dtype: Option<&str>,
+        layout: Option<&str>,
     ) -> Result<Bound<'py, BatchResult>> {
         if let Some(cb) = progress_callback {
             if !cb.is_callable() {
@@ -362,7 +376,14 @@ impl ArrowQuantV2 {
                 .into());
             }
         }
-        let overrides = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype);
+        let overrides = Overrides::new(
+            bit_width,
+            layout,
+            group_size,
+            symmetric,
+            method,
+            scale_dtype,
+        );
         self.run_batch(py, weights, overrides, continue_on_error, progress_callback)
     }
 
@@ -370,7 +391,7 @@ impl ArrowQuantV2 {
     /// RecordBatch or RecordBatchReader, polars DataFrame, ...), reading the weights in place; returns a pyarrow
     /// Table of the result schema whose buffers are the Rust output buffers.
     #[pyo3(signature = (table, bit_width = None, group_size = None, symmetric = None, method = None,
-                        scale_dtype = None))]
+                        scale_dtype = None, layout = None))]
     #[allow(clippy::too_many_arguments)]
     fn quantize_arrow<'py>(
         &self,
@@ -381,15 +402,23 @@ impl ArrowQuantV2 {
         symmetric: Option<bool>,
         method: Option<&str>,
         scale_dtype: Option<&str>,
+        layout: Option<&str>,
     ) -> Result<Bound<'py, PyAny>> {
-        let overrides = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype);
+        let overrides = Overrides::new(
+            bit_width,
+            layout,
+            group_size,
+            symmetric,
+            method,
+            scale_dtype,
+        );
         let (batches, config) = self.run_arrow(py, table, overrides, false)?;
-        to_pyarrow_table(py, batches, Arc::new(result_schema(config.scale_dtype)))
+        to_pyarrow_table(py, batches, Arc::new(result_schema(config.scale_dtype())))
     }
 
     /// Like `quantize_arrow`, returning one pyarrow RecordBatch.
     #[pyo3(signature = (record_batch, bit_width = None, group_size = None, symmetric = None, method = None,
-                        scale_dtype = None))]
+                        scale_dtype = None, layout = None))]
     #[allow(clippy::too_many_arguments)]
     fn quantize_arrow_batch<'py>(
         &self,
@@ -400,8 +429,16 @@ impl ArrowQuantV2 {
         symmetric: Option<bool>,
         method: Option<&str>,
         scale_dtype: Option<&str>,
+        layout: Option<&str>,
     ) -> Result<Bound<'py, PyAny>> {
-        let overrides = Overrides::new(bit_width, group_size, symmetric, method, scale_dtype);
+        let overrides = Overrides::new(
+            bit_width,
+            layout,
+            group_size,
+            symmetric,
+            method,
+            scale_dtype,
+        );
         let (mut batches, _) = self.run_arrow(py, record_batch, overrides, true)?;
         match batches.pop() {
             Some(batch) => to_pyarrow_batch(py, batch),
@@ -462,7 +499,11 @@ impl ArrowQuantV2 {
             .zip(&borrows)
             .map(|(t, b)| t.view(b))
             .collect::<Result<Vec<_>>>()?;
-        let metas: Vec<_> = tensors.iter().map(|t| t.row_meta()).collect();
+        let metas: Vec<_> = tensors
+            .iter()
+            .zip(&views)
+            .map(|(t, v)| t.row_meta(v))
+            .collect();
         let batch = tensors_to_batch(&metas, &views)?;
         let schema = batch.schema();
         to_pyarrow_table(py, vec![batch], schema)

@@ -22,7 +22,7 @@ pub fn _kernel_seconds<'py>(
     method: &str,
     repeats: usize,
 ) -> Result<f64> {
-    let config = Overrides::new(Some(bit_width), group_size, None, Some(method), None)
+    let config = Overrides::new(Some(bit_width), None, group_size, None, Some(method), None)
         .apply(QuantConfig::default())?;
     let layers = weights
         .iter()

@@ -1,6 +1,8 @@
 //! Criterion benches of the quantize and dequantize kernels on a 1024 x 4096 f32 tensor.
 
-use arrow_quant::{BitWidth, GroupSize, Method, QuantConfig, ScaleDtype, TensorData, TensorView};
+use arrow_quant::{
+    BitWidth, Encoding, FlatLayout, GroupSize, Layout, Method, QuantConfig, TensorData, TensorView,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 
@@ -32,13 +34,14 @@ fn bench(c: &mut Criterion) {
         for method in [Method::Rtn, Method::Mse] {
             let config = QuantConfig {
                 bits,
-                group_size: GroupSize::Elements(64),
-                symmetric: false,
+                layout: Layout::Flat(FlatLayout {
+                    group_size: GroupSize::Elements(64),
+                    ..FlatLayout::default()
+                }),
                 method,
-                scale_dtype: ScaleDtype::F16,
             };
             group.bench_function(
-                format!("{}-{}-g64", bits.encoding_name(), method.name()),
+                format!("{}-{}-g64", Encoding::flat(bits), method.name()),
                 |b| {
                     b.iter(|| {
                         arrow_quant::quantize_tensor(black_box(&view), &config)

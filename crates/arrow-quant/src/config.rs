@@ -1,4 +1,5 @@
-//! Quantization settings: bit width, grouping, symmetry, parameter-search method, scale storage type.
+//! Quantization settings: bit width, layout (auto, flat groups with their size / symmetry / scale type, or
+//! two-level), parameter-search method; and [`QuantOptions`], the one way user options become a config.
 
 use crate::error::{QuantError, Result};
 use std::fmt;
@@ -107,7 +108,7 @@ impl fmt::Display for GroupSize {
     }
 }
 
-/// How the scale and zero point of each group are chosen.
+/// How the scale and zero point of each group of a flat layout are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     /// Min/max round-to-nearest: one pass, fastest.
@@ -115,14 +116,10 @@ pub enum Method {
     /// Per-group search over shrunk clipping ranges for the least squared error; never worse than `Rtn`.
     Mse,
     /// Half-quadratic optimisation (HQQ) of each group's zero point and scale under a sparsity-promoting
-    /// `l_p` loss (p < 1), started from the `mse` choice and never worse than it. Flat encoding, float zero points.
+    /// `l_p` loss (p < 1), started from the `mse` choice and never worse than it. Float zero points.
     Hqq,
-    /// The two-level encoding (`int8_2l` / `int4_2l` / `int2_2l`, see `docs/FORMAT.md`): sub-blocks with small
-    /// quantized scales and minima inside super-blocks, chosen by an iterative least-squares search. The group
-    /// size is fixed by the bit width (32 elements at 8 and 4 bits, 16 at 2 bits); `group_size` is not used.
-    TwoLevel,
-    /// The best quality that stays at or above 1 GB/s on two threads: resolved per bit width by
-    /// [`Method::resolve`] before quantizing (never stored in a result).
+    /// Chosen per layout: the two-level encodings' own least-squares search, `mse` on a flat layout (see
+    /// [`crate::codec::Encoding`] and `Plan::for_tensor`). Never stored in a result.
     Auto,
 }
 
@@ -133,26 +130,7 @@ impl Method {
             Self::Rtn => "rtn",
             Self::Mse => "mse",
             Self::Hqq => "hqq",
-            Self::TwoLevel => "two_level",
             Self::Auto => "auto",
-        }
-    }
-
-    /// The concrete method `Auto` stands for (other methods are returned unchanged).
-    ///
-    /// `Auto` is `TwoLevel` at every bit width: measured on the standard 4096 x 4096 tensor
-    /// (benchmarks/bench_quality.py, two threads) it has the lowest error per stored bit of all methods
-    /// (int8_2l 2.32e-5 at 8.5 bits, int4_2l 4.97e-3 at 4.5, int2_2l 6.88e-2 at 2.625) and quantizes above
-    /// 1 GB/s (about 4.0, 1.5 and 1.4 GB/s under a load average of 2.6). `hqq` is better than `mse` but runs
-    /// at about 0.45 GB/s, below the 1 GB/s bar. When `flat_requested` (the caller asked for something only
-    /// the flat encodings have: an explicit group size, symmetric groups or float32 scales, or the rows are
-    /// short and of odd length, see [`crate::TwoLevelSpec::fits`]), `Auto` is `Mse`, the best flat method
-    /// at about 1 GB/s.
-    pub const fn resolve(self, flat_requested: bool) -> Self {
-        match self {
-            Self::Auto if flat_requested => Self::Mse,
-            Self::Auto => Self::TwoLevel,
-            other => other,
         }
     }
 }
@@ -164,12 +142,17 @@ impl FromStr for Method {
             "rtn" => Ok(Self::Rtn),
             "mse" => Ok(Self::Mse),
             "hqq" => Ok(Self::Hqq),
-            "two_level" => Ok(Self::TwoLevel),
             "auto" => Ok(Self::Auto),
+            "two_level" => Err(QuantError::config(
+                "method",
+                "\"two_level\"",
+                "\"auto\", \"rtn\", \"mse\" or \"hqq\": two-level is a layout (layout=\"two_level\", \
+                 --layout two_level), searched by method \"auto\"",
+            )),
             other => Err(QuantError::config(
                 "method",
                 format!("{other:?}"),
-                "\"auto\", \"rtn\", \"mse\", \"hqq\" or \"two_level\"",
+                "\"auto\", \"rtn\", \"mse\" or \"hqq\"",
             )),
         }
     }
@@ -217,29 +200,365 @@ impl FromStr for ScaleDtype {
     }
 }
 
+/// The group layout of the flat encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlatLayout {
+    /// Elements per group along the last axis of the 2-D view.
+    pub group_size: GroupSize,
+    /// Symmetric (no zero point, codes centred on `2^(bits-1)`) or asymmetric (scale and zero point).
+    pub symmetric: bool,
+    /// Storage type of scales and zero points.
+    pub scale_dtype: ScaleDtype,
+}
+
+impl Default for FlatLayout {
+    /// Groups of 128, asymmetric, float16 scales.
+    fn default() -> Self {
+        Self {
+            group_size: GroupSize::Elements(128),
+            symmetric: false,
+            scale_dtype: ScaleDtype::F16,
+        }
+    }
+}
+
+/// Which family of encodings a tensor is stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// The two-level encoding where the rows fit it and the method is `auto`, else the default flat layout.
+    Auto,
+    /// Flat groups with these settings.
+    Flat(FlatLayout),
+    /// The two-level encodings (`int8_2l` / `int4_2l` / `int2_2l`): fixed sub-blocks, searched by `auto`.
+    TwoLevel,
+}
+
+impl Layout {
+    /// `auto`, `flat` or `two_level`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Flat(_) => "flat",
+            Self::TwoLevel => "two_level",
+        }
+    }
+}
+
 /// Everything the kernels need to quantize one tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct QuantConfig {
     /// Code width.
     pub bits: BitWidth,
-    /// Group layout along the last axis.
-    pub group_size: GroupSize,
-    /// Symmetric (no zero point, codes centred on `2^(bits-1)`) or asymmetric (scale and zero point).
-    pub symmetric: bool,
+    /// Encoding family and, for flat, its group layout.
+    pub layout: Layout,
     /// Parameter choice.
     pub method: Method,
-    /// Storage type of scales and zero points.
-    pub scale_dtype: ScaleDtype,
 }
 
 impl Default for QuantConfig {
+    /// INT4, `auto` layout, `auto` method: `int4_2l` where rows fit.
     fn default() -> Self {
         Self {
             bits: BitWidth::Int4,
-            group_size: GroupSize::Elements(128),
-            symmetric: false,
+            layout: Layout::Auto,
             method: Method::Auto,
-            scale_dtype: ScaleDtype::F16,
         }
+    }
+}
+
+impl QuantConfig {
+    /// The flat settings in force: those of a flat layout, else the defaults (used where `auto` falls back).
+    pub fn flat(&self) -> FlatLayout {
+        match self.layout {
+            Layout::Flat(f) => f,
+            _ => FlatLayout::default(),
+        }
+    }
+
+    /// Storage type of scales (float16 unless a flat layout says float32).
+    pub fn scale_dtype(&self) -> ScaleDtype {
+        self.flat().scale_dtype
+    }
+
+    /// Checks combinations the types allow but the encodings do not: a two-level layout has one search.
+    pub fn validate(&self) -> Result<()> {
+        if self.layout == Layout::TwoLevel && self.method != Method::Auto {
+            return Err(QuantError::config(
+                "method",
+                format!("{:?} with layout \"two_level\"", self.method.name()),
+                "\"auto\": the two-level encodings have one least-squares search of their own \
+                 (or layout \"flat\" for rtn / mse / hqq)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings as JSON: what a run actually uses (flat settings only for a flat layout).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "bit_width": self.bits.bits(),
+            "layout": self.layout.name(),
+            "method": self.method.name(),
+        });
+        if let Layout::Flat(f) = self.layout {
+            v["group_size"] = f.group_size.to_string().into();
+            v["symmetric"] = f.symmetric.into();
+            v["scale_dtype"] = f.scale_dtype.name().into();
+        }
+        v
+    }
+}
+
+/// Quantization options as a user gives them (CLI flags, Python keywords): `None` keeps the base setting.
+///
+/// The one place that turns options into a [`QuantConfig`], so the CLI and Python agree:
+/// - `layout`: `auto`, `flat` or `two_level`. Unset, a flat option (`group_size`, `symmetric`, `scale_dtype`)
+///   or a flat method (`rtn`, `mse`, `hqq`) selects the flat layout; otherwise the base layout stays.
+/// - A flat option with layout `two_level` or `auto` is an error (they would ignore it), and so is a flat
+///   method with layout `two_level`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuantOptions<'a> {
+    /// Bits per code: 2, 4 or 8.
+    pub bits: Option<u32>,
+    /// `auto`, `flat` or `two_level`.
+    pub layout: Option<&'a str>,
+    /// Group size of the flat layout.
+    pub group_size: Option<GroupSize>,
+    /// Symmetric groups (flat layout).
+    pub symmetric: Option<bool>,
+    /// `float16` or `float32` scales (flat layout).
+    pub scale_dtype: Option<&'a str>,
+    /// `auto`, `rtn`, `mse` or `hqq`.
+    pub method: Option<&'a str>,
+}
+
+impl QuantOptions<'_> {
+    /// `base` with these options applied, validated.
+    pub fn apply(&self, base: QuantConfig) -> Result<QuantConfig> {
+        let bits = match self.bits {
+            Some(b) => BitWidth::from_bits(b)?,
+            None => base.bits,
+        };
+        let method = match self.method {
+            Some(m) => m.parse::<Method>()?,
+            None => base.method,
+        };
+        let scale_dtype = self.scale_dtype.map(str::parse::<ScaleDtype>).transpose()?;
+        let flat_option = [
+            self.group_size.map(|_| "group_size"),
+            self.symmetric.map(|_| "symmetric"),
+            scale_dtype.map(|_| "scale_dtype"),
+        ]
+        .into_iter()
+        .flatten()
+        .next();
+        let explicit = self.layout.map(parse_layout).transpose()?;
+        let kind = match explicit {
+            Some(kind) => kind,
+            None if flat_option.is_some() => LayoutKind::Flat,
+            None if self.method.is_some() && method != Method::Auto => LayoutKind::Flat,
+            None => match base.layout {
+                Layout::Auto => LayoutKind::Auto,
+                Layout::Flat(_) => LayoutKind::Flat,
+                Layout::TwoLevel => LayoutKind::TwoLevel,
+            },
+        };
+        if let (Some(option), LayoutKind::Auto | LayoutKind::TwoLevel) = (flat_option, kind) {
+            let name = if kind == LayoutKind::Auto {
+                "auto"
+            } else {
+                "two_level"
+            };
+            return Err(QuantError::config(
+                option,
+                format!("a value with layout \"{name}\""),
+                format!(
+                    "no {option}: layout \"{name}\" does not use it (layout \"flat\" does, and is chosen \
+                     when the layout is left unset)"
+                ),
+            ));
+        }
+        let layout = match kind {
+            LayoutKind::Auto if method != Method::Auto => Layout::Flat(base.flat()),
+            LayoutKind::Auto => Layout::Auto,
+            LayoutKind::TwoLevel => Layout::TwoLevel,
+            LayoutKind::Flat => {
+                let mut flat = base.flat();
+                if let Some(g) = self.group_size {
+                    flat.group_size = g;
+                }
+                if let Some(s) = self.symmetric {
+                    flat.symmetric = s;
+                }
+                if let Some(d) = scale_dtype {
+                    flat.scale_dtype = d;
+                }
+                Layout::Flat(flat)
+            }
+        };
+        let config = QuantConfig {
+            bits,
+            layout,
+            method,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayoutKind {
+    Auto,
+    Flat,
+    TwoLevel,
+}
+
+fn parse_layout(s: &str) -> Result<LayoutKind> {
+    match s {
+        "auto" => Ok(LayoutKind::Auto),
+        "flat" => Ok(LayoutKind::Flat),
+        "two_level" => Ok(LayoutKind::TwoLevel),
+        other => Err(QuantError::config(
+            "layout",
+            format!("{other:?}"),
+            "\"auto\", \"flat\" or \"two_level\"",
+        )),
+    }
+}
+
+/// Parses a group size as users write it: 32, 64, 128, 256, or `per_channel` (also `0` / `-1`).
+pub fn parse_group_size(text: &str) -> Result<GroupSize> {
+    match text {
+        "per_channel" | "0" | "-1" => Ok(GroupSize::PerChannel),
+        other => other
+            .parse::<usize>()
+            .map_err(|_| {
+                QuantError::config(
+                    "group_size",
+                    format!("{other:?}"),
+                    "32, 64, 128, 256 or \"per_channel\"",
+                )
+            })
+            .and_then(GroupSize::elements),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(o: QuantOptions<'_>) -> Result<QuantConfig> {
+        o.apply(QuantConfig::default())
+    }
+
+    #[test]
+    fn a_group_size_selects_the_flat_layout_whatever_its_value() {
+        for g in [64, 128] {
+            let c = apply(QuantOptions {
+                group_size: Some(GroupSize::Elements(g)),
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(
+                c.layout,
+                Layout::Flat(FlatLayout {
+                    group_size: GroupSize::Elements(g),
+                    ..Default::default()
+                })
+            );
+        }
+        let c = apply(QuantOptions {
+            method: Some("rtn"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (c.layout, c.method),
+            (Layout::Flat(FlatLayout::default()), Method::Rtn)
+        );
+        assert_eq!(
+            apply(QuantOptions::default()).unwrap(),
+            QuantConfig::default()
+        );
+    }
+
+    #[test]
+    fn options_the_layout_ignores_are_errors() {
+        for layout in ["two_level", "auto"] {
+            for o in [
+                QuantOptions {
+                    group_size: Some(GroupSize::Elements(64)),
+                    ..Default::default()
+                },
+                QuantOptions {
+                    symmetric: Some(true),
+                    ..Default::default()
+                },
+                QuantOptions {
+                    scale_dtype: Some("float32"),
+                    ..Default::default()
+                },
+            ] {
+                let err = apply(QuantOptions {
+                    layout: Some(layout),
+                    ..o
+                })
+                .unwrap_err();
+                assert!(matches!(err, QuantError::InvalidConfig { .. }), "{err}");
+            }
+        }
+        let err = apply(QuantOptions {
+            layout: Some("two_level"),
+            method: Some("hqq"),
+            ..Default::default()
+        });
+        assert!(err.unwrap_err().to_string().contains("two_level"));
+        assert!(apply(QuantOptions {
+            method: Some("two_level"),
+            ..Default::default()
+        })
+        .is_err());
+        assert!(apply(QuantOptions {
+            layout: Some("blocks"),
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn a_flat_base_keeps_its_settings_under_new_ones() {
+        let base = QuantConfig {
+            layout: Layout::Flat(FlatLayout {
+                group_size: GroupSize::Elements(256),
+                ..Default::default()
+            }),
+            ..QuantConfig::default()
+        };
+        let c = QuantOptions {
+            symmetric: Some(true),
+            ..Default::default()
+        }
+        .apply(base)
+        .unwrap();
+        assert_eq!(c.flat().group_size, GroupSize::Elements(256));
+        assert!(c.flat().symmetric);
+        let c = QuantOptions {
+            layout: Some("two_level"),
+            ..Default::default()
+        }
+        .apply(base)
+        .unwrap();
+        assert_eq!(c.layout, Layout::TwoLevel);
+    }
+
+    #[test]
+    fn group_sizes_parse_as_written() {
+        assert_eq!(
+            parse_group_size("per_channel").unwrap(),
+            GroupSize::PerChannel
+        );
+        assert_eq!(parse_group_size("64").unwrap(), GroupSize::Elements(64));
+        assert!(parse_group_size("100").is_err());
+        assert!(parse_group_size("x").is_err());
     }
 }

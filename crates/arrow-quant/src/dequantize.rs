@@ -1,48 +1,10 @@
-//! Dequantization: `(code - zero) * scale` per element (then divided by the channel scale of a channel-scaled
-//! tensor), parallel over chunks, to f32, f16 or bf16.
+//! Dequantization of any encoding, parallel over the codec's chunks, to f32, f16 or bf16; a channel-scaled
+//! tensor's values are divided by their channel scales on the way.
 
-use crate::config::BitWidth;
 use crate::error::{QuantError, Result};
-use crate::group::{self, GroupParams};
-use crate::layout::GroupLayout;
-use crate::packing::unpack_codes;
-use crate::quantized::{ParamSlice, QuantizedView};
-use crate::simd::multiversion;
+use crate::quantized::QuantizedView;
 use half::{bf16, f16};
 use rayon::prelude::*;
-
-/// The read-only inputs of one chunk: its packed codes and where its parameters start.
-struct ChunkSource<'a> {
-    packed: &'a [u8],
-    layout: GroupLayout,
-    bits: BitWidth,
-    scales: ParamSlice<'a>,
-    zeros: Option<ParamSlice<'a>>,
-    first_group: usize,
-}
-
-multiversion! {
-    /// Dequantizes one chunk of rows into `out`, unpacking through `codes`.
-    fn dequantize_chunk(src: &ChunkSource<'_>, codes: &mut [u8], out: &mut [f32]) -> () {
-        let n = out.len();
-        unpack_codes(src.packed, src.bits, &mut codes[..n]);
-        let implicit_zero = (1u32 << (src.bits.bits() - 1)) as f32;
-        let cols = src.layout.cols;
-        let mut g = src.first_group;
-        for (row_index, row) in out.chunks_mut(cols).enumerate() {
-            let row_offset = row_index * cols;
-            for (start, len) in src.layout.groups_in_row() {
-                let p = GroupParams {
-                    scale: src.scales.get(g),
-                    zero: src.zeros.map_or(implicit_zero, |z| z.get(g)),
-                };
-                let at = row_offset + start;
-                group::decode(&codes[at..at + len], p, &mut row[start..start + len]);
-                g += 1;
-            }
-        }
-    }
-}
 
 /// Divides `values`, the flat elements `start..start + values.len()` of a tensor whose 2-D view has `cols`
 /// columns, by their channel scales: column `c` belongs to input channel `c / (cols / scales.len())`, so a conv
@@ -92,9 +54,6 @@ impl DequantOutput for bf16 {
     }
 }
 
-/// Elements per parallel conversion chunk of the half-precision output of two-level tensors.
-const CONVERT_CHUNK: usize = 32 * 1024;
-
 #[derive(Default)]
 struct Scratch {
     codes: Vec<u8>,
@@ -102,74 +61,43 @@ struct Scratch {
 }
 
 impl QuantizedView<'_> {
-    /// The inputs of chunk `index` (chunks of `layout.chunk_rows()` rows).
-    fn chunk_source(&self, layout: GroupLayout, index: usize) -> ChunkSource<'_> {
-        ChunkSource {
-            packed: &self.data[index * layout.chunk_bytes(self.bits)..],
-            layout,
-            bits: self.bits,
-            scales: self.scales,
-            zeros: self.zero_points,
-            first_group: index * layout.chunk_rows() * layout.groups_per_row,
+    /// Decodes chunk `index` (of `chunk` elements) into `out` and divides out the channel scales.
+    fn decode_chunk(&self, index: usize, chunk: usize, codes: &mut Vec<u8>, out: &mut [f32]) {
+        self.encoding
+            .codec()
+            .dequantize_chunk(self, index, codes, out);
+        if let Some(s) = self.channel_scales {
+            divide_channels(
+                out,
+                index * chunk,
+                crate::tensor::rows_cols(self.shape).1,
+                s,
+            );
         }
     }
 
     /// Dequantizes into `out` (f32), which must hold exactly one value per element.
     pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
         self.check_output(out.len())?;
-        let cols = crate::tensor::rows_cols(self.shape).1;
-        if let Some(params) = self.params {
-            crate::quantize_two_level::dequantize_into(self, params, out);
-            if let Some(s) = self.channel_scales {
-                out.par_chunks_mut(CONVERT_CHUNK)
-                    .enumerate()
-                    .for_each(|(ci, v)| divide_channels(v, ci * CONVERT_CHUNK, cols, s));
-            }
-            return Ok(());
-        }
-        let layout = self.layout();
-        let chunk_elems = layout.chunk_rows() * layout.cols;
-        out.par_chunks_mut(chunk_elems).enumerate().for_each_init(
-            Scratch::default,
-            |scratch, (ci, chunk)| {
-                scratch.codes.resize(chunk.len(), 0);
-                dequantize_chunk(&self.chunk_source(layout, ci), &mut scratch.codes, chunk);
-                if let Some(s) = self.channel_scales {
-                    divide_channels(chunk, ci * chunk_elems, cols, s);
-                }
-            },
-        );
+        let chunk = self.encoding.codec().chunk_elements(self).max(1);
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(Vec::<u8>::new, |codes, (ci, piece)| {
+                self.decode_chunk(ci, chunk, codes, piece)
+            });
         Ok(())
     }
 
     /// Dequantizes into `out` as f16 or bf16 (rounded to nearest).
     pub fn dequantize_into_half<T: DequantOutput>(&self, out: &mut [T]) -> Result<()> {
         self.check_output(out.len())?;
-        if self.params.is_some() {
-            let mut values = crate::output::zeroed_f32(out.len());
-            self.dequantize_into(&mut values)?;
-            out.par_chunks_mut(CONVERT_CHUNK)
-                .zip(values.par_chunks(CONVERT_CHUNK))
-                .for_each(|(o, v)| T::from_f32_slice(v, o));
-            return Ok(());
-        }
-        let layout = self.layout();
-        let cols = crate::tensor::rows_cols(self.shape).1;
-        let chunk_elems = layout.chunk_rows() * layout.cols;
-        out.par_chunks_mut(chunk_elems).enumerate().for_each_init(
+        let chunk = self.encoding.codec().chunk_elements(self).max(1);
+        out.par_chunks_mut(chunk).enumerate().for_each_init(
             Scratch::default,
-            |scratch, (ci, chunk)| {
-                scratch.codes.resize(chunk.len(), 0);
-                scratch.values.resize(chunk.len(), 0.0);
-                dequantize_chunk(
-                    &self.chunk_source(layout, ci),
-                    &mut scratch.codes,
-                    &mut scratch.values,
-                );
-                if let Some(s) = self.channel_scales {
-                    divide_channels(&mut scratch.values, ci * chunk_elems, cols, s);
-                }
-                T::from_f32_slice(&scratch.values, chunk);
+            |scratch, (ci, piece)| {
+                scratch.values.resize(piece.len(), 0.0);
+                self.decode_chunk(ci, chunk, &mut scratch.codes, &mut scratch.values);
+                T::from_f32_slice(&scratch.values, piece);
             },
         );
         Ok(())

@@ -1,8 +1,10 @@
-//! A quantized tensor: packed codes, scales, zero points and quality figures; owned, or borrowed as a view.
+//! A quantized tensor: its encoding, packed codes, a payload of parameters (flat scales and zero points, or block
+//! records) and quality figures; owned, or borrowed as a view.
 
-use crate::config::{BitWidth, GroupSize, Method, QuantConfig, ScaleDtype};
+use crate::codec::flat::layout::GroupLayout;
+use crate::codec::Encoding;
+use crate::config::{GroupSize, Method, ScaleDtype};
 use crate::error::{QuantError, Result};
-use crate::layout::GroupLayout;
 use crate::tensor::SourceDtype;
 use half::f16;
 
@@ -117,6 +119,86 @@ impl Quality {
     }
 }
 
+/// Owned parameters of a flat tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatParams {
+    /// Elements per group along the last axis of the 2-D view.
+    pub group_size: GroupSize,
+    /// One scale per group, row by row.
+    pub scales: ParamBuffer,
+    /// One zero point per group (same storage type as the scales); `None` when symmetric.
+    pub zero_points: Option<ParamBuffer>,
+}
+
+/// The parameters of a quantized tensor, of the kind its encoding's family keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// Per-group scales and zero points of a flat encoding.
+    Flat(FlatParams),
+    /// The packed parameter records of a block encoding (two-level super-blocks, see `docs/FORMAT.md`).
+    Blocks(Vec<u8>),
+}
+
+/// Borrowed parameters of a quantized tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PayloadRef<'a> {
+    /// Per-group parameters of a flat encoding.
+    Flat {
+        /// Elements per group.
+        group_size: GroupSize,
+        /// One scale per group.
+        scales: ParamSlice<'a>,
+        /// One zero point per group; `None` for symmetric tensors (implicit zero `2^(bits-1)`).
+        zero_points: Option<ParamSlice<'a>>,
+    },
+    /// Parameter records of a block encoding.
+    Blocks(&'a [u8]),
+}
+
+impl Payload {
+    /// A borrowed view.
+    pub fn as_ref(&self) -> PayloadRef<'_> {
+        match self {
+            Self::Flat(p) => PayloadRef::Flat {
+                group_size: p.group_size,
+                scales: p.scales.as_slice(),
+                zero_points: p.zero_points.as_ref().map(ParamBuffer::as_slice),
+            },
+            Self::Blocks(records) => PayloadRef::Blocks(records),
+        }
+    }
+}
+
+impl PayloadRef<'_> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> Payload {
+        match *self {
+            Self::Flat {
+                group_size,
+                scales,
+                zero_points,
+            } => Payload::Flat(FlatParams {
+                group_size,
+                scales: scales.to_buffer(),
+                zero_points: zero_points.map(|z| z.to_buffer()),
+            }),
+            Self::Blocks(records) => Payload::Blocks(records.to_vec()),
+        }
+    }
+
+    /// Bytes of storage.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Self::Flat {
+                scales,
+                zero_points,
+                ..
+            } => scales.nbytes() + zero_points.map_or(0, |z| z.nbytes()),
+            Self::Blocks(records) => records.len(),
+        }
+    }
+}
+
 /// An owned quantized tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizedTensor {
@@ -126,17 +208,15 @@ pub struct QuantizedTensor {
     pub shape: Vec<usize>,
     /// Element type of the source tensor.
     pub source_dtype: SourceDtype,
-    /// The settings it was quantized with.
-    pub config: QuantConfig,
+    /// How the codes and parameters are stored.
+    pub encoding: Encoding,
+    /// The flat parameter search that chose the parameters (`rtn`, `mse`, `hqq`); `None` for block encodings
+    /// (they have one search of their own) and for tensors read back from a file (the method is not stored).
+    pub method: Option<Method>,
     /// Packed codes, `ceil(n * bits / 8)` bytes.
     pub data: Vec<u8>,
-    /// One scale per group, row by row.
-    pub scales: ParamBuffer,
-    /// One zero point per group; `None` when symmetric.
-    pub zero_points: Option<ParamBuffer>,
-    /// The packed super-block records of a two-level encoding (see `docs/FORMAT.md`); `None` for the flat
-    /// encodings. When present, `scales` is empty and `zero_points` is `None`.
-    pub params: Option<Vec<u8>>,
+    /// Scales and zero points, or block records.
+    pub payload: Payload,
     /// Activation-aware channel scales `s` (one per input channel, `shape[1]` values; see
     /// [`crate::diffusion::channel_scaling`]): the codes encode `w[i, c] * s[channel(c)]`, and dequantization
     /// divides by them. `None` for a plainly quantized tensor.
@@ -152,19 +232,16 @@ impl QuantizedTensor {
         QuantizedView {
             name: &self.name,
             shape: &self.shape,
-            bits: self.config.bits,
-            group_size: self.config.group_size,
+            encoding: self.encoding,
             data: &self.data,
-            scales: self.scales.as_slice(),
-            zero_points: self.zero_points.as_ref().map(ParamBuffer::as_slice),
-            params: self.params.as_deref(),
+            payload: self.payload.as_ref(),
             channel_scales: self.channel_scales.as_deref(),
         }
     }
 
     /// The encoding name: `int8` / `int4` / `int2` (flat) or `int8_2l` / `int4_2l` / `int2_2l` (two-level).
     pub fn encoding_name(&self) -> &'static str {
-        self.view().encoding_name()
+        self.encoding.name()
     }
 
     /// Number of elements.
@@ -177,19 +254,14 @@ impl QuantizedTensor {
         self.len() == 0
     }
 
-    /// Stored bytes: packed codes plus scales plus zero points plus two-level params plus channel scales.
+    /// Stored bytes: packed codes plus scales and zero points (or block records) plus channel scales.
     pub fn nbytes(&self) -> usize {
         self.view().nbytes()
     }
 
-    /// Stored bits per weight, counting scales and zero points.
+    /// Stored bits per weight, counting every parameter.
     pub fn bits_per_weight(&self) -> f64 {
         self.view().bits_per_weight()
-    }
-
-    /// The parameter-choice method used.
-    pub fn method(&self) -> Method {
-        self.config.method
     }
 }
 
@@ -200,38 +272,49 @@ pub struct QuantizedView<'a> {
     pub name: &'a str,
     /// Shape of the source tensor.
     pub shape: &'a [usize],
-    /// Code width.
-    pub bits: BitWidth,
-    /// Group layout.
-    pub group_size: GroupSize,
+    /// How the codes and parameters are stored.
+    pub encoding: Encoding,
     /// Packed codes.
     pub data: &'a [u8],
-    /// One scale per group.
-    pub scales: ParamSlice<'a>,
-    /// One zero point per group; `None` for symmetric tensors (implicit zero `2^(bits-1)`).
-    pub zero_points: Option<ParamSlice<'a>>,
-    /// Super-block records of a two-level encoding; `None` for flat encodings (then `scales` holds the
-    /// parameters). When present, `scales` must be empty and `zero_points` `None`.
-    pub params: Option<&'a [u8]>,
+    /// Scales and zero points, or block records.
+    pub payload: PayloadRef<'a>,
     /// Activation-aware channel scales, one per input channel (`shape[1]`), positive and finite; dequantized
     /// values are divided by the scale of their channel. `None` for a plainly quantized tensor.
     pub channel_scales: Option<&'a [f32]>,
 }
 
-impl QuantizedView<'_> {
-    /// Group geometry.
-    pub fn layout(&self) -> GroupLayout {
-        GroupLayout::new(self.shape, self.group_size)
-    }
-
-    /// The encoding name: `int8` / `int4` / `int2` (flat) or `int8_2l` / `int4_2l` / `int2_2l` (two-level).
-    pub fn encoding_name(&self) -> &'static str {
-        match self.params {
-            None => self.bits.encoding_name(),
-            Some(_) => crate::two_level::TwoLevelSpec::for_bits(self.bits).encoding_name(),
+impl<'a> QuantizedView<'a> {
+    /// Scales of a flat tensor; `None` for block encodings.
+    pub fn scales(&self) -> Option<ParamSlice<'a>> {
+        match self.payload {
+            PayloadRef::Flat { scales, .. } => Some(scales),
+            PayloadRef::Blocks(_) => None,
         }
     }
 
+    /// Zero points of an asymmetric flat tensor; `None` when symmetric and for block encodings.
+    pub fn zero_points(&self) -> Option<ParamSlice<'a>> {
+        match self.payload {
+            PayloadRef::Flat { zero_points, .. } => zero_points,
+            PayloadRef::Blocks(_) => None,
+        }
+    }
+
+    /// Parameter records of a block encoding; `None` for flat tensors.
+    pub fn params(&self) -> Option<&'a [u8]> {
+        match self.payload {
+            PayloadRef::Flat { .. } => None,
+            PayloadRef::Blocks(records) => Some(records),
+        }
+    }
+
+    /// Group geometry of a flat tensor; `None` for block encodings.
+    pub fn group_layout(&self) -> Option<GroupLayout> {
+        self.group_size().map(|g| GroupLayout::new(self.shape, g))
+    }
+}
+
+impl QuantizedView<'_> {
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
@@ -242,66 +325,44 @@ impl QuantizedView<'_> {
         self.len() == 0
     }
 
-    /// Checks that every buffer has the length its metadata implies (and that channel scales are positive and
-    /// finite).
+    /// Group size of a flat tensor; `None` for block encodings.
+    pub fn group_size(&self) -> Option<GroupSize> {
+        match self.payload {
+            PayloadRef::Flat { group_size, .. } => Some(group_size),
+            PayloadRef::Blocks(_) => None,
+        }
+    }
+
+    /// True for a flat tensor without zero points.
+    pub fn symmetric(&self) -> bool {
+        matches!(
+            self.payload,
+            PayloadRef::Flat {
+                zero_points: None,
+                ..
+            }
+        )
+    }
+
+    /// Storage type of the scales (float16 for block encodings, whose records hold float16 headers).
+    pub fn scale_dtype(&self) -> ScaleDtype {
+        match self.payload {
+            PayloadRef::Flat { scales, .. } => scales.dtype(),
+            PayloadRef::Blocks(_) => ScaleDtype::F16,
+        }
+    }
+
+    /// Checks that every buffer has the length its encoding and shape imply (and that channel scales are
+    /// positive and finite).
     pub fn validate(&self) -> Result<()> {
         self.validate_channel_scales()?;
-        let layout = self.layout();
-        let n = layout.len();
-        if let Some(params) = self.params {
-            let want = self.bits.packed_len(self.len());
-            if self.data.len() != want {
-                return Err(QuantError::corrupt(
-                    self.name,
-                    format!("data has {} bytes but needs {want}", self.data.len()),
-                ));
-            }
-            if !self.scales.is_empty() || self.zero_points.is_some() {
-                return Err(QuantError::corrupt(
-                    self.name,
-                    "a two-level tensor keeps its parameters in params: scales must be empty and \
-                     zero_points absent",
-                ));
-            }
-            return crate::quantize_two_level::validate(self, params);
-        }
-        let want = self.bits.packed_len(n);
-        if self.data.len() != want {
-            return Err(QuantError::corrupt(
-                self.name,
-                format!(
-                    "data has {} bytes but shape {:?} at {} bits needs {want}",
-                    self.data.len(),
-                    self.shape,
-                    self.bits.bits()
-                ),
-            ));
-        }
-        let groups = layout.num_groups();
-        if self.scales.len() != groups {
-            return Err(QuantError::corrupt(
-                self.name,
-                format!("{} scales but {groups} groups", self.scales.len()),
-            ));
-        }
-        if let Some(z) = self.zero_points {
-            if z.len() != groups {
-                return Err(QuantError::corrupt(
-                    self.name,
-                    format!("{} zero points but {groups} groups", z.len()),
-                ));
-            }
-        }
-        Ok(())
+        self.encoding.codec().validate(self)
     }
 
     /// Input channels of the tensor (`shape[1]`) and the columns of the 2-D view per channel (the product of
     /// the axes after the second: `kh * kw` for a conv kernel); `None` for a tensor with fewer than 2 axes.
     pub fn channel_geometry(&self) -> Option<(usize, usize)> {
-        match self.shape {
-            [_, channels, rest @ ..] => Some((*channels, rest.iter().product())),
-            _ => None,
-        }
+        channel_geometry(self.shape)
     }
 
     fn validate_channel_scales(&self) -> Result<()> {
@@ -339,16 +400,12 @@ impl QuantizedView<'_> {
         Ok(())
     }
 
-    /// Stored bytes: packed codes plus scales plus zero points plus two-level params plus channel scales.
+    /// Stored bytes: packed codes plus scales and zero points (or block records) plus channel scales.
     pub fn nbytes(&self) -> usize {
-        self.data.len()
-            + self.channel_scales.map_or(0, |s| s.len() * 4)
-            + self.scales.nbytes()
-            + self.zero_points.map_or(0, |z| z.nbytes())
-            + self.params.map_or(0, <[u8]>::len)
+        self.data.len() + self.payload.nbytes() + self.channel_scales.map_or(0, |s| s.len() * 4)
     }
 
-    /// Stored bits per weight, counting scales and zero points.
+    /// Stored bits per weight, counting every parameter.
     pub fn bits_per_weight(&self) -> f64 {
         let n: usize = self.shape.iter().product();
         if n == 0 {
@@ -356,5 +413,14 @@ impl QuantizedView<'_> {
         } else {
             self.nbytes() as f64 * 8.0 / n as f64
         }
+    }
+}
+
+/// Input channels of a tensor of `shape` (`shape[1]`) and the columns of its 2-D view per channel (the product
+/// of the axes after the second: `kh * kw` for a conv kernel); `None` for a tensor with fewer than 2 axes.
+pub fn channel_geometry(shape: &[usize]) -> Option<(usize, usize)> {
+    match shape {
+        [_, channels, rest @ ..] => Some((*channels, rest.iter().product())),
+        _ => None,
     }
 }

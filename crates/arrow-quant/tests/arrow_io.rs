@@ -8,7 +8,7 @@ use arrow_quant::arrow::output::RowEncoding;
 use arrow_quant::arrow::{
     dequantize_to_batch, quantize_to_batch, read_layers, read_results, tensors_to_batch,
 };
-use arrow_quant::{quantize_tensor, QuantConfig, QuantError, TensorData};
+use arrow_quant::{quantize_tensor, FlatLayout, Layout, QuantConfig, QuantError, TensorData};
 use std::sync::Arc;
 
 fn weights(n: usize, seed: u32) -> Vec<f32> {
@@ -96,13 +96,22 @@ fn fixed_size_list_and_symmetric_rows() {
     let layers = read_layers(std::slice::from_ref(&input)).unwrap();
     let views: Vec<_> = layers.iter().map(|l| l.view().unwrap()).collect();
     let cfg = QuantConfig {
-        symmetric: true,
+        layout: Layout::Flat(FlatLayout {
+            symmetric: true,
+            ..FlatLayout::default()
+        }),
         ..QuantConfig::default()
     };
     let result = quantize_to_batch(&views, &cfg).unwrap();
     let rows = read_results(std::slice::from_ref(&result)).unwrap();
-    assert!(rows.iter().all(|r| r.zero_points.is_none()
-        && matches!(r.encoding, RowEncoding::Quantized(c) if c.symmetric)));
+    assert!(rows.iter().all(|r| r.view().unwrap().symmetric()
+        && matches!(
+            r.encoding,
+            RowEncoding::Quantized {
+                symmetric: true,
+                ..
+            }
+        )));
     // Copying the rows into a new batch gives the same bytes.
     let metas: Vec<_> = rows.iter().map(|r| r.meta()).collect();
     let views: Vec<_> = rows.iter().map(|r| r.view().unwrap()).collect();

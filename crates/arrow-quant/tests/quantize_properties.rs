@@ -1,8 +1,8 @@
 //! Properties of whole-tensor quantization: error bounds, exact constants, packed sizes, dtypes, errors.
 
 use arrow_quant::{
-    BitWidth, GroupSize, Method, QuantConfig, QuantError, ScaleDtype, SourceDtype, TensorData,
-    TensorView,
+    BitWidth, FlatLayout, GroupSize, Layout, Method, QuantConfig, QuantError, ScaleDtype,
+    SourceDtype, TensorData, TensorView,
 };
 use half::{bf16, f16};
 use proptest::prelude::*;
@@ -10,11 +10,21 @@ use proptest::prelude::*;
 fn config(bits: BitWidth, group_size: GroupSize, symmetric: bool, method: Method) -> QuantConfig {
     QuantConfig {
         bits,
-        group_size,
-        symmetric,
+        layout: Layout::Flat(FlatLayout {
+            group_size,
+            symmetric,
+            scale_dtype: ScaleDtype::F16,
+        }),
         method,
-        scale_dtype: ScaleDtype::F16,
     }
+}
+
+/// `config` with float32 scales.
+fn with_f32_scales(mut cfg: QuantConfig) -> QuantConfig {
+    let mut flat = cfg.flat();
+    flat.scale_dtype = ScaleDtype::F32;
+    cfg.layout = Layout::Flat(flat);
+    cfg
 }
 
 fn quantize(shape: &[usize], w: &[f32], cfg: &QuantConfig) -> arrow_quant::QuantizedTensor {
@@ -24,14 +34,14 @@ fn quantize(shape: &[usize], w: &[f32], cfg: &QuantConfig) -> arrow_quant::Quant
 
 /// The scale and zero point of the group holding flat element `i`.
 fn params_of(q: &arrow_quant::QuantizedTensor, i: usize) -> (f64, f64) {
-    let layout = q.view().layout();
+    let view = q.view();
+    let layout = view.group_layout().expect("a flat tensor");
     let (row, col) = (i / layout.cols, i % layout.cols);
     let g = row * layout.groups_per_row + col / layout.group_len;
-    let scale = f64::from(q.view().scales.get(g));
-    let zero = q
-        .view()
-        .zero_points
-        .map_or(f64::from(1u32 << (q.config.bits.bits() - 1)), |z| {
+    let scale = f64::from(view.scales().expect("flat").get(g));
+    let zero = view
+        .zero_points()
+        .map_or(f64::from(1u32 << (q.encoding.bits().bits() - 1)), |z| {
             f64::from(z.get(g))
         });
     (scale, zero)
@@ -84,7 +94,7 @@ proptest! {
     #[test]
     fn symmetric_error_bound((shape, w) in tensor(), bits in width(), g in group()) {
         let q = quantize(&shape, &w, &config(bits, g, true, Method::Rtn));
-        prop_assert!(q.zero_points.is_none());
+        prop_assert!(q.view().zero_points().is_none() && q.view().symmetric());
         let back = q.view().dequantize().unwrap();
         let top = f64::from((1u32 << (bits.bits() - 1)) - 1);
         for (i, (&x, &y)) in w.iter().zip(&back).enumerate() {
@@ -102,7 +112,7 @@ proptest! {
         let rtn = quantize(&shape, &w, &config(bits, g, sym, Method::Rtn));
         let mse = quantize(&shape, &w, &config(bits, g, sym, Method::Mse));
         let (a, b) = (rtn.view().dequantize().unwrap(), mse.view().dequantize().unwrap());
-        let layout = rtn.view().layout();
+        let layout = rtn.view().group_layout().expect("flat");
         let mut err = vec![(0f64, 0f64); layout.num_groups()];
         for i in 0..w.len() {
             let (row, col) = (i / layout.cols, i % layout.cols);
@@ -155,11 +165,8 @@ fn constant_groups_are_exact() {
                         &w,
                         &config(bits, GroupSize::Elements(32), symmetric, method),
                     );
-                    assert!((0..q.scales.as_slice().len()).all(|i| q
-                        .view()
-                        .scales
-                        .get(i)
-                        .is_finite()));
+                    let scales = q.view().scales().expect("flat");
+                    assert!((0..scales.len()).all(|i| scales.get(i).is_finite()));
                     assert_eq!(
                         q.view().dequantize().unwrap(),
                         w,
@@ -171,10 +178,12 @@ fn constant_groups_are_exact() {
     }
     // With float32 scales any constant is exact.
     let w = vec![0.123_456_79f32; 64];
-    let cfg = QuantConfig {
-        scale_dtype: ScaleDtype::F32,
-        ..config(BitWidth::Int4, GroupSize::Elements(64), false, Method::Rtn)
-    };
+    let cfg = with_f32_scales(config(
+        BitWidth::Int4,
+        GroupSize::Elements(64),
+        false,
+        Method::Rtn,
+    ));
     assert_eq!(quantize(&[64], &w, &cfg).view().dequantize().unwrap(), w);
 }
 
@@ -218,10 +227,7 @@ fn float16_scale_overflow_suggests_float32() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("float32"), "{err}");
-    let cfg = QuantConfig {
-        scale_dtype: ScaleDtype::F32,
-        ..QuantConfig::default()
-    };
+    let cfg = with_f32_scales(QuantConfig::default());
     let q = arrow_quant::quantize_tensor(
         &TensorView::new("big", &[64], TensorData::F32(&w)).unwrap(),
         &cfg,

@@ -4,19 +4,35 @@
 //! than `rtn`.
 
 use arrow_quant::{
-    quantize_tensor_with, BitWidth, GroupSize, Method, QuantConfig, QuantError, QuantizedTensor,
-    ScaleDtype, TensorData, TensorView,
+    quantize_tensor_with, BitWidth, Encoding, FlatLayout, GroupSize, Layout, Method, PayloadRef,
+    QuantConfig, QuantError, QuantizedTensor, ScaleDtype, TensorData, TensorView,
 };
 use half::f16;
 use proptest::prelude::*;
 
+/// A flat layout with groups of 64.
 fn config(bits: BitWidth, method: Method) -> QuantConfig {
+    flat(bits, method, ScaleDtype::F16)
+}
+
+fn flat(bits: BitWidth, method: Method, scale_dtype: ScaleDtype) -> QuantConfig {
     QuantConfig {
         bits,
-        group_size: GroupSize::Elements(64),
-        symmetric: false,
+        layout: Layout::Flat(FlatLayout {
+            group_size: GroupSize::Elements(64),
+            symmetric: false,
+            scale_dtype,
+        }),
         method,
-        scale_dtype: ScaleDtype::F16,
+    }
+}
+
+/// The two-level layout.
+fn two_level(bits: BitWidth) -> QuantConfig {
+    QuantConfig {
+        bits,
+        layout: Layout::TwoLevel,
+        method: Method::Auto,
     }
 }
 
@@ -105,10 +121,10 @@ proptest! {
     /// dequantization bit for bit, nothing is NaN, and the reported error is the error of what is stored.
     #[test]
     fn any_shape_round_trips_exactly((shape, w) in tensor(), bits in width()) {
-        let q = quantize(&shape, &w, &config(bits, Method::TwoLevel), None);
-        let params = q.params.as_deref().expect("two-level tensors store params");
+        let q = quantize(&shape, &w, &two_level(bits), None);
+        let params = q.view().params().expect("two-level tensors store params");
         prop_assert_eq!(q.data.len(), bits.packed_len(w.len()));
-        prop_assert!(q.view().scales.is_empty() && q.zero_points.is_none());
+        prop_assert!(q.view().scales().is_none() && q.view().zero_points().is_none());
         let back = q.view().dequantize().unwrap();
         let reference = reference_decode(&shape, bits.bits(), &q.data, params);
         prop_assert!(back.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits()));
@@ -128,8 +144,8 @@ proptest! {
         // float32 scales for the widest ranges (float16 scales overflow above 65504 per step)
         let dtype = if wide { ScaleDtype::F32 } else { ScaleDtype::F16 };
         let w: Vec<f32> = if wide { w } else { w.iter().map(|x| x.clamp(-1e4, 1e4)).collect() };
-        let rtn = quantize(&shape, &w, &QuantConfig { scale_dtype: dtype, ..config(bits, Method::Rtn) }, None);
-        let hqq = quantize(&shape, &w, &QuantConfig { scale_dtype: dtype, ..config(bits, Method::Hqq) }, None);
+        let rtn = quantize(&shape, &w, &flat(bits, Method::Rtn, dtype), None);
+        let hqq = quantize(&shape, &w, &flat(bits, Method::Hqq, dtype), None);
         prop_assert!(hqq.quality.rel_mse <= rtn.quality.rel_mse * (1.0 + 1e-3) + 1e-12,
             "{} > {}", hqq.quality.rel_mse, rtn.quality.rel_mse);
     }
@@ -159,7 +175,7 @@ fn bits_per_weight_are_the_promised_ones() {
         (BitWidth::Int4, 4.5),
         (BitWidth::Int2, 2.625),
     ] {
-        let q = quantize(&[384, 384], &w, &config(bits, Method::TwoLevel), None);
+        let q = quantize(&[384, 384], &w, &two_level(bits), None);
         assert_eq!(q.bits_per_weight(), bpw, "{bits:?}");
         assert_eq!(q.encoding_name(), format!("int{}_2l", bits.bits()));
     }
@@ -170,9 +186,7 @@ fn two_level_beats_flat_methods_at_equal_bits() {
     let w = pseudo_normal(64 * 1024, 2);
     let shape = [64, 1024];
     for bits in [BitWidth::Int4, BitWidth::Int2] {
-        let two = quantize(&shape, &w, &config(bits, Method::TwoLevel), None)
-            .quality
-            .rel_mse;
+        let two = quantize(&shape, &w, &two_level(bits), None).quality.rel_mse;
         let mse = quantize(&shape, &w, &config(bits, Method::Mse), None)
             .quality
             .rel_mse;
@@ -204,13 +218,13 @@ fn importance_weights_the_objective() {
                 (we + f64::from(imp[i % cols]) * e, pe + e)
             })
     };
-    for (bits, method) in [
-        (BitWidth::Int4, Method::TwoLevel),
-        (BitWidth::Int2, Method::TwoLevel),
-        (BitWidth::Int4, Method::Mse),
-        (BitWidth::Int4, Method::Hqq),
+    for cfg in [
+        two_level(BitWidth::Int4),
+        two_level(BitWidth::Int2),
+        config(BitWidth::Int4, Method::Mse),
+        config(BitWidth::Int4, Method::Hqq),
     ] {
-        let cfg = config(bits, method);
+        let (bits, method) = (cfg.bits, cfg.method);
         let (w_plain, p_plain) = weighted(&quantize(&[rows, cols], &w, &cfg, None));
         let (w_imp, p_imp) = weighted(&quantize(&[rows, cols], &w, &cfg, Some(&imp)));
         assert!(
@@ -228,7 +242,7 @@ fn importance_weights_the_objective() {
 fn bad_importance_and_corrupt_params_are_errors() {
     let w = pseudo_normal(4 * 64, 4);
     let view = TensorView::new("t", &[4, 64], TensorData::F32(&w)).unwrap();
-    let cfg = config(BitWidth::Int4, Method::TwoLevel);
+    let cfg = two_level(BitWidth::Int4);
     let err = quantize_tensor_with(&view, &cfg, Some(&[1.0; 63])).unwrap_err();
     assert!(
         matches!(
@@ -242,17 +256,22 @@ fn bad_importance_and_corrupt_params_are_errors() {
     );
     let q = quantize(&[4, 64], &w, &cfg, None);
     let mut v = q.view();
-    let params = q.params.as_deref().unwrap();
-    v.params = Some(&params[1..]);
+    let params = q.view().params().unwrap();
+    v.payload = PayloadRef::Blocks(&params[1..]);
     assert!(matches!(v.dequantize(), Err(QuantError::Corrupt { .. })));
-    let sym = QuantConfig {
-        symmetric: true,
+    // A flat payload under a two-level encoding is refused too.
+    let flat_q = quantize(&[4, 64], &w, &config(BitWidth::Int4, Method::Rtn), None);
+    let mut v = q.view();
+    v.payload = flat_q.view().payload;
+    assert!(matches!(v.dequantize(), Err(QuantError::Corrupt { .. })));
+    let rtn = QuantConfig {
+        method: Method::Rtn,
         ..cfg
     };
     assert!(matches!(
-        quantize_tensor_with(&view, &sym, None),
+        quantize_tensor_with(&view, &rtn, None),
         Err(QuantError::InvalidConfig {
-            field: "symmetric",
+            field: "method",
             ..
         })
     ));
@@ -262,19 +281,13 @@ fn bad_importance_and_corrupt_params_are_errors() {
 fn constants_and_non_finite_values() {
     for c in [0.0f32, 1.5, -0.25, 3e4] {
         let w = vec![c; 3 * 100];
-        let q = quantize(
-            &[3, 100],
-            &w,
-            &config(BitWidth::Int2, Method::TwoLevel),
-            None,
-        );
+        let q = quantize(&[3, 100], &w, &two_level(BitWidth::Int2), None);
         assert_eq!(q.view().dequantize().unwrap(), w, "constant {c}");
     }
     let mut w = pseudo_normal(1000, 5);
     w[777] = f32::NAN;
     let view = TensorView::new("t", &[1000], TensorData::F32(&w)).unwrap();
-    let err =
-        quantize_tensor_with(&view, &config(BitWidth::Int4, Method::TwoLevel), None).unwrap_err();
+    let err = quantize_tensor_with(&view, &two_level(BitWidth::Int4), None).unwrap_err();
     assert!(
         matches!(err, QuantError::NonFinite { index: 777, .. }),
         "{err}"
@@ -282,22 +295,19 @@ fn constants_and_non_finite_values() {
 }
 
 #[test]
-fn auto_resolves_to_two_level_unless_a_flat_setting_is_asked_for() {
+fn auto_resolves_to_two_level_unless_the_layout_is_flat() {
     let w = pseudo_normal(8 * 256, 6);
     let auto = QuantConfig::default();
     assert_eq!(auto.method, Method::Auto);
     let q = quantize(&[8, 256], &w, &auto, None);
-    assert_eq!(
-        (q.method(), q.encoding_name()),
-        (Method::TwoLevel, "int4_2l")
-    );
+    assert_eq!((q.method, q.encoding), (None, Encoding::Int4TwoLevel));
     let short_rows = pseudo_normal(8 * 27, 7);
     let q = quantize(&[8, 27], &short_rows, &auto, None);
-    assert_eq!((q.method(), q.encoding_name()), (Method::Mse, "int4"));
+    assert_eq!((q.method, q.encoding), (Some(Method::Mse), Encoding::Int4));
     let flat = QuantConfig {
-        group_size: GroupSize::Elements(64),
+        layout: Layout::Flat(FlatLayout::default()),
         ..auto
     };
     let q = quantize(&[8, 256], &w, &flat, None);
-    assert_eq!((q.method(), q.encoding_name()), (Method::Mse, "int4"));
+    assert_eq!((q.method, q.encoding), (Some(Method::Mse), Encoding::Int4));
 }

@@ -5,12 +5,14 @@
 
 use super::buffers::offsets;
 use super::schema::{list_of, param_type, result_schema};
-use crate::config::{Method, QuantConfig, ScaleDtype};
+use crate::codec::Encoding;
+use crate::config::{GroupSize, QuantConfig, ScaleDtype};
 use crate::error::{QuantError, Result};
 use crate::quantize::quantize_tensor;
-use crate::quantized::{ParamBuffer, ParamSlice, Quality, QuantizedTensor, QuantizedView};
+use crate::quantized::{
+    FlatParams, ParamBuffer, ParamSlice, Payload, Quality, QuantizedTensor, QuantizedView,
+};
 use crate::tensor::{SourceDtype, TensorView};
-use crate::two_level::TwoLevelSpec;
 use arrow_array::builder::{ListBuilder, PrimitiveBuilder};
 use arrow_array::types::Int64Type;
 use arrow_array::{
@@ -19,15 +21,21 @@ use arrow_array::{
 };
 use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field};
-use half::f16;
 use rayon::prelude::*;
 use std::sync::Arc;
 
 /// How a row's `data` is stored.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RowEncoding {
-    /// Packed integer codes with scales (and zero points).
-    Quantized(QuantConfig),
+    /// Packed integer codes with their parameters, and what the `group_size` and `symmetric` columns say.
+    Quantized {
+        /// The encoding.
+        encoding: Encoding,
+        /// The `group_size` column: elements per group (0 = per channel), or a block encoding's sub-block length.
+        group_size: u32,
+        /// The `symmetric` column: true for flat groups without zero points.
+        symmetric: bool,
+    },
     /// The values themselves: `f16`, `bf16` or `f32` (a layer kept in 16-bit), or `raw` (a non-float tensor carried
     /// through unchanged), with their bit width.
     Plain {
@@ -39,33 +47,47 @@ pub enum RowEncoding {
 }
 
 impl RowEncoding {
+    /// The row encoding of a quantized tensor.
+    pub fn of(view: &QuantizedView<'_>) -> Self {
+        Self::Quantized {
+            encoding: view.encoding,
+            group_size: view
+                .group_size()
+                .map_or(view.encoding.info().block_len as u32, GroupSize::as_stored),
+            symmetric: view.symmetric(),
+        }
+    }
+
     /// The `encoding` column value.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Quantized(c) if c.method == Method::TwoLevel => {
-                TwoLevelSpec::for_bits(c.bits).encoding_name()
-            }
-            Self::Quantized(c) => c.bits.encoding_name(),
+            Self::Quantized { encoding, .. } => encoding.name(),
             Self::Plain { encoding, .. } => encoding,
         }
     }
 
     fn bits(&self) -> u8 {
         match self {
-            Self::Quantized(c) => c.bits.bits() as u8,
+            Self::Quantized { encoding, .. } => encoding.bits().bits() as u8,
             Self::Plain { bits, .. } => *bits,
         }
     }
 
     fn group_size(&self) -> u32 {
         match self {
-            Self::Quantized(c) => c.group_size.as_stored(),
+            Self::Quantized { group_size, .. } => *group_size,
             Self::Plain { .. } => 0,
         }
     }
 
     fn symmetric(&self) -> bool {
-        matches!(self, Self::Quantized(c) if c.symmetric)
+        matches!(
+            self,
+            Self::Quantized {
+                symmetric: true,
+                ..
+            }
+        )
     }
 }
 
@@ -86,35 +108,29 @@ pub struct RowMeta<'a> {
 
 impl<'a> RowMeta<'a> {
     /// The row of a quantized tensor.
-    pub fn quantized(
-        name: &'a str,
-        shape: &'a [usize],
-        dtype: SourceDtype,
-        config: QuantConfig,
-        quality: Quality,
-    ) -> Self {
+    pub fn quantized(view: &QuantizedView<'a>, dtype: SourceDtype, quality: Quality) -> Self {
         Self {
-            name,
-            shape,
+            name: view.name,
+            shape: view.shape,
             dtype: dtype.name(),
-            encoding: RowEncoding::Quantized(config),
+            encoding: RowEncoding::of(view),
             quality,
         }
     }
 }
 
 fn param_list(
-    values: ParamValues,
+    values: ParamBuffer,
     lens: &[usize],
     nulls: Option<NullBuffer>,
     column: &str,
 ) -> Result<ArrayRef> {
     let (item, array): (DataType, ArrayRef) = match values {
-        ParamValues::F16(v) => (
+        ParamBuffer::F16(v) => (
             DataType::Float16,
             Arc::new(Float16Array::new(ScalarBuffer::from(v), None)),
         ),
-        ParamValues::F32(v) => (
+        ParamBuffer::F32(v) => (
             DataType::Float32,
             Arc::new(Float32Array::new(ScalarBuffer::from(v), None)),
         ),
@@ -125,37 +141,9 @@ fn param_list(
     Ok(Arc::new(list))
 }
 
-/// Flat scales or zero points of all rows in their storage type.
-pub(crate) enum ParamValues {
-    F16(Vec<f16>),
-    F32(Vec<f32>),
-}
-
-impl From<ParamBuffer> for ParamValues {
-    fn from(p: ParamBuffer) -> Self {
-        match p {
-            ParamBuffer::F16(v) => Self::F16(v),
-            ParamBuffer::F32(v) => Self::F32(v),
-        }
-    }
-}
-
-impl ParamValues {
-    pub(crate) fn from_f32(values: Vec<f32>, dtype: ScaleDtype) -> Self {
-        match dtype {
-            ScaleDtype::F32 => Self::F32(values),
-            ScaleDtype::F16 => {
-                let mut out = vec![f16::ZERO; values.len()];
-                half::slice::HalfFloatSliceExt::convert_from_f32_slice(out.as_mut_slice(), &values);
-                Self::F16(out)
-            }
-        }
-    }
-}
-
 /// Zero points of all rows: the values, the count per row, and which rows have none (symmetric rows).
 pub(crate) struct ZeroColumn {
-    pub(crate) values: ParamValues,
+    pub(crate) values: ParamBuffer,
     pub(crate) lens: Vec<usize>,
     pub(crate) nulls: Option<NullBuffer>,
 }
@@ -167,7 +155,7 @@ pub(crate) struct RowBuffers {
     /// Bytes of `data` per row.
     data_lens: Vec<usize>,
     /// Scales of every row.
-    scales: ParamValues,
+    scales: ParamBuffer,
     /// Scales per row.
     group_lens: Vec<usize>,
     /// Zero points, when any row has them.
@@ -275,7 +263,7 @@ pub(crate) fn build_batch(
         },
         match channel_scales {
             Some(c) => param_list(
-                ParamValues::F32(c.values),
+                ParamBuffer::F32(c.values),
                 &c.lens,
                 c.nulls,
                 "channel_scales",
@@ -301,11 +289,12 @@ pub fn quantize_to_batch(layers: &[TensorView<'_>], config: &QuantConfig) -> Res
         .map(|l| quantize_tensor(l, config))
         .collect();
     let tensors = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let views: Vec<QuantizedView<'_>> = tensors.iter().map(QuantizedTensor::view).collect();
     let metas: Vec<RowMeta<'_>> = tensors
         .iter()
-        .map(|t| RowMeta::quantized(&t.name, &t.shape, t.source_dtype, t.config, t.quality))
+        .zip(&views)
+        .map(|(t, v)| RowMeta::quantized(v, t.source_dtype, t.quality))
         .collect();
-    let views: Vec<QuantizedView<'_>> = tensors.iter().map(QuantizedTensor::view).collect();
     tensors_to_batch(&metas, &views)
 }
 
@@ -313,17 +302,30 @@ fn param_f32(p: ParamSlice<'_>) -> impl Iterator<Item = f32> + '_ {
     (0..p.len()).map(move |i| p.get(i))
 }
 
+/// The scales, zero points and block records of a view (each `None` where its payload has none).
+fn parts<'a>(
+    v: &QuantizedView<'a>,
+) -> (
+    Option<ParamSlice<'a>>,
+    Option<ParamSlice<'a>>,
+    Option<&'a [u8]>,
+) {
+    (v.scales(), v.zero_points(), v.params())
+}
+
 /// Copies already-quantized tensors into one result batch (rows must share the scale storage type; symmetric
 /// rows get a null zero-point list, rows without channel scales a null `channel_scales`).
 pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Result<RecordBatch> {
-    let dtype = views.first().map_or(ScaleDtype::F16, |v| v.scales.dtype());
-    if let Some(v) = views.iter().find(|v| v.scales.dtype() != dtype) {
+    let dtype = views
+        .first()
+        .map_or(ScaleDtype::F16, QuantizedView::scale_dtype);
+    if let Some(v) = views.iter().find(|v| v.scale_dtype() != dtype) {
         return Err(QuantError::column(
             "scales",
             format!(
                 "tensor '{}' stores {} scales but the batch stores {}; convert them separately",
                 v.name,
-                v.scales.dtype().name(),
+                v.scale_dtype().name(),
                 dtype.name()
             ),
         ));
@@ -331,53 +333,43 @@ pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Re
     for v in views {
         v.validate()?;
     }
+    let parts: Vec<_> = views.iter().map(parts).collect();
     let data_lens: Vec<usize> = views.iter().map(|v| v.data.len()).collect();
-    let group_lens: Vec<usize> = views.iter().map(|v| v.scales.len()).collect();
+    let group_lens: Vec<usize> = parts.iter().map(|p| p.0.map_or(0, |s| s.len())).collect();
     let mut data = Vec::with_capacity(data_lens.iter().sum());
     views.iter().for_each(|v| data.extend_from_slice(v.data));
-    let scales: Vec<f32> = views.iter().flat_map(|v| param_f32(v.scales)).collect();
-    let zeros = views
+    let scales: Vec<f32> = parts
         .iter()
-        .any(|v| v.zero_points.is_some())
-        .then(|| ZeroColumn {
-            values: ParamValues::from_f32(
-                views
-                    .iter()
-                    .filter_map(|v| v.zero_points)
-                    .flat_map(param_f32)
-                    .collect(),
-                dtype,
-            ),
-            lens: views
+        .filter_map(|p| p.0)
+        .flat_map(param_f32)
+        .collect();
+    let zeros = parts.iter().any(|p| p.1.is_some()).then(|| ZeroColumn {
+        values: ParamBuffer::from_f32(
+            parts
                 .iter()
-                .map(|v| v.zero_points.map_or(0, |z| z.len()))
+                .filter_map(|p| p.1)
+                .flat_map(param_f32)
                 .collect(),
-            nulls: Some(NullBuffer::from(
-                views
-                    .iter()
-                    .map(|v| v.zero_points.is_some())
-                    .collect::<Vec<_>>(),
-            )),
-        });
-    let params = views
-        .iter()
-        .any(|v| v.params.is_some())
-        .then(|| ParamsColumn {
-            values: views
-                .iter()
-                .filter_map(|v| v.params)
-                .flatten()
-                .copied()
-                .collect(),
-            lens: views
-                .iter()
-                .map(|v| v.params.map_or(0, <[u8]>::len))
-                .collect(),
-            nulls: Some(NullBuffer::from(
-                views.iter().map(|v| v.params.is_some()).collect::<Vec<_>>(),
-            )),
-        });
-    let scales = ParamValues::from_f32(scales, dtype);
+            dtype,
+        ),
+        lens: parts.iter().map(|p| p.1.map_or(0, |z| z.len())).collect(),
+        nulls: Some(NullBuffer::from(
+            parts.iter().map(|p| p.1.is_some()).collect::<Vec<_>>(),
+        )),
+    });
+    let params = parts.iter().any(|p| p.2.is_some()).then(|| ParamsColumn {
+        values: parts
+            .iter()
+            .filter_map(|p| p.2)
+            .flatten()
+            .copied()
+            .collect(),
+        lens: parts.iter().map(|p| p.2.map_or(0, <[u8]>::len)).collect(),
+        nulls: Some(NullBuffer::from(
+            parts.iter().map(|p| p.2.is_some()).collect::<Vec<_>>(),
+        )),
+    });
+    let scales = ParamBuffer::from_f32(scales, dtype);
     let channel_scales = ChannelScalesColumn::of(views.iter().map(|v| v.channel_scales));
     build_batch(
         rows,
@@ -396,23 +388,42 @@ pub fn tensors_to_batch(rows: &[RowMeta<'_>], views: &[QuantizedView<'_>]) -> Re
 
 /// A one-row batch that takes over a quantized tensor's buffers (no copy).
 pub fn tensor_batch(q: QuantizedTensor) -> Result<RecordBatch> {
+    let view = q.view();
+    let dtype = view.scale_dtype();
+    let stored = RowEncoding::of(&view);
     let QuantizedTensor {
         name,
         shape,
         source_dtype,
-        config,
         data,
-        scales,
-        zero_points,
-        params,
+        payload,
         channel_scales,
         quality,
+        ..
     } = q;
-    let meta = RowMeta::quantized(&name, &shape, source_dtype, config, quality);
+    let meta = RowMeta {
+        name: &name,
+        shape: &shape,
+        dtype: source_dtype.name(),
+        encoding: stored,
+        quality,
+    };
+    let (scales, zeros, params) = match payload {
+        Payload::Flat(FlatParams {
+            scales,
+            zero_points,
+            ..
+        }) => (scales, zero_points, None),
+        Payload::Blocks(records) => (
+            ParamBuffer::from_f32(Vec::new(), dtype),
+            None,
+            Some(records),
+        ),
+    };
     let group_lens = vec![scales.as_slice().len()];
-    let zeros = zero_points.map(|z| ZeroColumn {
+    let zeros = zeros.map(|z| ZeroColumn {
         lens: vec![z.as_slice().len()],
-        values: z.into(),
+        values: z,
         nulls: None,
     });
     let params = params.map(|p| ParamsColumn {
@@ -423,7 +434,7 @@ pub fn tensor_batch(q: QuantizedTensor) -> Result<RecordBatch> {
     let buffers = RowBuffers {
         data_lens: vec![data.len()],
         data,
-        scales: scales.into(),
+        scales,
         group_lens,
         zeros,
         params,
@@ -433,7 +444,7 @@ pub fn tensor_batch(q: QuantizedTensor) -> Result<RecordBatch> {
             nulls: None,
         }),
     };
-    build_batch(std::slice::from_ref(&meta), config.scale_dtype, buffers)
+    build_batch(std::slice::from_ref(&meta), dtype, buffers)
 }
 
 /// Quantizes `layers` in parallel into one result batch per layer, each taking over its tensor's buffers (no
@@ -456,7 +467,7 @@ pub fn plain_batch(
     scale_dtype: ScaleDtype,
 ) -> Result<RecordBatch> {
     let len = bytes.len();
-    let empty = ParamValues::from_f32(Vec::new(), scale_dtype);
+    let empty = ParamBuffer::from_f32(Vec::new(), scale_dtype);
     let buffers = RowBuffers {
         data: bytes,
         data_lens: vec![len],

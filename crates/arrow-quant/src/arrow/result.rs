@@ -1,16 +1,20 @@
-//! Result batches read back: rows as borrowed quantized views, and dequantized to a weights table.
+//! Result batches read back: rows as borrowed quantized views, and dequantized to a weights table. A row's
+//! encoding is parsed by name through the encoding table and its buffers validated by the encoding's codec.
 
 use super::buffers::{offsets, split_mut};
 use super::output::{RowEncoding, RowMeta};
 use super::schema::col;
-use crate::config::{BitWidth, GroupSize, Method, QuantConfig};
+use crate::codec::{Encoding, Family};
+use crate::config::GroupSize;
 use crate::error::{QuantError, Result};
-use crate::quantized::{ParamSlice, Quality, QuantizedView};
+use crate::quantized::{ParamSlice, PayloadRef, Quality, QuantizedTensor, QuantizedView};
 use crate::tensor::SourceDtype;
-use crate::two_level::TwoLevelSpec;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Float64Type, Int64Type, UInt32Type, UInt8Type};
-use arrow_array::{Array, ArrayRef, ListArray, RecordBatch};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float64Array, LargeBinaryArray, ListArray, PrimitiveArray,
+    RecordBatch, StringArray,
+};
 use arrow_buffer::ScalarBuffer;
 use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
@@ -25,16 +29,12 @@ pub struct ResultRow<'a> {
     pub shape: Vec<usize>,
     /// Source dtype name.
     pub dtype: &'a str,
-    /// How the data is stored (for quantized rows the method is not stored and reads as `rtn`).
+    /// How the data is stored.
     pub encoding: RowEncoding,
     /// Packed codes, or the plain values' bytes.
     pub data: &'a [u8],
-    /// Scales (empty for plain rows).
-    pub scales: ParamSlice<'a>,
-    /// Zero points (None when symmetric, two-level or plain).
-    pub zero_points: Option<ParamSlice<'a>>,
-    /// Two-level parameter block (None for flat and plain rows).
-    pub params: Option<&'a [u8]>,
+    /// Scales and zero points or block records (None for plain rows).
+    pub payload: Option<PayloadRef<'a>>,
     /// Activation-aware channel scales, one per input channel (None for rows quantized without them).
     pub channel_scales: Option<&'a [f32]>,
     /// Stored fidelity figures.
@@ -55,23 +55,21 @@ impl ResultRow<'_> {
 
     /// The quantized view of this row; an error for a plain row.
     pub fn view(&self) -> Result<QuantizedView<'_>> {
-        match self.encoding {
-            RowEncoding::Quantized(config) => Ok(QuantizedView {
+        match (self.encoding, self.payload) {
+            (RowEncoding::Quantized { encoding, .. }, Some(payload)) => Ok(QuantizedView {
                 name: self.name,
                 shape: &self.shape,
-                bits: config.bits,
-                group_size: config.group_size,
+                encoding,
                 data: self.data,
-                scales: self.scales,
-                zero_points: self.zero_points,
-                params: self.params,
+                payload,
                 channel_scales: self.channel_scales,
             }),
-            RowEncoding::Plain { encoding, .. } => Err(QuantError::column(
+            _ => Err(QuantError::column(
                 col::ENCODING,
                 format!(
-                    "tensor '{}' is stored as {encoding}, not quantized",
-                    self.name
+                    "tensor '{}' is stored as {}, not quantized",
+                    self.name,
+                    self.encoding.name()
                 ),
             )),
         }
@@ -91,7 +89,7 @@ impl ResultRow<'_> {
             )
         };
         match self.encoding {
-            RowEncoding::Quantized(_) => self.view()?.dequantize_into(out),
+            RowEncoding::Quantized { .. } => self.view()?.dequantize_into(out),
             RowEncoding::Plain {
                 encoding: "f32", ..
             } => {
@@ -134,28 +132,23 @@ impl ResultRow<'_> {
         }
     }
 
-    /// An owned copy of a quantized row as a quantized tensor; an error for a plain row.
-    pub fn to_tensor(&self) -> Result<crate::quantized::QuantizedTensor> {
-        let RowEncoding::Quantized(config) = self.encoding else {
-            return Err(self
-                .view()
-                .err()
-                .unwrap_or_else(|| QuantError::corrupt(self.name, "not quantized")));
-        };
+    /// An owned copy of a quantized row as a quantized tensor (its method reads as unknown: files do not store
+    /// it); an error for a plain row.
+    pub fn to_tensor(&self) -> Result<QuantizedTensor> {
+        let view = self.view()?;
         let source_dtype = match self.dtype {
             "f16" => SourceDtype::F16,
             "bf16" => SourceDtype::BF16,
             _ => SourceDtype::F32,
         };
-        Ok(crate::quantized::QuantizedTensor {
+        Ok(QuantizedTensor {
             name: self.name.to_string(),
             shape: self.shape.clone(),
             source_dtype,
-            config,
+            encoding: view.encoding,
+            method: None,
             data: self.data.to_vec(),
-            scales: self.scales.to_buffer(),
-            zero_points: self.zero_points.map(|z| z.to_buffer()),
-            params: self.params.map(<[u8]>::to_vec),
+            payload: view.payload.to_owned(),
             channel_scales: self.channel_scales.map(<[f32]>::to_vec),
             quality: self.quality,
         })
@@ -243,195 +236,167 @@ fn is_param_list(t: &DataType) -> bool {
     matches!(t, DataType::List(f) if matches!(f.data_type(), DataType::Float16 | DataType::Float32))
 }
 
-/// Reads the rows of result batches (the schema of `schema::result_schema`), validating types and sizes.
-pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
-    let mut rows = Vec::new();
-    let mut row_base = 0;
-    for batch in batches {
-        let names = get(batch, col::NAME, "utf8")?;
-        expect_type(
-            names,
-            col::NAME,
-            names.data_type() == &DataType::Utf8,
-            "utf8",
-        )?;
-        let shapes = get(batch, col::SHAPE, "list<int64>")?;
-        expect_type(
-            shapes,
-            col::SHAPE,
-            matches!(shapes.data_type(), DataType::List(f) if f.data_type() == &DataType::Int64),
-            "list<int64>",
-        )?;
-        let params_col = get(batch, col::PARAMS, "large_binary")?;
-        expect_type(
-            params_col,
-            col::PARAMS,
-            params_col.data_type() == &DataType::LargeBinary,
-            "large_binary",
-        )?;
-        let params_col = params_col.as_binary::<i64>();
-        let encodings = get(batch, col::ENCODING, "utf8")?;
-        expect_type(
-            encodings,
-            col::ENCODING,
-            encodings.data_type() == &DataType::Utf8,
-            "utf8",
-        )?;
-        let encodings = encodings.as_string::<i32>();
-        let dtypes = get(batch, col::DTYPE, "utf8")?;
-        expect_type(
-            dtypes,
-            col::DTYPE,
-            dtypes.data_type() == &DataType::Utf8,
-            "utf8",
-        )?;
-        let bits = get(batch, col::BITS, "uint8")?;
-        expect_type(
-            bits,
-            col::BITS,
-            bits.data_type() == &DataType::UInt8,
-            "uint8",
-        )?;
-        let groups = get(batch, col::GROUP_SIZE, "uint32")?;
-        expect_type(
-            groups,
-            col::GROUP_SIZE,
-            groups.data_type() == &DataType::UInt32,
-            "uint32",
-        )?;
-        let symmetric = get(batch, col::SYMMETRIC, "bool")?;
-        expect_type(
-            symmetric,
-            col::SYMMETRIC,
-            symmetric.data_type() == &DataType::Boolean,
-            "bool",
-        )?;
-        let data = get(batch, col::DATA, "large_binary")?;
-        expect_type(
-            data,
-            col::DATA,
-            data.data_type() == &DataType::LargeBinary,
-            "large_binary",
-        )?;
-        let scales = get(batch, col::SCALES, "list<float16>")?;
-        expect_type(
-            scales,
-            col::SCALES,
-            is_param_list(scales.data_type()),
-            "list<float16 | float32>",
-        )?;
-        let zeros = get(batch, col::ZERO_POINTS, "list<float16>")?;
-        expect_type(
-            zeros,
-            col::ZERO_POINTS,
-            is_param_list(zeros.data_type()),
-            "list<float16 | float32>",
-        )?;
-        let channel_scales = channel_scales_column(batch)?;
-        let cosine = get(batch, col::COSINE, "float64")?;
-        expect_type(
-            cosine,
-            col::COSINE,
-            cosine.data_type() == &DataType::Float64,
-            "float64",
-        )?;
-        let rel_mse = get(batch, col::REL_MSE, "float64")?;
-        expect_type(
-            rel_mse,
-            col::REL_MSE,
-            rel_mse.data_type() == &DataType::Float64,
-            "float64",
-        )?;
-        let (names, shapes, dtypes) = (
-            names.as_string::<i32>(),
-            shapes.as_list::<i32>(),
-            dtypes.as_string::<i32>(),
-        );
-        let (bits, groups) = (
-            bits.as_primitive::<UInt8Type>(),
-            groups.as_primitive::<UInt32Type>(),
-        );
-        let (symmetric, data) = (symmetric.as_boolean(), data.as_binary::<i64>());
-        let (scales, zeros) = (scales.as_list::<i32>(), zeros.as_list::<i32>());
-        let (cosine, rel_mse) = (
-            cosine.as_primitive::<Float64Type>(),
-            rel_mse.as_primitive::<Float64Type>(),
-        );
-        for r in 0..batch.num_rows() {
-            let at = row_base + r;
-            if names.is_null(r) {
-                return Err(QuantError::column(
-                    col::NAME,
-                    format!("row {at} has a null name"),
-                ));
+/// A column of `batch` by name, checked by `is_type` (`expected` names the type in errors).
+fn column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    expected: &str,
+    is_type: impl Fn(&DataType) -> bool,
+) -> Result<&'a ArrayRef> {
+    let array = get(batch, name, expected)?;
+    expect_type(array, name, is_type(array.data_type()), expected)?;
+    Ok(array)
+}
+
+/// The typed columns of one result batch.
+struct Columns<'a> {
+    names: &'a StringArray,
+    shapes: &'a ListArray,
+    params: &'a LargeBinaryArray,
+    encodings: &'a StringArray,
+    dtypes: &'a StringArray,
+    bits: &'a PrimitiveArray<UInt8Type>,
+    groups: &'a PrimitiveArray<UInt32Type>,
+    symmetric: &'a BooleanArray,
+    data: &'a LargeBinaryArray,
+    scales: &'a ListArray,
+    zeros: &'a ListArray,
+    channel_scales: Option<&'a ListArray>,
+    cosine: &'a Float64Array,
+    rel_mse: &'a Float64Array,
+}
+
+impl<'a> Columns<'a> {
+    fn of(batch: &'a RecordBatch) -> Result<Self> {
+        let is = |t: DataType| move |d: &DataType| d == &t;
+        let list_of =
+            |t: DataType| move |d: &DataType| matches!(d, DataType::List(f) if f.data_type() == &t);
+        Ok(Self {
+            names: column(batch, col::NAME, "utf8", is(DataType::Utf8))?.as_string::<i32>(),
+            shapes: column(batch, col::SHAPE, "list<int64>", list_of(DataType::Int64))?
+                .as_list::<i32>(),
+            params: column(
+                batch,
+                col::PARAMS,
+                "large_binary",
+                is(DataType::LargeBinary),
+            )?
+            .as_binary::<i64>(),
+            encodings: column(batch, col::ENCODING, "utf8", is(DataType::Utf8))?.as_string::<i32>(),
+            dtypes: column(batch, col::DTYPE, "utf8", is(DataType::Utf8))?.as_string::<i32>(),
+            bits: column(batch, col::BITS, "uint8", is(DataType::UInt8))?
+                .as_primitive::<UInt8Type>(),
+            groups: column(batch, col::GROUP_SIZE, "uint32", is(DataType::UInt32))?
+                .as_primitive::<UInt32Type>(),
+            symmetric: column(batch, col::SYMMETRIC, "bool", is(DataType::Boolean))?.as_boolean(),
+            data: column(batch, col::DATA, "large_binary", is(DataType::LargeBinary))?
+                .as_binary::<i64>(),
+            scales: column(batch, col::SCALES, "list<float16 | float32>", is_param_list)?
+                .as_list::<i32>(),
+            zeros: column(
+                batch,
+                col::ZERO_POINTS,
+                "list<float16 | float32>",
+                is_param_list,
+            )?
+            .as_list::<i32>(),
+            channel_scales: channel_scales_column(batch)?,
+            cosine: column(batch, col::COSINE, "float64", is(DataType::Float64))?
+                .as_primitive::<Float64Type>(),
+            rel_mse: column(batch, col::REL_MSE, "float64", is(DataType::Float64))?
+                .as_primitive::<Float64Type>(),
+        })
+    }
+
+    /// Row `r` (`at` is its index over all batches, for messages).
+    fn row(&self, r: usize, at: usize) -> Result<ResultRow<'a>> {
+        if self.names.is_null(r) {
+            return Err(QuantError::column(
+                col::NAME,
+                format!("row {at} has a null name"),
+            ));
+        }
+        let name = self.names.value(r);
+        let shape = self
+            .shapes
+            .value(r)
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| {
+                QuantError::column(
+                    col::SHAPE,
+                    format!("tensor '{name}' has a negative dimension"),
+                )
+            })?;
+        let dtype = self.dtypes.value(r);
+        let bits = self.bits.value(r);
+        let encoding_name = self.encodings.value(r);
+        let (encoding, payload) = match plain_encoding(encoding_name, bits) {
+            Some(plain) => (plain, None),
+            None => {
+                let (encoding, payload) = self.quantized(r, name, dtype, encoding_name)?;
+                (encoding, Some(payload))
             }
-            let name = names.value(r);
-            let shape_values = shapes.value(r);
-            let shape = shape_values
-                .as_primitive::<Int64Type>()
-                .values()
-                .iter()
-                .map(|&d| usize::try_from(d))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|_| {
-                    QuantError::column(
-                        col::SHAPE,
-                        format!("tensor '{name}' has a negative dimension"),
-                    )
-                })?;
-            let dtype = dtypes.value(r);
-            let encoding_name = encodings.value(r);
-            let scale_slice = param_slice(scales, r, col::SCALES)?;
-            let two_level = encoding_name.ends_with("_2l");
-            let encoding = if let Some(plain) = plain_encoding(encoding_name, bits.value(r)) {
-                plain
-            } else if two_level {
-                let width = BitWidth::from_bits(u32::from(bits.value(r))).map_err(|_| {
-                    QuantError::column(
-                        col::BITS,
-                        format!("tensor '{name}': {} bits is not 2, 4 or 8", bits.value(r)),
-                    )
-                })?;
-                let spec = TwoLevelSpec::for_bits(width);
-                if spec.encoding_name() != encoding_name {
+        };
+        let row = ResultRow {
+            name,
+            shape,
+            dtype,
+            encoding,
+            data: self.data.value(r),
+            payload,
+            channel_scales: channel_scales_of(self.channel_scales, r),
+            quality: Quality {
+                cosine: self.cosine.value(r),
+                rel_mse: self.rel_mse.value(r),
+            },
+        };
+        if payload.is_some() {
+            row.view()?.validate()?;
+        }
+        Ok(row)
+    }
+
+    /// The encoding and parameters of quantized row `r`.
+    fn quantized(
+        &self,
+        r: usize,
+        name: &str,
+        dtype: &str,
+        encoding_name: &str,
+    ) -> Result<(RowEncoding, PayloadRef<'a>)> {
+        let encoding: Encoding = encoding_name.parse().map_err(|e: QuantError| {
+            QuantError::column(col::ENCODING, format!("tensor '{name}': {e}"))
+        })?;
+        let bits = self.bits.value(r);
+        if u32::from(bits) != encoding.bits().bits() {
+            return Err(QuantError::column(
+                col::BITS,
+                format!("tensor '{name}': {bits} bits does not match encoding {encoding_name:?}"),
+            ));
+        }
+        if !matches!(dtype, "f32" | "f16" | "bf16") {
+            return Err(QuantError::column(
+                col::DTYPE,
+                format!("tensor '{name}': quantized from unknown dtype {dtype:?}"),
+            ));
+        }
+        let (group, symmetric) = (self.groups.value(r), self.symmetric.value(r));
+        let payload = match encoding.family() {
+            Family::Blocks => {
+                if self.params.is_null(r) {
                     return Err(QuantError::column(
-                        col::ENCODING,
-                        format!(
-                            "tensor '{name}': encoding {encoding_name:?} does not match {} bits",
-                            width.bits()
-                        ),
+                        col::PARAMS,
+                        format!("tensor '{name}' is {encoding_name} but has no params"),
                     ));
                 }
-                RowEncoding::Quantized(QuantConfig {
-                    bits: width,
-                    group_size: GroupSize::Elements(spec.sub_len),
-                    symmetric: false,
-                    method: Method::TwoLevel,
-                    scale_dtype: scale_slice.dtype(),
-                })
-            } else {
-                if !matches!(dtype, "f32" | "f16" | "bf16") {
-                    return Err(QuantError::column(
-                        col::DTYPE,
-                        format!("tensor '{name}': quantized from unknown dtype {dtype:?}"),
-                    ));
-                }
-                let width = BitWidth::from_bits(u32::from(bits.value(r))).map_err(|_| {
-                    QuantError::column(
-                        col::BITS,
-                        format!("tensor '{name}': {} bits is not 2, 4 or 8", bits.value(r)),
-                    )
-                })?;
-                if width.encoding_name() != encoding_name {
-                    return Err(QuantError::column(
-                        col::ENCODING,
-                        format!(
-                            "tensor '{name}': encoding {encoding_name:?} does not match {} bits",
-                            width.bits()
-                        ),
-                    ));
-                }
-                let group_size = match groups.value(r) {
+                PayloadRef::Blocks(self.params.value(r))
+            }
+            Family::Flat => {
+                let group_size = match group {
                     0 => GroupSize::PerChannel,
                     g => GroupSize::elements(g as usize).map_err(|_| {
                         QuantError::column(
@@ -440,59 +405,40 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
                         )
                     })?,
                 };
-                RowEncoding::Quantized(QuantConfig {
-                    bits: width,
+                let zero_points = match (symmetric, self.zeros.is_null(r)) {
+                    (true, _) => None,
+                    (false, false) => Some(param_slice(self.zeros, r, col::ZERO_POINTS)?),
+                    (false, true) => {
+                        return Err(QuantError::column(
+                            col::ZERO_POINTS,
+                            format!("tensor '{name}' is asymmetric but has no zero points"),
+                        ))
+                    }
+                };
+                PayloadRef::Flat {
                     group_size,
-                    symmetric: symmetric.value(r),
-                    method: Method::Rtn,
-                    scale_dtype: scale_slice.dtype(),
-                })
-            };
-            let quantized_asym =
-                matches!(encoding, RowEncoding::Quantized(c) if !c.symmetric && !two_level);
-            let params = if two_level {
-                if params_col.is_null(r) {
-                    return Err(QuantError::column(
-                        col::PARAMS,
-                        format!("tensor '{name}' is {encoding_name} but has no params"),
-                    ));
+                    scales: param_slice(self.scales, r, col::SCALES)?,
+                    zero_points,
                 }
-                Some(params_col.value(r))
-            } else {
-                None
-            };
-            let zero_slice = if quantized_asym && !zeros.is_null(r) {
-                Some(param_slice(zeros, r, col::ZERO_POINTS)?)
-            } else {
-                None
-            };
-            if quantized_asym && zero_slice.is_none() {
-                return Err(QuantError::column(
-                    col::ZERO_POINTS,
-                    format!("tensor '{name}' is asymmetric but has no zero points"),
-                ));
             }
-            let row = ResultRow {
-                name,
-                shape,
-                dtype,
-                encoding,
-                data: data.value(r),
-                scales: scale_slice,
-                zero_points: zero_slice,
-                params,
-                channel_scales: channel_scales_of(channel_scales, r),
-                quality: Quality {
-                    cosine: cosine.value(r),
-                    rel_mse: rel_mse.value(r),
-                },
-            };
-            if matches!(encoding, RowEncoding::Quantized(_)) {
-                row.view()?.validate()?;
-            }
-            rows.push(row);
+        };
+        let stored = RowEncoding::Quantized {
+            encoding,
+            group_size: group,
+            symmetric,
+        };
+        Ok((stored, payload))
+    }
+}
+
+/// Reads the rows of result batches (the schema of `schema::result_schema`), validating types and sizes.
+pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let columns = Columns::of(batch)?;
+        for r in 0..batch.num_rows() {
+            rows.push(columns.row(r, rows.len())?);
         }
-        row_base += batch.num_rows();
     }
     Ok(rows)
 }

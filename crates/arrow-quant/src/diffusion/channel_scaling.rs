@@ -48,16 +48,16 @@ pub struct ChannelScalingReport {
 
 /// Input channels (`shape[1]`) and 2-D view columns per channel of a tensor with at least 2 axes.
 fn channel_geometry(view: &TensorView<'_>) -> Result<(usize, usize)> {
-    match view.shape {
-        [_, channels, rest @ ..] => Ok((*channels, rest.iter().product())),
-        shape => Err(QuantError::schema(
+    crate::quantized::channel_geometry(view.shape).ok_or_else(|| {
+        QuantError::schema(
             view.name,
             format!(
                 "channel scaling needs a weight with at least 2 axes (input channels = shape[1]), got shape \
-                 {shape:?}; quantize 1-D tensors without channel_absmax"
+                 {:?}; quantize 1-D tensors without channel_absmax",
+                view.shape
             ),
-        )),
-    }
+        )
+    })
 }
 
 /// Checks `channel_absmax` against the tensor: one finite, non-negative value per input channel, not all zero.
@@ -378,7 +378,7 @@ mod tests {
     use super::*;
     use crate::arrow::output::RowMeta;
     use crate::arrow::{dequantize_to_batch, read_results, tensor_batch, tensors_to_batch};
-    use crate::config::{BitWidth, Method};
+    use crate::config::{BitWidth, Layout, Method};
     use crate::quantize::quantize_tensor;
     use half::f16;
 
@@ -414,10 +414,15 @@ mod tests {
     /// Every (method, width) pair the scaling must work with.
     fn all_configs() -> Vec<QuantConfig> {
         let mut out = Vec::new();
-        for method in [Method::Rtn, Method::Mse, Method::Hqq, Method::TwoLevel] {
-            for bits in [BitWidth::Int2, BitWidth::Int4, BitWidth::Int8] {
+        for bits in [BitWidth::Int2, BitWidth::Int4, BitWidth::Int8] {
+            for method in [Method::Rtn, Method::Mse, Method::Hqq] {
                 out.push(config(bits, method));
             }
+            out.push(QuantConfig {
+                bits,
+                layout: Layout::TwoLevel,
+                method: Method::Auto,
+            });
         }
         out
     }
@@ -549,9 +554,10 @@ mod tests {
         rows[0].dequantize_into(&mut out).unwrap();
         assert_eq!(out, want);
 
-        let metas = [&q, &plain]
-            .map(|t| RowMeta::quantized(&t.name, &t.shape, t.source_dtype, t.config, t.quality));
-        let both = tensors_to_batch(&metas, &[q.view(), plain.view()]).unwrap();
+        let views = [q.view(), plain.view()];
+        let metas = [(&q, &views[0]), (&plain, &views[1])]
+            .map(|(t, v)| RowMeta::quantized(v, t.source_dtype, t.quality));
+        let both = tensors_to_batch(&metas, &views).unwrap();
         let rows = read_results(std::slice::from_ref(&both)).unwrap();
         assert_eq!(rows[0].channel_scales, q.channel_scales.as_deref());
         assert_eq!(rows[1].channel_scales, None);

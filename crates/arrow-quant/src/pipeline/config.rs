@@ -1,7 +1,7 @@
 //! Settings of a whole-model run: the kernel config, the layer policy, the quality floor and fallback, the output
 //! format; deployment profiles `edge`, `local`, `cloud`.
 
-use crate::config::{BitWidth, GroupSize, Method, QuantConfig, ScaleDtype};
+use crate::config::{BitWidth, FlatLayout, GroupSize, Layout, Method, QuantConfig};
 use crate::diffusion::time_groups::TimeAwareConfig;
 use crate::error::{QuantError, Result};
 use std::path::PathBuf;
@@ -92,13 +92,19 @@ impl PipelineConfig {
     /// Names of the deployment profiles.
     pub const PROFILES: [&'static str; 3] = ["edge", "local", "cloud"];
 
-    /// A deployment profile: `edge` (INT2 first, group 256, floor 0.65), `local` (INT4, group 128, floor 0.85),
-    /// `cloud` (INT8, group 64, floor 0.95).
+    /// A deployment profile: `edge` (INT2 first, flat groups of 256, floor 0.65), `local` (INT4, layout `auto`:
+    /// `int4_2l` where rows fit, floor 0.85), `cloud` (INT8, flat groups of 64, floor 0.95); method `auto`.
     pub fn profile(name: &str) -> Result<Self> {
-        let (bits, group, floor) = match name {
-            "edge" => (BitWidth::Int2, 256, 0.65),
-            "local" => (BitWidth::Int4, 128, 0.85),
-            "cloud" => (BitWidth::Int8, 64, 0.95),
+        let flat = |group| {
+            Layout::Flat(FlatLayout {
+                group_size: GroupSize::Elements(group),
+                ..FlatLayout::default()
+            })
+        };
+        let (bits, layout, floor) = match name {
+            "edge" => (BitWidth::Int2, flat(256), 0.65),
+            "local" => (BitWidth::Int4, Layout::Auto, 0.85),
+            "cloud" => (BitWidth::Int8, flat(64), 0.95),
             other => {
                 return Err(QuantError::config(
                     "profile",
@@ -111,10 +117,8 @@ impl PipelineConfig {
             profile: Some(name.to_string()),
             quant: QuantConfig {
                 bits,
-                group_size: GroupSize::Elements(group),
-                symmetric: false,
+                layout,
                 method: Method::Auto,
-                scale_dtype: ScaleDtype::F16,
             },
             quality_floor: floor,
             fail_fast: false,
@@ -149,6 +153,7 @@ impl PipelineConfig {
                 "non-empty name patterns",
             ));
         }
+        self.quant.validate()?;
         self.time_aware.validate()?;
         if let Some(t) = self.target_bits_per_weight {
             if !(t.is_finite() && t > 0.0 && t <= 32.0) {
@@ -162,15 +167,16 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// The settings as JSON (stored in the output file's metadata).
+    /// The settings as JSON (stored in the output file's metadata): the quantization settings as
+    /// [`QuantConfig::to_json`] gives them (flat settings only for a flat layout), then the run's.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "profile": self.profile,
-            "bit_width": self.quant.bits.bits(),
-            "group_size": self.quant.group_size.to_string(),
-            "symmetric": self.quant.symmetric,
-            "method": self.quant.method.name(),
-            "scale_dtype": self.quant.scale_dtype.name(),
+        let mut v = serde_json::json!({"profile": self.profile});
+        if let (Some(v), serde_json::Value::Object(quant)) =
+            (v.as_object_mut(), self.quant.to_json())
+        {
+            v.extend(quant);
+        }
+        let run = serde_json::json!({
             "quality_floor": self.quality_floor,
             "fail_fast": self.fail_fast,
             "min_elements": self.min_elements,
@@ -186,6 +192,50 @@ impl PipelineConfig {
             "smoothing_window": self.time_aware.smoothing_window,
             "enable_spatial": self.enable_spatial,
             "target_bits_per_weight": self.target_bits_per_weight,
-        })
+        });
+        if let (Some(v), serde_json::Value::Object(run)) = (v.as_object_mut(), run) {
+            v.extend(run);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_profile_states_its_layout() {
+        let layouts: Vec<(BitWidth, Layout)> = PipelineConfig::PROFILES
+            .iter()
+            .map(|p| {
+                let c = PipelineConfig::profile(p).unwrap();
+                (c.quant.bits, c.quant.layout)
+            })
+            .collect();
+        let flat = |g| {
+            Layout::Flat(FlatLayout {
+                group_size: GroupSize::Elements(g),
+                ..FlatLayout::default()
+            })
+        };
+        assert_eq!(
+            layouts,
+            vec![
+                (BitWidth::Int2, flat(256)),
+                (BitWidth::Int4, Layout::Auto),
+                (BitWidth::Int8, flat(64))
+            ]
+        );
+        let json = PipelineConfig::profile("local").unwrap().to_json();
+        assert_eq!(
+            (json["layout"].as_str(), json.get("group_size")),
+            (Some("auto"), None)
+        );
+        let json = PipelineConfig::profile("edge").unwrap().to_json();
+        assert_eq!(
+            (json["layout"].as_str(), json["group_size"].as_str()),
+            (Some("flat"), Some("256"))
+        );
     }
 }

@@ -1,8 +1,10 @@
-//! The model pipeline: checkpoints to quantized model files (`run`), the layer policy and quality fallback,
-//! the file writer and lazy reader (`model_file`), validation and export back to safetensors (`tools`).
+//! The model pipeline: checkpoints to quantized model files (`run`: the tensor loop; `entry`: one tensor to its
+//! row; `writer`: the writer thread), the layer policy and quality fallback, the file writer and lazy reader
+//! (`model_file`), validation and export back to safetensors (`tools`).
 
 pub(crate) mod atomic_file;
 pub mod config;
+mod entry;
 mod layer_quant;
 pub mod model_file;
 pub mod plan;
@@ -10,6 +12,7 @@ pub mod policy;
 pub mod report;
 pub mod run;
 pub mod tools;
+mod writer;
 
 pub use config::{OutputFormat, PipelineConfig};
 pub use model_file::{ModelFile, ModelWriter};

@@ -2,11 +2,12 @@
 //! `.safetensors` (dequantized), both one tensor at a time.
 
 use super::atomic_file::AtomicFile;
+use super::entry::values_f32;
 use super::model_file::{ModelFile, CONFIG_KEY};
-use super::run::values_f32;
 use crate::arrow::output::RowEncoding;
 use crate::arrow::result::read_results;
 use crate::checkpoint::Checkpoint;
+use crate::codec::driver::QualitySums;
 use crate::error::{QuantError, Result};
 use crate::quantized::Quality;
 use half::{bf16, f16};
@@ -41,18 +42,6 @@ impl Validation {
             .collect();
         serde_json::json!({"passed": self.passed(), "floor": self.floor, "layers": layers})
     }
-}
-
-fn quality(x: &[f32], y: &[f32]) -> Quality {
-    let (mut xx, mut ee, mut xy, mut yy) = (0f64, 0f64, 0f64, 0f64);
-    for (&a, &b) in x.iter().zip(y) {
-        let (a, b) = (f64::from(a), f64::from(b));
-        xx += a * a;
-        ee += (a - b) * (a - b);
-        xy += a * b;
-        yy += b * b;
-    }
-    Quality::from_sums(xx, ee, xy, yy)
 }
 
 /// Re-reads the source checkpoint and the model file and measures every tensor again. A quantized layer passes
@@ -109,9 +98,9 @@ pub fn validate_model(original: &Path, quantized: &Path) -> Result<Validation> {
                 })?;
                 let mut restored = vec![0f32; source.len()];
                 row.dequantize_into(&mut restored)?;
-                let q = quality(&source, &restored);
+                let q = QualitySums::of(&source, &restored).quality();
                 let ok = match encoding {
-                    RowEncoding::Quantized(_) => {
+                    RowEncoding::Quantized { .. } => {
                         q.cosine >= floor && (q.cosine - row.quality.cosine).abs() < 1e-6
                     }
                     RowEncoding::Plain { .. } => q.cosine >= 0.999,

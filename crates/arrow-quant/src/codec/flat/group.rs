@@ -13,7 +13,7 @@ use crate::config::{BitWidth, ScaleDtype};
 pub(crate) const LANES: usize = 16;
 
 /// Largest finite float16 value.
-const F16_MAX: f32 = 65504.0;
+pub(crate) const F16_MAX: f32 = 65504.0;
 /// Smallest positive normal float16 value.
 const F16_MIN_NORMAL: f32 = 6.103_515_6e-5;
 
@@ -221,9 +221,9 @@ pub(crate) fn choose_params(
         return Ok(base);
     }
     // Candidates only shrink the range, so their scales fit whenever the base scale does.
-    let best = crate::mse::search(x, s, rule, w);
+    let best = super::mse::search(x, s, rule, w);
     if rule.hqq && !rule.symmetric {
-        let p = crate::hqq::optimize(x, w, best, rule);
+        let p = super::hqq::optimize(x, w, best, rule);
         // HQQ may grow the scale: keep the search result if the refit does not fit the storage type.
         return Ok(if scale_fits(p.scale, rule.dtype) {
             p

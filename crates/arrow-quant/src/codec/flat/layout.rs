@@ -5,11 +5,9 @@
 //! `groups_per_row` per row. Packed codes run over the flat element order, so a chunk of rows starts on a byte
 //! boundary when its first row index is a multiple of 4.
 
+use crate::codec::driver::CHUNK_ELEMENTS;
 use crate::config::{BitWidth, GroupSize};
 use crate::tensor::rows_cols;
-
-/// Elements a parallel chunk aims for: large enough to amortise scheduling, small enough to stay in L2.
-const CHUNK_ELEMENTS: usize = 32 * 1024;
 
 /// Group geometry of one tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,11 +5,11 @@
 //! keeps the per-candidate cost to a few vector operations per weight. Asymmetric groups get a coordinate search:
 //! both ends shrunk together, then the low end alone, then the high end alone.
 
-use crate::config::BitWidth;
-use crate::group::{
+use super::group::{
     asym_params, quantize_magic, signed_extreme, sym_params, GroupParams, GroupRule, GroupScan,
     MAGIC,
 };
+use crate::config::BitWidth;
 
 /// Candidates of the first pass (one per lane of an AVX-512 register).
 const CANDIDATES: usize = 16;
@@ -163,9 +163,9 @@ pub(crate) fn search(x: &[f32], s: GroupScan, rule: GroupRule, w: Option<&[f32]>
 
 #[cfg(test)]
 mod tests {
+    use super::super::group::{choose_params, exact_sq_error, scan};
     use super::*;
     use crate::config::ScaleDtype;
-    use crate::group::{choose_params, exact_sq_error, scan};
 
     #[test]
     fn grid_starts_at_the_rtn_range() {

@@ -13,8 +13,8 @@
 //! depend on the magnitude of the weights, a fixed [`ITERS`] iterations, and every iterate is scored by the
 //! (importance-weighted) squared error so the result is never worse than the `mse` starting point.
 
+use super::group::{quantize_magic, GroupParams, GroupRule, LANES, MAGIC};
 use crate::config::ScaleDtype;
-use crate::group::{quantize_magic, GroupParams, GroupRule, LANES, MAGIC};
 use half::f16;
 
 /// Iterations of the alternating scheme (fixed, small).
@@ -143,9 +143,9 @@ pub(crate) fn optimize(
 
 #[cfg(test)]
 mod tests {
+    use super::super::group::{choose_params, exact_sq_error, scan};
     use super::*;
     use crate::config::BitWidth;
-    use crate::group::{choose_params, exact_sq_error, scan};
 
     #[test]
     fn never_worse_than_its_start_and_helps_on_average() {

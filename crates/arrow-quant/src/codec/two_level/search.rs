@@ -14,13 +14,11 @@
 //! The int8 encoding instead takes the min/max range with fields rounded outwards (nothing is clipped), which
 //! at 8 bits is within a few percent of the search and much faster.
 
+use super::format::{SuperBlockParams, TwoLevelSpec};
+use crate::codec::flat::group::{quantize_magic, round_scale_up, F16_MAX, LANES, MAGIC};
 use crate::config::{BitWidth, ScaleDtype};
-use crate::group::{quantize_magic, round_scale_up, LANES, MAGIC};
-use crate::two_level::{SuperBlockParams, TwoLevelSpec};
 use half::f16;
 
-/// Largest finite float16 value.
-const F16_MAX: f32 = 65504.0;
 /// Steps below this are treated as zero (their inverse would overflow).
 const TINY: f32 = 1e-30;
 

@@ -1,5 +1,5 @@
-//! The two-level encodings `int8_2l`, `int4_2l`, `int2_2l`: geometry, the byte layout of the `params` buffer and
-//! exact dequantization. The normative description is `docs/FORMAT.md`, section "Encodings".
+//! The byte format of the two-level encodings `int8_2l`, `int4_2l`, `int2_2l`: geometry, the super-block records
+//! of the `params` buffer and exact decoding. The normative description is `docs/FORMAT.md`, section "Encodings".
 //!
 //! The tensor is seen as rows: when the last-axis length of its 2-D view is a multiple of the sub-block length
 //! `S`, as one row of all `n` elements; otherwise as the `[rows, cols]` view. Each row is cut into sub-blocks of
@@ -45,15 +45,6 @@ impl TwoLevelSpec {
         }
     }
 
-    /// The encoding name used in files and reports (`int8_2l`, `int4_2l`, `int2_2l`).
-    pub const fn encoding_name(self) -> &'static str {
-        match self.bits {
-            BitWidth::Int8 => "int8_2l",
-            BitWidth::Int4 => "int4_2l",
-            BitWidth::Int2 => "int2_2l",
-        }
-    }
-
     /// Largest value of a scale or minimum field (`2^F - 1`).
     pub const fn field_max(self) -> u32 {
         (1 << self.field_bits) - 1
@@ -81,22 +72,9 @@ impl TwoLevelSpec {
         }
     }
 
-    /// True when the encoding stays near its nominal bits per weight on a `[rows, cols]` view: `cols` is a
-    /// multiple of the sub-block length (the whole tensor is one row) or at least one full super-block long.
-    /// Short odd rows (e.g. a conv kernel `[out, 3*3*3]`) would pay one super-block header per row.
-    pub fn fits(self, cols: usize) -> bool {
-        cols % self.sub_len == 0 || cols >= SUPER_BLOCK
-    }
-
     /// Super-blocks per row of `cols` elements.
     pub fn supers_per_row(self, cols: usize) -> usize {
         cols.div_ceil(SUPER_BLOCK)
-    }
-
-    /// Bytes of the `params` buffer for a tensor whose 2-D view is `[rows, cols]`.
-    pub fn params_len(self, rows: usize, cols: usize) -> usize {
-        let (r, c) = self.rows_cols(rows, cols);
-        r * self.supers_per_row(c) * self.record_bytes()
     }
 }
 
@@ -252,8 +230,11 @@ mod tests {
         let s = TwoLevelSpec::for_bits(BitWidth::Int4);
         assert_eq!(s.rows_cols(384, 384), (1, 384 * 384));
         assert_eq!(s.rows_cols(3, 100), (3, 100));
-        assert_eq!(s.params_len(384, 384), 384 * 384 / 256 * 16);
-        assert_eq!(s.params_len(3, 100), 3 * 16);
-        assert_eq!((s.rows_cols(5, 0), s.params_len(0, 7)), ((0, 0), 0));
+        assert_eq!(
+            s.supers_per_row(384 * 384) * s.record_bytes(),
+            384 * 384 / 256 * 16
+        );
+        assert_eq!(s.supers_per_row(100), 1);
+        assert_eq!((s.rows_cols(5, 0), s.rows_cols(0, 7)), ((0, 0), (0, 0)));
     }
 }
