@@ -648,9 +648,9 @@ mod tests {
     #[test]
     fn model_files_keep_and_undo_the_scales() {
         use crate::config::ScaleDtype;
-        use crate::pipeline::config::OutputFormat;
-        use crate::pipeline::model_file::{ModelFile, ModelWriter};
-        use crate::pipeline::tools::{export_safetensors, ExportDtype};
+        use crate::pipeline::{
+            export_safetensors, ExportDtype, ModelFile, ModelWriter, OutputFormat,
+        };
         let shape = [8usize, 4, 3, 3];
         let w = normals(10, 8 * 36);
         let a = log_normal(11, 4);

@@ -84,15 +84,16 @@ fn keep_bytes(file: &SafetensorsFile, entry: &TensorEntry) -> (&'static str, u8,
     }
 }
 
-/// The row of a tensor kept in 16-bit (or f32), with its report line.
-fn keep_row(
-    file: &SafetensorsFile,
+/// The row of a tensor stored plainly (`encoding` of `bits` per element), with its report line.
+fn plain_row(
     entry: &TensorEntry,
     dtype: &str,
+    (encoding, bits): (&'static str, u8),
+    bytes: Vec<u8>,
+    quality: Quality,
     layer: &mut LayerReport,
     config: &PipelineConfig,
 ) -> Result<RecordBatch> {
-    let (encoding, bits, bytes, quality) = keep_bytes(file, entry);
     layer.set_plain(encoding, bits, bytes.len(), quality);
     let meta = RowMeta {
         name: &entry.name,
@@ -102,6 +103,26 @@ fn keep_row(
         quality,
     };
     plain_batch(&meta, bytes, config.quant.scale_dtype())
+}
+
+/// The row of a tensor kept in 16-bit (or f32), with its report line.
+fn keep_row(
+    file: &SafetensorsFile,
+    entry: &TensorEntry,
+    dtype: &str,
+    layer: &mut LayerReport,
+    config: &PipelineConfig,
+) -> Result<RecordBatch> {
+    let (encoding, bits, bytes, quality) = keep_bytes(file, entry);
+    plain_row(
+        entry,
+        dtype,
+        (encoding, bits),
+        bytes,
+        quality,
+        layer,
+        config,
+    )
 }
 
 /// The row of a non-float tensor carried through unchanged.
@@ -117,25 +138,12 @@ fn raw_row(
         entry.dtype.name()
     ));
     let bits = (entry.dtype.size() * 8) as u8;
-    let meta = RowMeta {
-        name: &entry.name,
-        shape: &entry.shape,
-        dtype,
-        encoding: RowEncoding::Plain {
-            encoding: "raw",
-            bits,
-        },
-        quality: Quality {
-            cosine: 1.0,
-            rel_mse: 0.0,
-        },
+    let exact = Quality {
+        cosine: 1.0,
+        rel_mse: 0.0,
     };
-    layer.set_plain("raw", bits, entry.end - entry.begin, meta.quality);
-    plain_batch(
-        &meta,
-        file.bytes(entry).to_vec(),
-        config.quant.scale_dtype(),
-    )
+    let bytes = file.bytes(entry).to_vec();
+    plain_row(entry, dtype, ("raw", bits), bytes, exact, layer, config)
 }
 
 /// Turns one checkpoint entry into its row batch (time groups attached) and its report line.

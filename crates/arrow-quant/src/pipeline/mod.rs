@@ -3,19 +3,19 @@
 //! (`model_file`), validation and export back to safetensors (`tools`).
 
 pub(crate) mod atomic_file;
-pub mod config;
+mod config;
 mod entry;
 mod layer_quant;
-pub mod model_file;
-pub mod plan;
+mod model_file;
+mod plan;
 pub mod policy;
-pub mod report;
-pub mod run;
-pub mod tools;
+mod report;
+mod run;
+mod tools;
 mod writer;
 
-pub use config::{OutputFormat, PipelineConfig};
-pub use model_file::{ModelFile, ModelWriter};
+pub use config::{OutputFormat, PipelineConfig, DEFAULT_KEEP_PATTERNS};
+pub use model_file::{ModelFile, ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY, TENSORS_KEY};
 pub use plan::MixedPrecision;
 pub use report::{LayerReport, Report};
 pub use run::{quantize_model, quantize_model_with, Progress};
