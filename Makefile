@@ -58,3 +58,26 @@ bench: build
 clean:
 	cargo clean
 	rm -rf $(VENV) benchmarks/results
+
+## bench-e2e: end-to-end quality on real models (terrain UNet on onnxruntime, MiniLM embeddings) against gguf-py
+## and, once `make peers` has built it, llama.cpp's C quantizers; installs requirements-bench.txt into .venv
+## (--no-deps: a pinned closure; see the file). BENCH_E2E_ARGS=--quick for a smoke test.
+.PHONY: bench-e2e peers
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(PY) -m pip install --quiet --no-deps -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench-e2e: build $(BENCH_STAMP)
+	RAYON_NUM_THREADS=2 $(PY) benchmarks/bench_e2e.py $(BENCH_E2E_ARGS)
+
+## peers: llama-cpp-python (llama.cpp's libggml-base, for shared/bench/ggml_ref.py) built into .venv-peers
+## (git-ignored; ~15 min on 2 cores; skipped when the library exists). Not part of `make test`.
+PEERS_VENV := .venv-peers
+PEERS_LIB  := $(PEERS_VENV)/lib/python3.11/site-packages/llama_cpp/lib/libggml-base.so
+peers: $(PEERS_LIB)
+$(PEERS_LIB):
+	env -u VIRTUAL_ENV python3 -m venv $(PEERS_VENV)
+	env -u VIRTUAL_ENV CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_TOOLS=OFF" $(PEERS_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36
+	test -f $(PEERS_LIB)

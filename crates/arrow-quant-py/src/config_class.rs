@@ -26,7 +26,7 @@ impl PyDiffusionQuantConfig {
     #[pyo3(signature = (*, profile = None, bit_width = None, layout = None, group_size = None, symmetric = None,
                         method = None,
                         scale_dtype = None, quality_floor = None, fail_fast = None, min_elements = None,
-                        keep_patterns = None, keep_first_last = None, format = None, calibration_path = None,
+                        keep_patterns = None, sensitive_patterns = None, keep_first_last = None, format = None, calibration_path = None,
                         enable_time_aware = None, num_time_groups = None, time_grouping = None,
                         activation_bits = None, boundary_smoothing = None, smoothing_window = None,
                         enable_spatial = None, target_bits_per_weight = None))]
@@ -43,6 +43,7 @@ impl PyDiffusionQuantConfig {
         fail_fast: Option<bool>,
         min_elements: Option<i64>,
         keep_patterns: Option<Vec<String>>,
+        sensitive_patterns: Option<Vec<String>>,
         keep_first_last: Option<bool>,
         format: Option<&str>,
         calibration_path: Option<PathBuf>,
@@ -78,6 +79,9 @@ impl PyDiffusionQuantConfig {
         }
         if let Some(p) = keep_patterns {
             inner.keep_patterns = p;
+        }
+        if let Some(p) = sensitive_patterns {
+            inner.sensitive_patterns = p;
         }
         if let Some(k) = keep_first_last {
             inner.keep_first_last = k;
@@ -194,6 +198,12 @@ impl PyDiffusionQuantConfig {
     #[getter]
     fn min_elements(&self) -> usize {
         self.inner.min_elements
+    }
+
+    /// Name patterns (case-insensitive substrings) of layers quantized at 8 bits or more.
+    #[getter]
+    fn sensitive_patterns(&self) -> Vec<String> {
+        self.inner.sensitive_patterns.clone()
     }
 
     /// Name patterns (case-insensitive substrings) of tensors kept in 16-bit.

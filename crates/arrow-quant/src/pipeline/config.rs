@@ -50,6 +50,12 @@ pub const DEFAULT_KEEP_PATTERNS: [&str; 8] = [
     "time_embedding",
 ];
 
+/// Default name patterns (case-insensitive substrings) of layers quantized at 8 bits or more: the projections of
+/// the timestep embedding into each residual block (`emb_layers` in OpenAI / LDM UNets, `time_emb_proj` in
+/// diffusers). Measured on the terrain UNet (benchmarks/bench_e2e.py): at 4 bits they alone cause about half of
+/// the output error of the whole model, for 10% of its weights.
+pub const DEFAULT_SENSITIVE_PATTERNS: [&str; 2] = ["emb_layers", "time_emb_proj"];
+
 /// Everything a whole-model run needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineConfig {
@@ -65,6 +71,9 @@ pub struct PipelineConfig {
     pub min_elements: usize,
     /// Name patterns of tensors kept in 16-bit.
     pub keep_patterns: Vec<String>,
+    /// Name patterns of layers quantized at 8 bits or more (the first width tried, and the widths mixed precision
+    /// may give them).
+    pub sensitive_patterns: Vec<String>,
     /// Keep the first and the last quantizable layer in 16-bit.
     pub keep_first_last: bool,
     /// Output file format.
@@ -127,6 +136,10 @@ impl PipelineConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            sensitive_patterns: DEFAULT_SENSITIVE_PATTERNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             keep_first_last: true,
             format: OutputFormat::Parquet,
             calibration_path: None,
@@ -149,6 +162,13 @@ impl PipelineConfig {
         if let Some(p) = self.keep_patterns.iter().find(|p| p.is_empty()) {
             return Err(QuantError::config(
                 "keep_patterns",
+                format!("{p:?}"),
+                "non-empty name patterns",
+            ));
+        }
+        if let Some(p) = self.sensitive_patterns.iter().find(|p| p.is_empty()) {
+            return Err(QuantError::config(
+                "sensitive_patterns",
                 format!("{p:?}"),
                 "non-empty name patterns",
             ));
@@ -181,6 +201,7 @@ impl PipelineConfig {
             "fail_fast": self.fail_fast,
             "min_elements": self.min_elements,
             "keep_patterns": self.keep_patterns,
+            "sensitive_patterns": self.sensitive_patterns,
             "keep_first_last": self.keep_first_last,
             "format": self.format.name(),
             "calibration_path": self.calibration_path.as_ref().map(|p| p.display().to_string()),

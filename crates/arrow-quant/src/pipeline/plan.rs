@@ -6,7 +6,7 @@
 
 use super::config::PipelineConfig;
 use super::layer_quant::estimate;
-use super::policy::Decision;
+use super::policy::{narrowest_width, Decision};
 use crate::checkpoint::{float_values, SafetensorsFile, TensorEntry};
 use crate::config::{BitWidth, QuantConfig};
 use crate::diffusion::allocation::{allocate, smallest_bits, LayerOption};
@@ -94,7 +94,8 @@ pub(crate) fn plan_widths(
                 error: 0.0,
             },
         )];
-        for bits in WIDTHS {
+        let narrowest = narrowest_width(config, &entry.name);
+        for bits in WIDTHS.into_iter().filter(|b| *b >= narrowest) {
             let e = estimate(
                 &view,
                 &QuantConfig {

@@ -2,12 +2,17 @@
 //! pattern and the model's first and last layers, which stay in 16-bit.
 //!
 //! A checkpoint does not record layer order (safetensors files are usually sorted by name), so the first and last
-//! layers are recognised by the top-level names diffusion models and LLMs give them: `conv_in.` / `conv_out.`
-//! (UNets), `x_embedder.` / `patch_embed.` / `final_layer.` / `proj_out.` / `context_embedder.` (DiT, SD3, Flux),
-//! `lm_head.` (language models).
+//! layers are recognised by the top-level names diffusion models and LLMs give them ([`FIRST_LAST_PREFIXES`]):
+//! `conv_in.` / `conv_out.` (diffusers UNets), `input_blocks.0.0.` / `out.` (OpenAI / LDM UNets), `x_embedder.` /
+//! `patch_embed.` / `final_layer.` / `proj_out.` / `context_embedder.` (DiT, SD3), `img_in.` / `txt_in.` (Flux),
+//! `patch_embedding.` / `head.` (Wan), `lm_head.` (language models). "Top-level" is after any wrapper prefix a
+//! checkpoint puts around the model ([`WRAPPER_PREFIXES`]: `model.diffusion_model.` of LDM checkpoints,
+//! `network.`, `transformer.`, `unet.`, `model.`, `diffusion_model.`), so `model.diffusion_model.out.2.weight`
+//! is a last layer.
 
 use super::config::PipelineConfig;
 use crate::checkpoint::{Dtype, TensorEntry};
+use crate::config::BitWidth;
 
 /// What happens to one tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,17 +25,58 @@ pub enum Decision {
     Raw,
 }
 
-/// Name prefixes of first and last layers (see the module documentation).
-pub const FIRST_LAST_PREFIXES: [&str; 8] = [
+/// Name prefixes of first and last layers, matched after the wrapper prefixes (see the module documentation).
+pub const FIRST_LAST_PREFIXES: [&str; 14] = [
     "conv_in.",
     "conv_out.",
+    "input_blocks.0.0.",
+    "out.",
     "x_embedder.",
     "patch_embed.",
     "final_layer.",
     "proj_out.",
     "context_embedder.",
+    "img_in.",
+    "txt_in.",
+    "patch_embedding.",
+    "head.",
     "lm_head.",
 ];
+
+/// Prefixes checkpoints put around the model's own names, stripped (repeatedly, longest first) before the
+/// first / last layer rule is applied.
+pub const WRAPPER_PREFIXES: [&str; 6] = [
+    "model.diffusion_model.",
+    "diffusion_model.",
+    "network.",
+    "transformer.",
+    "unet.",
+    "model.",
+];
+
+/// `name` without the wrapper prefixes around it.
+pub fn model_name(name: &str) -> &str {
+    let mut rest = name;
+    while let Some(p) = WRAPPER_PREFIXES.iter().find(|p| rest.starts_with(*p)) {
+        rest = &rest[p.len()..];
+    }
+    rest
+}
+
+/// The narrowest width a quantized layer may get: 8 bits for names matching a sensitive pattern
+/// (`PipelineConfig::sensitive_patterns`, case-insensitive), else 2.
+pub fn narrowest_width(config: &PipelineConfig, name: &str) -> BitWidth {
+    let lower = name.to_lowercase();
+    if config
+        .sensitive_patterns
+        .iter()
+        .any(|p| lower.contains(&p.to_lowercase()))
+    {
+        BitWidth::Int8
+    } else {
+        BitWidth::Int2
+    }
+}
 
 /// Decides every tensor of a checkpoint, in order.
 pub fn decide(config: &PipelineConfig, tensors: &[&TensorEntry]) -> Vec<Decision> {
@@ -60,7 +106,8 @@ pub fn decide(config: &PipelineConfig, tensors: &[&TensorEntry]) -> Vec<Decision
                 return Decision::Keep(format!("name matches keep pattern '{p}'"));
             }
             if config.keep_first_last {
-                if let Some(p) = FIRST_LAST_PREFIXES.iter().find(|p| lower.starts_with(*p)) {
+                let own = model_name(&lower);
+                if let Some(p) = FIRST_LAST_PREFIXES.iter().find(|p| own.starts_with(*p)) {
                     return Decision::Keep(format!("first or last layer ('{p}')"));
                 }
             }
@@ -111,6 +158,61 @@ mod tests {
         assert_eq!(
             d[8],
             Decision::Keep("first or last layer ('conv_out.')".into())
+        );
+        // The rule works under the wrappers checkpoints put around the model, and only on top-level names.
+        let wrapped = [
+            entry(
+                "model.diffusion_model.input_blocks.0.0.weight",
+                Dtype::F16,
+                &[320, 4, 3, 3],
+            ),
+            entry(
+                "model.diffusion_model.out.2.weight",
+                Dtype::F16,
+                &[4, 320, 3, 3],
+            ),
+            entry(
+                "model.diffusion_model.input_blocks.1.0.out_layers.3.weight",
+                Dtype::F16,
+                &[320, 320, 3, 3],
+            ),
+            entry("network.conv_in.weight", Dtype::F32, &[64, 3, 3, 3]),
+            entry("transformer.proj_out.weight", Dtype::BF16, &[64, 1536]),
+            entry(
+                "transformer.transformer_blocks.0.attn.to_out.0.weight",
+                Dtype::BF16,
+                &[1536, 1536],
+            ),
+            entry("img_in.weight", Dtype::BF16, &[3072, 64]),
+            entry(
+                "double_blocks.0.img_attn.proj.weight",
+                Dtype::BF16,
+                &[3072, 3072],
+            ),
+        ];
+        let wrapped_refs: Vec<&TensorEntry> = wrapped.iter().collect();
+        let d = decide(&PipelineConfig::default(), &wrapped_refs);
+        let kept: Vec<bool> = d.iter().map(|d| matches!(d, Decision::Keep(_))).collect();
+        assert_eq!(
+            kept,
+            [true, true, false, true, true, false, true, false],
+            "{d:?}"
+        );
+        let config = PipelineConfig::default();
+        assert_eq!(
+            narrowest_width(
+                &config,
+                "model.diffusion_model.input_blocks.1.0.emb_layers.1.weight"
+            ),
+            BitWidth::Int8
+        );
+        assert_eq!(
+            narrowest_width(&config, "down_blocks.0.resnets.0.time_emb_proj.weight"),
+            BitWidth::Int8
+        );
+        assert_eq!(
+            narrowest_width(&config, "input_blocks.1.0.in_layers.2.weight"),
+            BitWidth::Int2
         );
         let no_edges = PipelineConfig {
             keep_first_last: false,
