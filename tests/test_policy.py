@@ -1,5 +1,6 @@
 """The layer policy on the naming conventions of diffusion checkpoints: first / last layers under a wrapper prefix,
-and the timestep-embedding projections quantized at 8 bits or more."""
+and plain rounding (no clipping search) for the timestep-embedding projections and the first conv of each
+residual block."""
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -34,24 +35,27 @@ def test_first_last_layers_and_embedding_projections_under_a_wrapper_prefix(quan
     report = quantizer.quantize_diffusion_model(ckpt, out, aq.DiffusionQuantConfig())
     got = encodings(out)
     assert got["input_blocks.0.0.weight"] == "f16" and got["out.2.weight"] == "f16"
-    assert got["input_blocks.1.0.in_layers.2.weight"] == "int4_2l"
-    assert got["input_blocks.1.0.emb_layers.1.weight"] == "int8_2l"
+    assert got["input_blocks.1.0.out_layers.3.weight"] == "int4_2l"
+    assert got["input_blocks.1.0.in_layers.2.weight"] == "int4"
+    assert got["input_blocks.1.0.emb_layers.1.weight"] == "int4"
+    groups = {r["name"].removeprefix(PREFIX): r["group_size"] for r in pq.read_table(out).to_pylist()}
+    assert groups["input_blocks.1.0.emb_layers.1.weight"] == 64
     kept = {layer["name"].removeprefix(PREFIX): layer["kept"] for layer in report["layers"]}
     assert "first or last layer ('input_blocks.0.0.')" == kept["input_blocks.0.0.weight"]
     assert "first or last layer ('out.')" == kept["out.2.weight"]
 
 
-def test_sensitive_patterns_can_be_changed_and_bound_mixed_precision(quantizer, tmp_path, rng):
+def test_unclipped_patterns_can_be_changed_and_hold_under_mixed_precision(quantizer, tmp_path, rng):
     ckpt = ldm_checkpoint(tmp_path / "unet.safetensors", rng)
-    assert aq.DiffusionQuantConfig().sensitive_patterns == ["emb_layers", "time_emb_proj"]
+    assert aq.DiffusionQuantConfig().unclipped_patterns == ["emb_layers", "time_emb_proj", "in_layers", ".conv1."]
     out = tmp_path / "plain.parquet"
-    quantizer.quantize_diffusion_model(ckpt, out, aq.DiffusionQuantConfig(sensitive_patterns=[]))
+    quantizer.quantize_diffusion_model(ckpt, out, aq.DiffusionQuantConfig(unclipped_patterns=[]))
     assert encodings(out)["input_blocks.1.0.emb_layers.1.weight"] == "int4_2l"
-    # mixed precision never gives a sensitive layer fewer than 8 bits
+    # mixed precision picks the width; the layer keeps plain rounding in flat groups
     out = tmp_path / "mixed.parquet"
     quantizer.quantize_diffusion_model(
         ckpt, out, aq.DiffusionQuantConfig(target_bits_per_weight=5.0, quality_floor=0.0, keep_first_last=False)
     )
-    assert encodings(out)["input_blocks.1.0.emb_layers.1.weight"] in ("int8_2l", "f16")
-    with pytest.raises(aq.ConfigurationError, match="sensitive_patterns"):
-        aq.DiffusionQuantConfig(sensitive_patterns=[""])
+    assert encodings(out)["input_blocks.1.0.emb_layers.1.weight"] in ("int2", "int4", "int8", "f16")
+    with pytest.raises(aq.ConfigurationError, match="unclipped_patterns"):
+        aq.DiffusionQuantConfig(unclipped_patterns=[""])

@@ -203,7 +203,7 @@ class DiffusionQuantConfig:
         fail_fast: bool | None = None,
         min_elements: int | None = None,
         keep_patterns: list[str] | None = None,
-        sensitive_patterns: list[str] | None = None,
+        unclipped_patterns: list[str] | None = None,
         keep_first_last: bool | None = None,
         format: Literal["parquet", "arrow"] | None = None,
         calibration_path: str | PathLike[str] | None = None,
@@ -239,7 +239,7 @@ class DiffusionQuantConfig:
     @property
     def min_elements(self) -> int: ...
     @property
-    def sensitive_patterns(self) -> list[str]: ...
+    def unclipped_patterns(self) -> list[str]: ...
     @property
     def keep_patterns(self) -> list[str]: ...
     @property

@@ -26,7 +26,8 @@ impl PyDiffusionQuantConfig {
     #[pyo3(signature = (*, profile = None, bit_width = None, layout = None, group_size = None, symmetric = None,
                         method = None,
                         scale_dtype = None, quality_floor = None, fail_fast = None, min_elements = None,
-                        keep_patterns = None, sensitive_patterns = None, keep_first_last = None, format = None, calibration_path = None,
+                        keep_patterns = None, unclipped_patterns = None, keep_first_last = None, format = None,
+                        calibration_path = None,
                         enable_time_aware = None, num_time_groups = None, time_grouping = None,
                         activation_bits = None, boundary_smoothing = None, smoothing_window = None,
                         enable_spatial = None, target_bits_per_weight = None))]
@@ -43,7 +44,7 @@ impl PyDiffusionQuantConfig {
         fail_fast: Option<bool>,
         min_elements: Option<i64>,
         keep_patterns: Option<Vec<String>>,
-        sensitive_patterns: Option<Vec<String>>,
+        unclipped_patterns: Option<Vec<String>>,
         keep_first_last: Option<bool>,
         format: Option<&str>,
         calibration_path: Option<PathBuf>,
@@ -80,8 +81,8 @@ impl PyDiffusionQuantConfig {
         if let Some(p) = keep_patterns {
             inner.keep_patterns = p;
         }
-        if let Some(p) = sensitive_patterns {
-            inner.sensitive_patterns = p;
+        if let Some(p) = unclipped_patterns {
+            inner.unclipped_patterns = p;
         }
         if let Some(k) = keep_first_last {
             inner.keep_first_last = k;
@@ -200,10 +201,10 @@ impl PyDiffusionQuantConfig {
         self.inner.min_elements
     }
 
-    /// Name patterns (case-insensitive substrings) of layers quantized at 8 bits or more.
+    /// Name patterns (case-insensitive substrings) of layers quantized by plain rounding (flat groups of 64, rtn).
     #[getter]
-    fn sensitive_patterns(&self) -> Vec<String> {
-        self.inner.sensitive_patterns.clone()
+    fn unclipped_patterns(&self) -> Vec<String> {
+        self.inner.unclipped_patterns.clone()
     }
 
     /// Name patterns (case-insensitive substrings) of tensors kept in 16-bit.

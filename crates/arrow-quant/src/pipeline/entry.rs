@@ -3,7 +3,7 @@
 
 use super::config::PipelineConfig;
 use super::layer_quant::quantize_with_fallback;
-use super::policy::Decision;
+use super::policy::{layer_quant, Decision};
 use super::report::LayerReport;
 use crate::arrow::output::{plain_batch, tensor_batch, RowEncoding, RowMeta};
 use crate::arrow::time_groups::with_time_groups;
@@ -162,7 +162,10 @@ pub(crate) fn entry_batch(
             layer.entropy = Some(weight_entropy(&values.data()));
             let view = TensorView::new(&entry.name, &entry.shape, values.data())?;
             let (quantized, reason) = match plan.first {
-                Some(bits) => quantize_with_fallback(&view, config, bits, plan.channel_absmax)?,
+                Some(bits) => {
+                    let quant = layer_quant(config, &entry.name);
+                    quantize_with_fallback(&view, config, &quant, bits, plan.channel_absmax)?
+                }
                 None => (None, None),
             };
             layer.fallback = reason;

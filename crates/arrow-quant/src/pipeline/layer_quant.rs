@@ -96,19 +96,13 @@ pub(crate) fn fallback_chain(first: BitWidth) -> Vec<BitWidth> {
 pub(crate) fn quantize_with_fallback(
     view: &TensorView<'_>,
     config: &PipelineConfig,
+    quant: &QuantConfig,
     first: BitWidth,
     channel_absmax: Option<&[f32]>,
 ) -> Result<(Option<QuantizedLayer>, Option<String>)> {
     let mut misses = Vec::new();
     for bits in fallback_chain(first) {
-        let q = quantize_layer(
-            view,
-            &QuantConfig {
-                bits,
-                ..config.quant
-            },
-            channel_absmax,
-        )?;
+        let q = quantize_layer(view, &QuantConfig { bits, ..*quant }, channel_absmax)?;
         let cosine = q.tensor.quality.cosine;
         if cosine >= config.quality_floor {
             return Ok((Some(q), (!misses.is_empty()).then(|| misses.join("; "))));

@@ -14,7 +14,7 @@ mod run;
 mod tools;
 mod writer;
 
-pub use config::{OutputFormat, PipelineConfig, DEFAULT_KEEP_PATTERNS, DEFAULT_SENSITIVE_PATTERNS};
+pub use config::{OutputFormat, PipelineConfig, DEFAULT_KEEP_PATTERNS, DEFAULT_UNCLIPPED_PATTERNS};
 pub use model_file::{ModelFile, ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY, TENSORS_KEY};
 pub use plan::MixedPrecision;
 pub use report::{LayerReport, Report};

@@ -6,7 +6,7 @@
 
 use super::config::PipelineConfig;
 use super::layer_quant::estimate;
-use super::policy::{narrowest_width, Decision};
+use super::policy::{layer_quant, Decision};
 use crate::checkpoint::{float_values, SafetensorsFile, TensorEntry};
 use crate::config::{BitWidth, QuantConfig};
 use crate::diffusion::allocation::{allocate, smallest_bits, LayerOption};
@@ -94,14 +94,11 @@ pub(crate) fn plan_widths(
                 error: 0.0,
             },
         )];
-        let narrowest = narrowest_width(config, &entry.name);
-        for bits in WIDTHS.into_iter().filter(|b| *b >= narrowest) {
+        let quant = layer_quant(config, &entry.name);
+        for bits in WIDTHS {
             let e = estimate(
                 &view,
-                &QuantConfig {
-                    bits,
-                    ..config.quant
-                },
+                &QuantConfig { bits, ..quant },
                 channel_absmax[i].as_deref(),
             )?;
             if e.cosine >= config.quality_floor {

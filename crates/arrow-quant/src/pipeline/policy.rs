@@ -12,7 +12,7 @@
 
 use super::config::PipelineConfig;
 use crate::checkpoint::{Dtype, TensorEntry};
-use crate::config::BitWidth;
+use crate::config::{FlatLayout, GroupSize, Layout, Method, QuantConfig};
 
 /// What happens to one tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,18 +63,25 @@ pub fn model_name(name: &str) -> &str {
     rest
 }
 
-/// The narrowest width a quantized layer may get: 8 bits for names matching a sensitive pattern
-/// (`PipelineConfig::sensitive_patterns`, case-insensitive), else 2.
-pub fn narrowest_width(config: &PipelineConfig, name: &str) -> BitWidth {
+/// The quantization settings of layer `name` (at the run's width): plain rounding in flat groups of 64 for names
+/// matching an unclipped pattern (`PipelineConfig::unclipped_patterns`, case-insensitive), else the run's.
+pub fn layer_quant(config: &PipelineConfig, name: &str) -> QuantConfig {
     let lower = name.to_lowercase();
     if config
-        .sensitive_patterns
+        .unclipped_patterns
         .iter()
         .any(|p| lower.contains(&p.to_lowercase()))
     {
-        BitWidth::Int8
+        QuantConfig {
+            bits: config.quant.bits,
+            layout: Layout::Flat(FlatLayout {
+                group_size: GroupSize::Elements(64),
+                ..FlatLayout::default()
+            }),
+            method: Method::Rtn,
+        }
     } else {
-        BitWidth::Int2
+        config.quant
     }
 }
 
@@ -199,20 +206,16 @@ mod tests {
             "{d:?}"
         );
         let config = PipelineConfig::default();
+        let rtn = |name: &str| layer_quant(&config, name).method == Method::Rtn;
+        assert!(rtn(
+            "model.diffusion_model.input_blocks.1.0.emb_layers.1.weight"
+        ));
+        assert!(rtn("down_blocks.0.resnets.0.time_emb_proj.weight"));
+        assert!(rtn("input_blocks.1.0.in_layers.2.weight"));
+        assert!(rtn("down_blocks.0.resnets.1.conv1.weight"));
         assert_eq!(
-            narrowest_width(
-                &config,
-                "model.diffusion_model.input_blocks.1.0.emb_layers.1.weight"
-            ),
-            BitWidth::Int8
-        );
-        assert_eq!(
-            narrowest_width(&config, "down_blocks.0.resnets.0.time_emb_proj.weight"),
-            BitWidth::Int8
-        );
-        assert_eq!(
-            narrowest_width(&config, "input_blocks.1.0.in_layers.2.weight"),
-            BitWidth::Int2
+            layer_quant(&config, "input_blocks.1.0.out_layers.3.weight"),
+            config.quant
         );
         let no_edges = PipelineConfig {
             keep_first_last: false,

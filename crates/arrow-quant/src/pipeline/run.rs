@@ -7,7 +7,7 @@ use super::config::PipelineConfig;
 use super::entry::{entry_batch, EntryPlan};
 use super::model_file::{ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY};
 use super::plan::plan_widths;
-use super::policy::{decide, narrowest_width, Decision};
+use super::policy::{decide, Decision};
 use super::report::Report;
 use super::writer::write_while;
 use crate::checkpoint::{Checkpoint, SafetensorsFile, TensorEntry};
@@ -125,10 +125,7 @@ pub fn quantize_model_with(
             file.prefetch(entry);
             let plan = EntryPlan {
                 decision,
-                first: widths.as_ref().map_or(
-                    Some(config.quant.bits.max(narrowest_width(config, &entry.name))),
-                    |w| w[i],
-                ),
+                first: widths.as_ref().map_or(Some(config.quant.bits), |w| w[i]),
                 channel_absmax: calibrated.channel_absmax[i].as_deref(),
                 time: calibrated.time[i].as_ref(),
             };
