@@ -281,14 +281,21 @@ def _map_units(
     max_retries: int,
 ) -> Any:
     """The units through a fixed pool of `_UnitWorker` actors, one unit per call, retries bounded."""
+    settings = {
+        "config": config,
+        "threads": threads,
+        "workers_dir": str(staging_root / "workers"),
+        "unit_delay": unit_delay,
+    }
+
+    class _Worker(_UnitWorker):
+        # The settings travel with the class (pickled by value), not as constructor arguments in the object
+        # store, which a restarted actor could not get back if they were lost.
+        def __init__(self) -> None:
+            super().__init__(**settings)
+
     return ds.map_batches(
-        _UnitWorker,
-        fn_constructor_kwargs={
-            "config": config,
-            "threads": threads,
-            "workers_dir": str(staging_root / "workers"),
-            "unit_delay": unit_delay,
-        },
+        _Worker,
         batch_size=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=pool),
