@@ -31,6 +31,10 @@ __all__ = [
     "export_safetensors",
     "read_calibration",
     "write_calibration",
+    "check_distributable_config",
+    "plan_units",
+    "quantize_unit",
+    "assemble_units",
 ]
 
 _GroupSize: TypeAlias = int | Literal["per_channel"]
@@ -291,3 +295,16 @@ def _kernel_seconds(
     method: _Method = "mse",
     repeats: int = 5,
 ) -> float: ...
+
+# Units of a distributed run (arrow_quant_v2.distributed): plan from headers, one unit to a staging file, assemble.
+def check_distributable_config(config: DiffusionQuantConfig | None = None) -> None: ...
+def plan_units(source: str | PathLike[str], config: DiffusionQuantConfig | None = None) -> list[dict[str, Any]]: ...
+def quantize_unit(
+    source: str | PathLike[str], index: int, staged: str | PathLike[str], config: DiffusionQuantConfig | None = None
+) -> dict[str, Any]: ...
+def assemble_units(
+    source: str | PathLike[str],
+    staged: Iterable[str | PathLike[str]],
+    output: str | PathLike[str],
+    config: DiffusionQuantConfig | None = None,
+) -> dict[str, Any]: ...

@@ -44,6 +44,7 @@ fn apply_diffusion(config: &mut PipelineConfig, d: DiffusionArgs) -> Result<()> 
 /// Runs one subcommand; the exit code says whether quality held.
 pub fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::QuantizeMany(args) => crate::many::run(&args),
         Command::Quantize {
             input,
             output,

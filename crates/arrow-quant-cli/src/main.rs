@@ -1,8 +1,10 @@
-//! `arrow-quant`: the command line over the core crate: `quantize`, `validate`, `inspect`, `export`.
+//! `arrow-quant`: the command line over the core crate: `quantize`, `validate`, `inspect`, `export`, and
+//! `quantize-many` (many checkpoints on Ray, through the Python driver).
 //!
 //! Exit codes: 0 success, 1 a quality floor was missed (`quantize --fail-fast`, or `validate`), 2 bad input.
 
 mod commands;
+mod many;
 mod progress;
 mod table;
 
@@ -69,6 +71,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Quantize many checkpoints on a Ray cluster (runs `python -m arrow_quant_v2.distributed`; the interpreter
+    /// is $ARROW_QUANT_PYTHON, else python3 on PATH); outputs are OUTPUT_DIR/<name>.parquet, byte-identical to
+    /// `quantize` of each checkpoint with the same settings
+    QuantizeMany(many::ManyArgs),
     /// Write a dequantized .safetensors from a model file
     Export {
         /// The model file

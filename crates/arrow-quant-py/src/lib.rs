@@ -17,6 +17,7 @@ mod quantized;
 mod quantized_model;
 mod quantizer;
 mod timing;
+mod units;
 
 use pyo3::prelude::*;
 
@@ -33,6 +34,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(calibration::read_calibration, m)?)?;
     m.add_function(wrap_pyfunction!(calibration::write_calibration, m)?)?;
     m.add_function(wrap_pyfunction!(timing::_kernel_seconds, m)?)?;
+    m.add_function(wrap_pyfunction!(units::check_distributable_config, m)?)?;
+    m.add_function(wrap_pyfunction!(units::plan_units, m)?)?;
+    m.add_function(wrap_pyfunction!(units::quantize_unit, m)?)?;
+    m.add_function(wrap_pyfunction!(units::assemble_units, m)?)?;
     errors::register(m)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The model pipeline: checkpoints to quantized model files (`run`: the tensor loop; `entry`: one tensor to its
 //! row; `writer`: the writer thread), the layer policy and quality fallback, the file writer and lazy reader
-//! (`model_file`), validation and export back to safetensors (`tools`).
+//! (`model_file`), validation and export back to safetensors (`tools`), and a run cut into units of work for many
+//! processes (`units`: plan from the headers, one tensor to a staging file, staged units assembled).
 
 pub(crate) mod atomic_file;
 mod config;
@@ -12,6 +13,7 @@ pub mod policy;
 mod report;
 mod run;
 mod tools;
+mod units;
 mod writer;
 
 pub use config::{OutputFormat, PipelineConfig, DEFAULT_KEEP_PATTERNS, DEFAULT_UNCLIPPED_PATTERNS};
@@ -20,3 +22,6 @@ pub use plan::MixedPrecision;
 pub use report::{LayerReport, Report};
 pub use run::{quantize_model, quantize_model_with, Progress};
 pub use tools::{export_safetensors, validate_model, ExportDtype, Validation};
+pub use units::{
+    assemble_units, check_distributable, plan_units, quantize_unit, UnitInfo, LAYER_KEY,
+};

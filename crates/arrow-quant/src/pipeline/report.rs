@@ -4,8 +4,9 @@ use super::plan::MixedPrecision;
 use crate::checkpoint::TensorEntry;
 use crate::diffusion::markov::{markov_metrics, MarkovMetrics};
 use crate::diffusion::time_groups::{SpreadFigures, TimeGroup};
-use crate::error::Result;
+use crate::error::{QuantError, Result};
 use crate::quantized::{Quality, QuantizedTensor};
+use std::path::Path;
 
 /// What happened to one tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +94,77 @@ impl LayerReport {
     /// True when the layer is stored as integer codes.
     pub fn is_quantized(&self) -> bool {
         self.encoding.starts_with("int")
+    }
+
+    /// The layer as JSON (the `layers` entries of [`Report::to_json`]).
+    pub fn to_json(&self) -> serde_json::Value {
+        let l = self;
+        serde_json::json!({
+            "name": l.name, "shape": l.shape, "dtype": l.dtype, "encoding": l.encoding, "bits": l.bits,
+            "bits_per_weight": l.bits_per_weight, "cosine": l.quality.cosine, "rel_mse": l.quality.rel_mse,
+            "bytes_in": l.bytes_in, "bytes_out": l.bytes_out, "kept": l.kept, "fallback": l.fallback,
+            "entropy": l.entropy, "channel_alpha": l.channel_alpha, "weighted_error": l.weighted_error,
+            "time_groups": l.time_groups.as_ref().map(|g| g.len()),
+            "time_spread": l.time_spread.map(|s| serde_json::json!({
+                "chosen": s.chosen, "uniform": s.uniform, "global": s.global,
+                "vs_uniform": s.vs_uniform(), "vs_global": s.vs_global(),
+            })),
+        })
+    }
+
+    /// A layer back from [`LayerReport::to_json`] (floats round-trip exactly). Time-aware parameters are not
+    /// part of that JSON: a layer that had them is refused (`what` names the source in the error).
+    pub(crate) fn from_json(value: &serde_json::Value, what: &Path) -> Result<Self> {
+        let bad = |problem: &str| QuantError::format(what, format!("layer report: {problem}"));
+        let text = |key: &str| -> Result<String> {
+            Ok(value[key].as_str().ok_or_else(|| bad(key))?.to_string())
+        };
+        // JSON has no NaN: serde_json writes it as null.
+        let float = |key: &str| -> Result<f64> {
+            match &value[key] {
+                serde_json::Value::Null => Ok(f64::NAN),
+                v => v.as_f64().ok_or_else(|| bad(key)),
+            }
+        };
+        let count = |key: &str| -> Result<usize> {
+            let n = value[key].as_u64().ok_or_else(|| bad(key))?;
+            usize::try_from(n).map_err(|_| bad(key))
+        };
+        let optional_text = |key: &str| value[key].as_str().map(str::to_string);
+        if !value["time_groups"].is_null() || !value["time_spread"].is_null() {
+            return Err(bad(
+                "time-aware parameters cannot be carried by a staged unit",
+            ));
+        }
+        let shape = value["shape"]
+            .as_array()
+            .and_then(|dims| {
+                dims.iter()
+                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| bad("shape"))?;
+        Ok(Self {
+            name: text("name")?,
+            shape,
+            dtype: text("dtype")?,
+            encoding: text("encoding")?,
+            bits: u8::try_from(count("bits")?).map_err(|_| bad("bits"))?,
+            bits_per_weight: float("bits_per_weight")?,
+            quality: Quality {
+                cosine: float("cosine")?,
+                rel_mse: float("rel_mse")?,
+            },
+            bytes_in: count("bytes_in")?,
+            bytes_out: count("bytes_out")?,
+            kept: optional_text("kept"),
+            fallback: optional_text("fallback"),
+            entropy: value["entropy"].as_f64(),
+            channel_alpha: value["channel_alpha"].as_f64().map(|a| a as f32),
+            weighted_error: value["weighted_error"].as_f64(),
+            time_groups: None,
+            time_spread: None,
+        })
     }
 }
 
@@ -196,7 +268,8 @@ impl Report {
         }))
     }
 
-    /// The totals as JSON (stored in the model file's metadata).
+    /// The totals as JSON, stored in the model file's metadata: no timings, so that two runs of one checkpoint
+    /// with one config write the same bytes (see [`Report::totals_json`]).
     pub fn summary_json(&self) -> serde_json::Value {
         serde_json::json!({
             "mixed_precision": self.mixed_precision.as_ref().map(MixedPrecision::to_json),
@@ -209,30 +282,62 @@ impl Report {
             "compression_ratio": self.compression_ratio(),
             "bits_per_weight": self.bits_per_weight(),
             "worst_cosine": self.worst_cosine(),
-            "seconds": self.seconds,
-            "gb_per_s": self.gb_per_s(),
         })
     }
 
-    /// The full report as JSON (per layer and totals).
+    /// [`Report::summary_json`] plus the timings (`seconds`, `gb_per_s`): the totals of the returned report.
+    pub fn totals_json(&self) -> serde_json::Value {
+        let mut totals = self.summary_json();
+        if let Some(t) = totals.as_object_mut() {
+            t.insert("seconds".into(), self.seconds.into());
+            t.insert("gb_per_s".into(), self.gb_per_s().into());
+        }
+        totals
+    }
+
+    /// The full report as JSON (per layer and totals with timings).
     pub fn to_json(&self) -> serde_json::Value {
-        let layers: Vec<_> = self
-            .layers
-            .iter()
-            .map(|l| {
-                serde_json::json!({
-                    "name": l.name, "shape": l.shape, "dtype": l.dtype, "encoding": l.encoding, "bits": l.bits,
-                    "bits_per_weight": l.bits_per_weight, "cosine": l.quality.cosine, "rel_mse": l.quality.rel_mse,
-                    "bytes_in": l.bytes_in, "bytes_out": l.bytes_out, "kept": l.kept, "fallback": l.fallback,
-                    "entropy": l.entropy, "channel_alpha": l.channel_alpha, "weighted_error": l.weighted_error,
-                    "time_groups": l.time_groups.as_ref().map(|g| g.len()),
-                    "time_spread": l.time_spread.map(|s| serde_json::json!({
-                        "chosen": s.chosen, "uniform": s.uniform, "global": s.global,
-                        "vs_uniform": s.vs_uniform(), "vs_global": s.vs_global(),
-                    })),
-                })
-            })
-            .collect();
-        serde_json::json!({ "layers": layers, "totals": self.summary_json() })
+        let layers: Vec<_> = self.layers.iter().map(LayerReport::to_json).collect();
+        serde_json::json!({ "layers": layers, "totals": self.totals_json() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_json_round_trips_exactly_and_the_file_summary_has_no_timings() {
+        let layer = LayerReport {
+            name: "blocks.0.attn.qkv.weight".into(),
+            shape: vec![192, 64],
+            dtype: "f16".into(),
+            encoding: "int4_2l".into(),
+            bits: 4,
+            bits_per_weight: 4.5,
+            quality: Quality {
+                cosine: 0.997_531_234_567_891_2,
+                rel_mse: 4.931_234_567_e-3,
+            },
+            bytes_in: 24576,
+            bytes_out: 6912,
+            kept: None,
+            fallback: Some("int2 missed the floor".into()),
+            entropy: Some(7.123_456_789_012_345),
+            channel_alpha: None,
+            weighted_error: None,
+            time_groups: None,
+            time_spread: None,
+        };
+        let back = LayerReport::from_json(&layer.to_json(), Path::new("x")).unwrap();
+        assert_eq!(back, layer);
+        let report = Report {
+            layers: vec![layer],
+            seconds: 1.5,
+            ..Report::default()
+        };
+        let summary = report.summary_json();
+        assert!(summary.get("seconds").is_none() && summary.get("gb_per_s").is_none());
+        assert_eq!(report.totals_json()["seconds"], 1.5);
     }
 }

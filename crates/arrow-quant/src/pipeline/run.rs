@@ -1,18 +1,18 @@
 //! The main job: a checkpoint in, a quantized model file out, tensor by tensor (memory bounded by the largest
 //! tensor), with the quality floor and per-layer fallback (2 -> 4 -> 8 -> kept in 16-bit), progress, and a report.
 //! With calibration statistics: time-aware activation parameters and channel scaling per calibrated layer; with
-//! a bits-per-weight target: a planning pass first (`plan`), then each layer at its allotted width.
+//! a bits-per-weight target: a planning pass first (`plan`), then each layer at its allotted width. Each tensor
+//! goes through [`Units::quantize`] and the footer through `file_metadata`, the pieces a distributed run
+//! shares (`units`), so both write the same bytes.
 
 use super::config::PipelineConfig;
-use super::entry::{entry_batch, EntryPlan};
-use super::model_file::{ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY};
+use super::model_file::ModelWriter;
 use super::plan::plan_widths;
-use super::policy::{decide, Decision};
 use super::report::Report;
+use super::units::{file_metadata, Units};
 use super::writer::write_while;
-use crate::checkpoint::{Checkpoint, SafetensorsFile, TensorEntry};
+use crate::checkpoint::Checkpoint;
 use crate::diffusion::calibration::Calibration;
-use crate::diffusion::time_groups::{time_aware_params, TimeAwareParams};
 use crate::error::{QuantError, Result};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,10 +72,8 @@ pub fn quantize_model_with(
     config.validate()?;
     let start = Instant::now();
     let checkpoint = Checkpoint::open(input)?;
-    let tensors: Vec<(&SafetensorsFile, &TensorEntry)> = checkpoint.tensors().collect();
-    let entries: Vec<&TensorEntry> = tensors.iter().map(|(_, t)| *t).collect();
-    let decisions = decide(config, &entries);
-    let calibrated = CalibratedLayers::new(calibration, &entries, &decisions, config)?;
+    let mut units = Units::new(&checkpoint, config, calibration)?;
+    let tensors = &units.tensors;
     let data_bytes = checkpoint.data_bytes();
     let planning = config.target_bits_per_weight.is_some();
     let bytes_total = data_bytes * (1 + usize::from(planning));
@@ -83,54 +81,44 @@ pub fn quantize_model_with(
         activation_bits: config.time_aware.activation_bits,
         ..Report::default()
     };
-    let widths = match config.target_bits_per_weight {
-        Some(target) => {
-            let done = std::sync::Mutex::new((0usize, 0usize));
-            let (widths, summary) = plan_widths(
-                &tensors,
-                &decisions,
-                &calibrated.channel_absmax,
-                config,
-                target,
-                cancel,
-                &|entry| {
-                    if let Ok(mut d) = done.lock() {
-                        d.0 += 1;
-                        d.1 += entry.end - entry.begin;
-                        on_progress(Progress {
-                            stage: "planning",
-                            tensor: entry.name.clone(),
-                            done: d.0,
-                            total: tensors.len(),
-                            bytes_done: d.1,
-                            bytes_total,
-                        });
-                    }
-                },
-            )?;
-            report.mixed_precision = Some(summary);
-            Some(widths)
-        }
-        None => None,
-    };
+    if let Some(target) = config.target_bits_per_weight {
+        let done = std::sync::Mutex::new((0usize, 0usize));
+        let (widths, summary) = plan_widths(
+            tensors,
+            &units.decisions,
+            &units.calibrated.channel_absmax,
+            config,
+            target,
+            cancel,
+            &|entry| {
+                if let Ok(mut d) = done.lock() {
+                    d.0 += 1;
+                    d.1 += entry.end - entry.begin;
+                    on_progress(Progress {
+                        stage: "planning",
+                        tensor: entry.name.clone(),
+                        done: d.0,
+                        total: tensors.len(),
+                        bytes_done: d.1,
+                        bytes_total,
+                    });
+                }
+            },
+        )?;
+        report.mixed_precision = Some(summary);
+        units.widths = Some(widths);
+    }
+    let units = &units;
     let writer = ModelWriter::create(output, config.format, config.quant.scale_dtype())?;
     let writer = write_while(writer, |to_writer| {
         let mut bytes_done = bytes_total - data_bytes;
-        for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
+        for (i, (_, entry)) in units.tensors.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(QuantError::Cancelled {
                     tensor: entry.name.clone(),
                 });
             }
-            file.prefetch(entry);
-            let plan = EntryPlan {
-                decision,
-                first: widths.as_ref().map_or(Some(config.quant.bits), |w| w[i]),
-                channel_absmax: calibrated.channel_absmax[i].as_deref(),
-                time: calibrated.time[i].as_ref(),
-            };
-            let (batch, layer) = entry_batch(file, entry, &plan, config)?;
-            file.release(entry);
+            let (batch, layer) = units.quantize(i, config)?;
             if to_writer.send(batch).is_err() {
                 break; // the writer failed: its error is reported by write_while
             }
@@ -140,70 +128,14 @@ pub fn quantize_model_with(
                 stage: "quantizing",
                 tensor: entry.name.clone(),
                 done: i + 1,
-                total: tensors.len(),
+                total: units.tensors.len(),
                 bytes_done,
                 bytes_total,
             });
         }
         Ok(())
     })?;
-    report.seconds = start.elapsed().as_secs_f64();
-    let metadata = vec![
-        (SOURCE_KEY.to_string(), input.display().to_string()),
-        (CONFIG_KEY.to_string(), config.to_json().to_string()),
-        (REPORT_KEY.to_string(), report.summary_json().to_string()),
-    ];
-    writer.finish(metadata)?;
+    writer.finish(file_metadata(input, config, &report))?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// What calibration gives each tensor: channel magnitudes for scaling, time-aware activation parameters.
-struct CalibratedLayers {
-    channel_absmax: Vec<Option<Vec<f32>>>,
-    time: Vec<Option<TimeAwareParams>>,
-}
-
-impl CalibratedLayers {
-    fn new(
-        calibration: Option<&Calibration>,
-        entries: &[&TensorEntry],
-        decisions: &[Decision],
-        config: &PipelineConfig,
-    ) -> Result<Self> {
-        let n = entries.len();
-        let Some(calibration) = calibration else {
-            return Ok(Self {
-                channel_absmax: vec![None; n],
-                time: vec![None; n],
-            });
-        };
-        calibration.check_against(
-            entries
-                .iter()
-                .map(|e| (e.name.as_str(), e.shape.as_slice())),
-        )?;
-        let mut channel_absmax = vec![None; n];
-        let mut time = vec![None; n];
-        for (i, (entry, decision)) in entries.iter().zip(decisions).enumerate() {
-            let Some(layer) = calibration.for_tensor(&entry.name) else {
-                continue;
-            };
-            if config.enable_spatial && *decision == Decision::Quantize {
-                channel_absmax[i] = layer.channel_absmax();
-            }
-            if config.enable_time_aware {
-                time[i] = Some(time_aware_params(
-                    &layer.layer,
-                    &layer.ranges(),
-                    calibration.num_timesteps,
-                    &config.time_aware,
-                )?);
-            }
-        }
-        Ok(Self {
-            channel_absmax,
-            time,
-        })
-    }
 }

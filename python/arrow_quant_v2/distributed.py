@@ -1,0 +1,551 @@
+"""Scale-out on Ray Data: many checkpoints (or one large one) quantized across a cluster.
+
+``quantize_many(sources, output_dir, config)`` plans every checkpoint on the driver from its headers (one unit of
+work per tensor; no weight bytes go through the object store), quantizes the units on a pool of Ray actors that
+read the checkpoints from shared storage themselves and stage each result in a file with a deterministic name,
+and assembles each checkpoint as soon as its units are done, with the writer of a local run: each output is
+byte-identical to ``arrow-quant quantize`` of that checkpoint with the same config. Re-running the same call
+resumes (staged units and finished outputs are skipped). See docs/SCALE_OUT.md.
+
+Needs ``ray[data]`` (the extra ``arrow-quant-v2[ray]``); this module imports Ray only when it runs. Also a command
+line: ``python -m arrow_quant_v2.distributed SOURCES... OUTPUT_DIR [--ray ADDRESS | --workers N]``, which the
+``arrow-quant quantize-many`` command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import _core
+from ._core import DiffusionQuantConfig, QuantizationError
+
+__all__ = ["quantize_many", "format_report", "output_name", "main"]
+
+#: Folder of the staged units under the output folder (one subfolder per checkpoint and config).
+STAGING = ".arrow-quant-staging"
+
+#: Source bytes per Ray task (a block of consecutive units), at least 4 blocks per worker.
+BLOCK_BYTES = 64 << 20
+
+_EXTENSIONS = {"parquet": ".parquet", "arrow": ".arrow"}
+
+
+def _require_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:  # pragma: no cover - exercised only without ray
+        raise ImportError(
+            "arrow_quant_v2.distributed needs Ray Data: pip install 'arrow-quant-v2[ray]' (ray[data])"
+        ) from e
+    return ray
+
+
+def output_name(source: str | os.PathLike[str], fmt: str = "parquet") -> str:
+    """The output file name of a checkpoint: ``model.safetensors``, ``model.safetensors.index.json`` and a folder
+    ``model/`` all give ``model.parquet`` (or ``.arrow``)."""
+    path = Path(source)
+    name = path.name
+    for suffix in (".safetensors.index.json", ".safetensors"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name + _EXTENSIONS[fmt]
+
+
+def _config_kwargs(config: DiffusionQuantConfig | None) -> dict[str, Any] | None:
+    """Constructor arguments that rebuild `config` in a worker (checked: the rebuilt config is the same)."""
+    if config is None:
+        return None
+    kwargs: dict[str, Any] = {
+        name: getattr(config, name)
+        for name in (
+            "bit_width",
+            "layout",
+            "method",
+            "quality_floor",
+            "fail_fast",
+            "min_elements",
+            "keep_patterns",
+            "keep_first_last",
+            "format",
+            "enable_time_aware",
+            "num_time_groups",
+            "time_grouping",
+            "activation_bits",
+            "boundary_smoothing",
+            "smoothing_window",
+            "enable_spatial",
+        )
+    }
+    kwargs["profile"] = config.profile or "local"
+    if config.layout == "flat":
+        kwargs.update(group_size=config.group_size, symmetric=config.symmetric, scale_dtype=config.scale_dtype)
+    if DiffusionQuantConfig(**kwargs).to_dict() != config.to_dict():  # pragma: no cover - a missed field
+        raise _core.ConfigurationError(f"cannot ship {config!r} to the workers")
+    return kwargs
+
+
+def _source_stamp(source: Path) -> list[Any]:
+    """Size and modification time of the checkpoint's files, so a changed checkpoint is not resumed."""
+    if source.is_dir():
+        paths = sorted(source.glob("*.safetensors")) + sorted(source.glob("*.index.json"))
+    elif source.name.endswith(".index.json"):
+        paths = sorted(source.parent.glob("*.safetensors")) + [source]
+    else:
+        paths = [source]
+    stamp = []
+    for p in paths:
+        try:
+            st = p.stat()
+            stamp.append([p.name, st.st_size, st.st_mtime_ns])
+        except OSError:
+            stamp.append([p.name, None, None])
+    return stamp
+
+
+def _mark_attempt(staged: str) -> None:
+    """Records one attempt at a unit: files ``<staged>.attempt-<n>``; attempts beyond the first are retries."""
+    n = 0
+    while True:
+        try:
+            fd = os.open(f"{staged}.attempt-{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.close(fd)
+            return
+        except FileExistsError:
+            n += 1
+
+
+class _UnitWorker:
+    """A Ray actor: loads the extension once, then quantizes units (one tensor each) into their staging files."""
+
+    def __init__(
+        self,
+        config: dict[str, Any] | None,
+        threads: int,
+        workers_dir: str,
+        unit_delay: float = 0.0,
+    ) -> None:
+        # Before the first kernel call, which starts the thread pool.
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
+        self._config = None if config is None else DiffusionQuantConfig(**config)
+        self._delay = unit_delay
+        Path(workers_dir).mkdir(parents=True, exist_ok=True)
+        (Path(workers_dir) / str(os.getpid())).touch()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"checkpoint": [], "index": [], "bytes": [], "seconds": [], "error": []}
+        for checkpoint, source, index, staged, nbytes in zip(
+            batch["checkpoint"], batch["source"], batch["index"], batch["staged"], batch["bytes"], strict=True
+        ):
+            start = time.perf_counter()
+            error = ""
+            # A unit staged by an earlier attempt at this block (a retry after a lost worker) is not redone.
+            if not os.path.exists(staged):
+                _mark_attempt(str(staged))
+                try:
+                    if self._delay:
+                        time.sleep(self._delay)
+                    _core.quantize_unit(str(source), int(index), str(staged), self._config)
+                except (QuantizationError, OSError) as e:
+                    error = f"{type(e).__name__}: {e}"
+            out["checkpoint"].append(int(checkpoint))
+            out["index"].append(int(index))
+            out["bytes"].append(int(nbytes))
+            out["seconds"].append(time.perf_counter() - start)
+            out["error"].append(error)
+        return out
+
+
+class _Checkpoint:
+    """The driver's state of one checkpoint."""
+
+    def __init__(self, number: int, source: str, output: Path) -> None:
+        self.number = number
+        self.source = source
+        self.output = output
+        self.staging: Path | None = None
+        self.units: list[dict[str, Any]] = []
+        self.pending = 0
+        self.status = "planned"
+        self.error = ""
+        self.seconds = 0.0
+        self.summary: dict[str, Any] = {}
+        self.retries = 0
+
+    def staged(self, index: int) -> Path:
+        assert self.staging is not None
+        return self.staging / f"{index:06d}.arrow"
+
+    def row(self) -> dict[str, Any]:
+        s = self.summary
+        return {
+            "source": self.source,
+            "output": str(self.output),
+            "status": self.status,
+            "tensors": s.get("tensors"),
+            "bytes_in": s.get("bytes_in"),
+            "bytes_out": s.get("bytes_out"),
+            "worst_cosine": s.get("worst_cosine"),
+            "seconds": self.seconds,
+            "retries": self.retries,
+            "error": self.error or None,
+        }
+
+
+class _Progress:
+    """One line per finished checkpoint and an overall bar (units, bytes, ETA) on stderr."""
+
+    def __init__(self, enabled: bool, units: int, nbytes: int) -> None:
+        self.enabled = enabled
+        self.units, self.bytes = units, nbytes
+        self.done_units = self.done_bytes = 0
+        self.start = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def unit(self, nbytes: int) -> None:
+        self.done_units += 1
+        self.done_bytes += nbytes
+        now = time.perf_counter()
+        if self.enabled and (self.tty or now - self.last >= 5.0 or self.done_units == self.units):
+            self.last = now
+            self._bar(end="\r" if self.tty else "\n")
+
+    def _bar(self, end: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        rate = self.done_bytes / elapsed if elapsed > 0 else 0.0
+        left = (self.bytes - self.done_bytes) / rate if rate > 0 else float("nan")
+        frac = self.done_bytes / self.bytes if self.bytes else 1.0
+        bar = "#" * int(frac * 30)
+        eta = f"{left:5.1f} s" if left == left and self.done_units >= 3 else "   ? s"
+        sys.stderr.write(
+            f"[{bar:<30}] {self.done_units}/{self.units} units  {_mb(self.done_bytes)}/{_mb(self.bytes)}  "
+            f"{rate / 1e6:7.1f} MB/s  ETA {eta}{end}"
+        )
+        sys.stderr.flush()
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+            sys.stderr.flush()
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def _describe(c: _Checkpoint) -> str:
+    r = c.row()
+    if c.status == "failed":
+        return f"failed   {c.source}: {c.error}"
+    cos = "-" if r["worst_cosine"] is None else f"{r['worst_cosine']:.4f}"
+    return (
+        f"{c.status:<8} {c.source} -> {c.output}  {r['tensors']} tensors  {_mb(r['bytes_in'])} -> "
+        f"{_mb(r['bytes_out'])}  worst cosine {cos}  {c.seconds:.2f} s  {c.retries} retries"
+    )
+
+
+def _init_ray(ray: Any, address: str | None, workers: int | None, threads: int) -> bool:
+    """Connects to `address`, or keeps the running session, or starts a local cluster; True if started here."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
+    if address is not None:
+        ray.init(address=address, **kwargs)
+    else:
+        cpus = (workers or os.cpu_count() or 1) * threads
+        ray.init(num_cpus=cpus, **kwargs)
+    return True
+
+
+def _map_units(
+    ray: Any,
+    ds: Any,
+    config: dict[str, Any] | None,
+    threads: int,
+    staging_root: Path,
+    unit_delay: float,
+    pool: int,
+    max_retries: int,
+) -> Any:
+    """The units through a fixed pool of `_UnitWorker` actors, one unit per call, retries bounded."""
+    settings = {
+        "config": config,
+        "threads": threads,
+        "workers_dir": str(staging_root / "workers"),
+        "unit_delay": unit_delay,
+    }
+
+    class _Worker(_UnitWorker):
+        # The settings travel with the class (pickled by value), not as constructor arguments in the object
+        # store, which a restarted actor could not get back if they were lost.
+        def __init__(self) -> None:
+            super().__init__(**settings)
+
+    return ds.map_batches(
+        _Worker,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool),
+        num_cpus=threads,
+        max_restarts=max_retries,
+        max_task_retries=max_retries,
+    )
+
+
+def quantize_many(
+    sources: Iterable[str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    config: DiffusionQuantConfig | None = None,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    threads_per_worker: int = 1,
+    max_retries: int = 3,
+    _unit_delay: float = 0.0,
+) -> dict[str, Any]:
+    """Quantizes every checkpoint of `sources` into ``output_dir/<name>.parquet`` (or ``.arrow``) on Ray.
+
+    `address`: a Ray cluster to connect to (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``); without it the
+    running Ray session is used, or a local cluster is started (and shut down at the end) with `workers` x
+    `threads_per_worker` CPUs. `workers`: actors in the pool (default: the cluster's CPUs / `threads_per_worker`);
+    each quantizes one tensor at a time with `threads_per_worker` kernel threads. A lost worker's units are retried
+    up to `max_retries` times (Ray's actor restarts and task retries). A checkpoint that fails (bad file, bad
+    weights) is reported and the others go on. Outputs that exist are skipped and staged units are reused, so
+    re-running the same call resumes an interrupted run.
+
+    Returns ``{"checkpoints": [...], "totals": {...}}``: per checkpoint `source`, `output`, `status`
+    (``quantized``, ``skipped`` (the output existed) or ``failed``), `tensors`, `bytes_in`, `bytes_out`,
+    `worst_cosine`, `seconds` (worker and assembly time), `retries`, `error`; totals with the wall `seconds` and
+    `gb_per_s`. Raises `ConfigurationError` for settings the distributed path refuses (`target_bits_per_weight`,
+    calibration: see docs/SCALE_OUT.md).
+    """
+    start = time.perf_counter()
+    _core.check_distributable_config(config)
+    shipped = _config_kwargs(config)
+    fmt = config.format if config is not None else "parquet"
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging_root = out_dir / STAGING
+    # The settings as used (None is the default config), so that equal settings resume each other's units.
+    config_json = json.dumps((config or DiffusionQuantConfig()).to_dict(), sort_keys=True)
+
+    checkpoints: list[_Checkpoint] = []
+    names: dict[str, str] = {}
+    for number, source in enumerate(sources):
+        src = os.fspath(source)
+        name = output_name(src, fmt)
+        if name in names:
+            raise ValueError(f"{src} and {names[name]} would both be written to {out_dir / name}")
+        names[name] = src
+        checkpoints.append(_Checkpoint(number, src, out_dir / name))
+
+    rows: list[dict[str, Any]] = []
+    for c in checkpoints:
+        if c.output.exists():
+            c.status = "skipped"
+            try:
+                meta = _core.load_quantized(c.output).metadata
+                c.summary = json.loads(meta.get("arrow_quant.report", "{}"))
+            except (QuantizationError, OSError, ValueError):
+                pass
+            continue
+        try:
+            c.units = _core.plan_units(c.source, config)
+        except (QuantizationError, OSError) as e:
+            c.status, c.error = "failed", f"{type(e).__name__}: {e}"
+            continue
+        key = hashlib.sha256(
+            json.dumps([c.source, config_json, _source_stamp(Path(c.source))]).encode()
+        ).hexdigest()[:16]
+        c.staging = staging_root / f"{c.output.name}-{key}"
+        c.staging.mkdir(parents=True, exist_ok=True)
+        for u in c.units:
+            staged = c.staged(u["index"])
+            if not staged.exists():
+                c.pending += 1
+                rows.append(
+                    {
+                        "checkpoint": c.number,
+                        "source": c.source,
+                        "index": u["index"],
+                        "staged": str(staged),
+                        "bytes": u["bytes"],
+                    }
+                )
+
+    total_bytes = sum(r["bytes"] for r in rows)
+    bar = _Progress(progress, len(rows), total_bytes)
+
+    def assemble(c: _Checkpoint) -> None:
+        assert c.staging is not None
+        staged = [str(c.staged(u["index"])) for u in c.units]
+        try:
+            report = _core.assemble_units(c.source, staged, c.output, config)
+        except (QuantizationError, OSError) as e:
+            c.status, c.error = "failed", f"{type(e).__name__}: {e}"
+        else:
+            c.status = "quantized"
+            c.summary = report["totals"]
+            c.seconds += report["totals"]["seconds"]
+            attempts = sum(1 for _ in c.staging.glob("*.attempt-*"))
+            c.retries = max(0, attempts - len(c.units))
+            shutil.rmtree(c.staging, ignore_errors=True)
+        bar.line(_describe(c))
+
+    for c in checkpoints:
+        if c.status == "skipped" or c.status == "failed":
+            bar.line(_describe(c))
+        elif c.pending == 0:
+            assemble(c)
+
+    started_here = False
+    if rows:
+        ray = _require_ray()
+        started_here = _init_ray(ray, address, workers, threads_per_worker)
+        try:
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False  # this module draws its own
+            ray_data_log = logging.getLogger("ray.data")
+            ray_data_level = ray_data_log.level
+            ray_data_log.setLevel(logging.ERROR)
+            pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker)
+            # A Ray task per block of consecutive units (rows stay one unit each): enough blocks to balance the
+            # pool, few enough that Ray's per-task cost stays small next to the quantization.
+            blocks = min(len(rows), max(4 * pool, -(-total_bytes // BLOCK_BYTES)))
+            ds = ray.data.from_items(rows, override_num_blocks=blocks)
+            with warnings.catch_warnings():
+                # Ray 2.60 has no named parameter for actor restarts and task retries: they still go through
+                # `**ray_remote_args`, which warns that it is deprecated.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                results = _map_units(ray, ds, shipped, threads_per_worker, staging_root, _unit_delay, pool, max_retries)
+            left = {c.number: c.pending for c in checkpoints if c.pending}
+            by_number = {c.number: c for c in checkpoints}
+            for row in results.iter_rows():
+                c = by_number[int(row["checkpoint"])]
+                bar.unit(int(row["bytes"]))
+                c.seconds += float(row["seconds"])
+                if row["error"] and not c.error:
+                    c.status, c.error = "failed", str(row["error"])
+                left[c.number] -= 1
+                if left[c.number] == 0:
+                    if c.status == "failed":
+                        bar.line(_describe(c))
+                    else:
+                        assemble(c)
+        finally:
+            ray_data_log.setLevel(ray_data_level)
+            if started_here:
+                ray.shutdown()
+    shutil.rmtree(staging_root / "workers", ignore_errors=True)
+    try:
+        staging_root.rmdir()  # only when no checkpoint left units behind
+    except OSError:
+        pass
+
+    seconds = time.perf_counter() - start
+    done = [c for c in checkpoints if c.status == "quantized"]
+    bytes_in = sum(c.summary.get("bytes_in", 0) for c in done)
+    return {
+        "checkpoints": [c.row() for c in checkpoints],
+        "totals": {
+            "checkpoints": len(checkpoints),
+            "quantized": len(done),
+            "skipped": sum(c.status == "skipped" for c in checkpoints),
+            "failed": sum(c.status == "failed" for c in checkpoints),
+            "units": len(rows),
+            "bytes_in": bytes_in,
+            "bytes_out": sum(c.summary.get("bytes_out", 0) for c in done),
+            "retries": sum(c.retries for c in checkpoints),
+            "seconds": seconds,
+            "gb_per_s": bytes_in / 1e9 / max(seconds, 1e-9),
+        },
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The final report as a table: one line per checkpoint, then the totals."""
+    head = f"{'checkpoint':<40} {'status':<9} {'tensors':>7} {'in':>10} {'out':>10} {'worst cos':>9} "
+    head += f"{'seconds':>8} {'retries':>7}"
+    lines = [head, "-" * len(head)]
+    for r in report["checkpoints"]:
+        cos = "-" if r["worst_cosine"] is None else f"{r['worst_cosine']:.4f}"
+        tensors = "-" if r["tensors"] is None else str(r["tensors"])
+        lines.append(
+            f"{Path(r['source']).name[:40]:<40} {r['status']:<9} {tensors:>7} {_mb(r['bytes_in']):>10} "
+            f"{_mb(r['bytes_out']):>10} {cos:>9} {r['seconds']:>8.2f} {r['retries']:>7}"
+        )
+        if r["error"]:
+            lines.append(f"    {r['error']}")
+    t = report["totals"]
+    lines.append(
+        f"{t['quantized']} quantized, {t['skipped']} skipped, {t['failed']} failed; {t['units']} units, "
+        f"{_mb(t['bytes_in'])} in {t['seconds']:.2f} s ({t['gb_per_s']:.3f} GB/s), {t['retries']} retries"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m arrow_quant_v2.distributed SOURCES... OUTPUT_DIR``: exit 0 if every checkpoint is done, 2 if
+    one failed or the input is bad."""
+    p = argparse.ArgumentParser(prog="arrow-quant quantize-many", description=__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="+", metavar="SOURCES... OUTPUT_DIR")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--ray", metavar="ADDRESS", help="Ray cluster address (default: a local cluster)")
+    where.add_argument("--workers", type=int, help="workers of a local cluster (default: one per CPU)")
+    p.add_argument("--pool", type=int, help="actors in the pool on a --ray cluster (default: its CPUs)")
+    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument("--profile", default="local", choices=["edge", "local", "cloud"])
+    p.add_argument("--bits", type=int)
+    p.add_argument("--floor", type=float)
+    p.add_argument("--format", default="parquet", choices=["parquet", "arrow"])
+    p.add_argument("--max-retries", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    args = p.parse_args(argv)
+    if len(args.paths) < 2:
+        p.error("give at least one source and the output folder")
+    *sources, output_dir = args.paths
+    overrides: dict[str, Any] = {"format": args.format}
+    if args.bits is not None:
+        overrides["bit_width"] = args.bits
+    if args.floor is not None:
+        overrides["quality_floor"] = args.floor
+    try:
+        config = DiffusionQuantConfig.from_profile(args.profile, **overrides)
+        report = quantize_many(
+            sources,
+            output_dir,
+            config,
+            address=args.ray,
+            workers=args.workers if args.ray is None else args.pool,
+            progress=not args.quiet,
+            threads_per_worker=args.threads_per_worker,
+            max_retries=args.max_retries,
+            _unit_delay=float(os.environ.get("ARROW_QUANT_TEST_UNIT_DELAY", "0")),
+        )
+    except (QuantizationError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 2 if report["totals"]["failed"] else 0
+
+
+if __name__ == "__main__":
+    # Run the module's own copy (not __main__'s), so that Ray ships the worker class by reference.
+    from arrow_quant_v2.distributed import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,256 @@
+"""Scale-out on Ray Data (arrow_quant_v2.distributed) on one local cluster shared by the module, and the pieces it
+stands on: units planned from headers, one unit quantized to a staging file, staged units assembled with the local
+writer; deterministic files (two local runs give the same bytes)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import arrow_quant_v2 as aq
+from arrow_quant_v2 import _core
+from arrow_quant_v2.distributed import STAGING, output_name, quantize_many
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = REPO / "target" / "release" / "arrow-quant"
+
+
+def make_checkpoint(path: Path, seed: int, blocks: int = 4, nan: bool = False) -> Path:
+    """A small DiT-like checkpoint (~1-2 MB): quantized, kept (first layer, norms, biases) and raw tensors."""
+    rng = np.random.default_rng(seed)
+    t: dict[str, np.ndarray] = {
+        "x_embedder.proj.weight": rng.standard_normal((64, 4, 2, 2)).astype(np.float32),
+        "position_ids": np.arange(256, dtype=np.int64).reshape(1, 256),
+    }
+    for b in range(blocks):
+        t[f"blocks.{b}.attn.qkv.weight"] = rng.standard_normal((192, 64)).astype(np.float16)
+        t[f"blocks.{b}.attn.proj.weight"] = (rng.standard_normal((64, 64)) * 0.02).astype(np.float32)
+        t[f"blocks.{b}.mlp.fc1.weight"] = rng.standard_normal((256, 64)).astype(np.float16)
+        t[f"blocks.{b}.mlp.fc2.weight"] = rng.standard_normal((64, 256)).astype(np.float32)
+        t[f"blocks.{b}.norm1.weight"] = np.ones(64, dtype=np.float32)
+        t[f"blocks.{b}.mlp.fc1.bias"] = rng.standard_normal(256).astype(np.float32)
+    if nan:
+        t["blocks.1.mlp.fc2.weight"][3, 5] = np.nan
+    save_file(t, str(path))
+    return path
+
+
+def local_bytes(source: Path, out: Path, config=None) -> bytes:
+    aq.ArrowQuantV2().quantize_diffusion_model(str(source), str(out), config)
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpts")
+    return [make_checkpoint(d / f"model-{i}.safetensors", seed=i, blocks=3 + i) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoints, tmp_path_factory):
+    """The local run's bytes of every checkpoint with the default config."""
+    d = tmp_path_factory.mktemp("local")
+    return {c: local_bytes(c, d / output_name(c)) for c in checkpoints}
+
+
+# ---------------------------------------------------------------- deterministic files and the core pieces (no Ray)
+
+
+def test_two_local_runs_give_identical_files(checkpoints, tmp_path):
+    a = local_bytes(checkpoints[0], tmp_path / "a.parquet")
+    b = local_bytes(checkpoints[0], tmp_path / "b.parquet")
+    assert a == b
+    report = json.loads(aq.load_quantized(tmp_path / "a.parquet").metadata["arrow_quant.report"])
+    assert "seconds" not in report and "gb_per_s" not in report
+    assert report["tensors"] == len(aq.load_quantized(tmp_path / "a.parquet"))
+    # The returned report keeps the timings.
+    totals = aq.ArrowQuantV2().quantize_diffusion_model(str(checkpoints[0]), str(tmp_path / "c.parquet"))["totals"]
+    assert totals["seconds"] > 0 and totals["gb_per_s"] > 0
+
+
+@pytest.mark.parametrize("profile,fmt", [("local", "parquet"), ("edge", "arrow"), ("cloud", "parquet")])
+def test_units_assembled_equal_a_local_run(checkpoints, tmp_path, profile, fmt):
+    config = aq.DiffusionQuantConfig.from_profile(profile, format=fmt)
+    source = str(checkpoints[1])
+    units = _core.plan_units(source, config)
+    assert [u["index"] for u in units] == list(range(len(units)))
+    assert {u["decision"] for u in units} == {"quantize", "keep", "raw"}
+    # Units in any order, one staged twice (a retry): the same file.
+    staged = [str(tmp_path / f"{u['index']:06d}.arrow") for u in units]
+    for i in reversed(range(len(units))):
+        layer = _core.quantize_unit(source, i, staged[i], config)
+        assert layer["name"] == units[i]["name"]
+    first = Path(staged[0]).read_bytes()
+    _core.quantize_unit(source, 0, staged[0], config)
+    assert Path(staged[0]).read_bytes() == first
+    out = tmp_path / f"assembled.{fmt}"
+    report = _core.assemble_units(source, staged, str(out), config)
+    assert report["totals"]["tensors"] == len(units)
+    assert out.read_bytes() == local_bytes(checkpoints[1], tmp_path / f"local.{fmt}", config)
+
+
+def test_distributed_refuses_whole_model_settings(checkpoints, tmp_path):
+    for config in (
+        aq.DiffusionQuantConfig(target_bits_per_weight=3.0),
+        aq.DiffusionQuantConfig(calibration_path=str(tmp_path / "cal.parquet")),
+    ):
+        with pytest.raises(aq.ConfigurationError, match="distributed"):
+            _core.plan_units(str(checkpoints[0]), config)
+        with pytest.raises(aq.ConfigurationError, match="distributed"):
+            quantize_many([checkpoints[0]], tmp_path / "out", config, progress=False)
+    with pytest.raises(aq.CorruptDataError, match="staged units"):
+        _core.assemble_units(str(checkpoints[0]), [], str(tmp_path / "x.parquet"))
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_package_imports_without_ray(tmp_path):
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import arrow_quant_v2, arrow_quant_v2.distributed as d\n"
+        "try:\n"
+        f"    d.quantize_many([{str(REPO / 'missing.safetensors')!r}], {str(tmp_path)!r}, progress=False)\n"
+        "except Exception as e: print(type(e).__name__)\n"
+        "try:\n"
+        "    d._require_ray()\n"
+        "except ImportError as e: print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # A failed plan needs no Ray; running units does, and says how to get it.
+    assert "arrow-quant-v2[ray]" in out
+
+
+# ---------------------------------------------------------------- on the local Ray cluster
+
+
+def test_many_checkpoints_byte_identical(ray_cluster, checkpoints, expected, tmp_path):
+    report = quantize_many(checkpoints, tmp_path, workers=2, progress=True)
+    t = report["totals"]
+    assert (t["quantized"], t["failed"], t["skipped"]) == (len(checkpoints), 0, 0)
+    for c, row in zip(checkpoints, report["checkpoints"], strict=True):
+        assert row["status"] == "quantized" and row["retries"] == 0
+        assert row["tensors"] == len(_core.plan_units(str(c)))
+        assert 0.9 < row["worst_cosine"] <= 1.0
+        assert Path(row["output"]).read_bytes() == expected[c]
+    assert not (tmp_path / STAGING).exists()
+    # Re-running finds every output done.
+    again = quantize_many(checkpoints, tmp_path, workers=2, progress=False)
+    assert again["totals"]["skipped"] == len(checkpoints) and again["totals"]["units"] == 0
+    assert again["checkpoints"][0]["tensors"] == report["checkpoints"][0]["tensors"]
+
+
+def test_worker_killed_mid_run(ray_cluster, checkpoints, expected, tmp_path):
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["report"] = quantize_many(checkpoints[:2], tmp_path, workers=2, progress=False, _unit_delay=0.15)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    workers = tmp_path / STAGING / "workers"
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline and thread.is_alive():
+        staged = list((tmp_path / STAGING).glob("*/*.arrow"))
+        pids = sorted(workers.glob("*")) if workers.exists() else []
+        if pids and len(staged) >= 2:
+            victim = int(pids[0].name)
+        time.sleep(0.05)
+    assert victim is not None, "no worker seen"
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert report["totals"]["quantized"] == 2
+    assert report["totals"]["retries"] >= 1
+    for c in checkpoints[:2]:
+        assert (tmp_path / output_name(c)).read_bytes() == expected[c]
+
+
+def test_bad_checkpoints_are_reported_and_the_others_finish(ray_cluster, checkpoints, expected, tmp_path):
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(checkpoints[0].read_bytes()[:-1000])
+    nan = make_checkpoint(tmp_path / "nan.safetensors", seed=9, nan=True)
+    out = tmp_path / "out"
+    sources = [checkpoints[0], truncated, nan, checkpoints[2]]
+    report = quantize_many(sources, out, workers=2, progress=False)
+    rows = {Path(r["source"]).name: r for r in report["checkpoints"]}
+    assert rows["truncated.safetensors"]["status"] == "failed"
+    assert "CorruptDataError" in rows["truncated.safetensors"]["error"]
+    assert rows["nan.safetensors"]["status"] == "failed"
+    assert "InvalidWeightsError" in rows["nan.safetensors"]["error"]
+    assert report["totals"]["failed"] == 2 and report["totals"]["quantized"] == 2
+    assert not (out / "truncated.parquet").exists() and not (out / "nan.parquet").exists()
+    for c in (checkpoints[0], checkpoints[2]):
+        assert (out / output_name(c)).read_bytes() == expected[c]
+
+
+def test_resume_after_the_driver_is_stopped(ray_cluster, checkpoints, expected, tmp_path):
+    env = {**os.environ, "ARROW_QUANT_TEST_UNIT_DELAY": "0.1"}
+    cmd = [sys.executable, "-m", "arrow_quant_v2.distributed", "--ray", ray_cluster, "--pool", "2", "--quiet"]
+    driver = subprocess.Popen([*cmd, *map(str, checkpoints), str(tmp_path)], env=env)
+    total = sum(len(_core.plan_units(str(c))) for c in checkpoints)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None:
+        if len(list((tmp_path / STAGING).glob("*/*.arrow"))) >= total // 3:
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, "the driver finished before it could be stopped"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    # Nothing partial at an output path: each output there is complete.
+    for c in checkpoints:
+        out = tmp_path / output_name(c)
+        if out.exists():
+            assert out.read_bytes() == expected[c]
+    assert {p.name for p in tmp_path.iterdir()} <= {STAGING, *(output_name(c) for c in checkpoints)}
+    report = quantize_many(checkpoints, tmp_path, workers=2, progress=False)
+    assert report["totals"]["failed"] == 0
+    assert 0 < report["totals"]["units"] < total  # staged units were reused
+    for c in checkpoints:
+        assert (tmp_path / output_name(c)).read_bytes() == expected[c]
+    assert not (tmp_path / STAGING).exists()
+
+
+def test_cli_quantize_many(ray_cluster, checkpoints, tmp_path):
+    if not CLI.exists():
+        pytest.skip(f"{CLI} not built (make build)")
+    env = {**os.environ, "ARROW_QUANT_PYTHON": sys.executable}
+    sources = [str(c) for c in checkpoints[:2]]
+    args = ["quantize-many", *sources, str(tmp_path / "many"), "--ray", ray_cluster, "--profile", "edge"]
+    done = subprocess.run([str(CLI), *args, "--format", "arrow", "--quiet"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "2 quantized, 0 skipped, 0 failed" in done.stdout
+    for s in sources:
+        local = tmp_path / output_name(s, "arrow")
+        one = subprocess.run(
+            [str(CLI), "quantize", s, str(local), "--profile", "edge", "--format", "arrow", "--quiet"],
+            capture_output=True,
+            text=True,
+        )
+        assert one.returncode == 0, one.stderr
+        assert (tmp_path / "many" / local.name).read_bytes() == local.read_bytes()
+    missing = {**os.environ, "ARROW_QUANT_PYTHON": str(tmp_path / "no-python")}
+    failed = subprocess.run([str(CLI), *args], env=missing, capture_output=True, text=True)
+    assert failed.returncode == 2 and "ARROW_QUANT_PYTHON" in failed.stderr
