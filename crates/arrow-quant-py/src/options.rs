@@ -7,7 +7,6 @@ use pyo3::prelude::*;
 
 /// Keyword overrides of a call; `None` keeps the base setting. The rule that turns them into a config is the
 /// core's [`QuantOptions`], shared with the CLI.
-#[derive(Default)]
 pub struct Overrides<'a, 'py> {
     pub bit_width: Option<i64>,
     pub layout: Option<&'a str>,

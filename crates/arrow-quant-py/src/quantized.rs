@@ -24,6 +24,8 @@ pub struct PyQuantizedTensor {
     method: Option<Method>,
     /// A flat tensor's group size, or a block encoding's sub-block length (the stored `group_size` column).
     group_size: GroupSize,
+    /// Storage type of the scales (float16 for block encodings).
+    scale_dtype: ScaleDtype,
     data: Py<PyArray1<u8>>,
     scales: Py<PyUntypedArray>,
     zero_points: Option<Py<PyUntypedArray>>,
@@ -94,6 +96,7 @@ impl PyQuantizedTensor {
         let group_size = view
             .group_size()
             .unwrap_or(GroupSize::Elements(q.encoding.info().block_len));
+        let scale_dtype = view.scale_dtype();
         let (scales, zero_points, params) = match q.payload {
             Payload::Flat(f) => (f.scales, f.zero_points, None),
             Payload::Blocks(records) => (ParamBuffer::F16(Vec::new()), None, Some(records)),
@@ -105,6 +108,7 @@ impl PyQuantizedTensor {
             encoding: q.encoding,
             method: q.method,
             group_size,
+            scale_dtype,
             data: q.data.into_pyarray(py).unbind(),
             scales: params_to_numpy(py, scales),
             zero_points: zero_points.map(|z| params_to_numpy(py, z)),
@@ -244,11 +248,8 @@ impl PyQuantizedTensor {
 
     /// Storage type of scales and zero points: "float16" or "float32" (float16 for two-level records).
     #[getter]
-    fn scale_dtype(&self, py: Python<'_>) -> &'static str {
-        match ParamBorrow::new(&self.name, self.scales.bind(py)) {
-            Ok(ParamBorrow::F32(_)) => ScaleDtype::F32.name(),
-            _ => ScaleDtype::F16.name(),
-        }
+    fn scale_dtype(&self) -> &'static str {
+        self.scale_dtype.name()
     }
 
     /// Packed codes (uint8), ceil(n * bits / 8) bytes.

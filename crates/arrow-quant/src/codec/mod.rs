@@ -244,19 +244,19 @@ impl Plan {
             flat: layout,
             method: flat_method,
         };
-        match config.layout {
-            Layout::Flat(layout) => flat(layout),
-            Layout::TwoLevel => Self {
+        let use_two_level = match config.layout {
+            Layout::Flat(layout) => return flat(layout),
+            Layout::TwoLevel => true,
+            Layout::Auto => config.method == Method::Auto && two_level.codec().fits(cols),
+        };
+        if use_two_level {
+            Self {
                 encoding: two_level,
                 flat: FlatLayout::default(),
                 method: Method::Auto,
-            },
-            Layout::Auto if config.method == Method::Auto && two_level.codec().fits(cols) => Self {
-                encoding: two_level,
-                flat: FlatLayout::default(),
-                method: Method::Auto,
-            },
-            Layout::Auto => flat(FlatLayout::default()),
+            }
+        } else {
+            flat(FlatLayout::default())
         }
     }
 }

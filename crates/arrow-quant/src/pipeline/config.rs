@@ -194,13 +194,8 @@ impl PipelineConfig {
     /// The settings as JSON (stored in the output file's metadata): the quantization settings as
     /// [`QuantConfig::to_json`] gives them (flat settings only for a flat layout), then the run's.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({"profile": self.profile});
-        if let (Some(v), serde_json::Value::Object(quant)) =
-            (v.as_object_mut(), self.quant.to_json())
-        {
-            v.extend(quant);
-        }
-        let run = serde_json::json!({
+        let mut v = serde_json::json!({
+            "profile": self.profile,
             "quality_floor": self.quality_floor,
             "fail_fast": self.fail_fast,
             "min_elements": self.min_elements,
@@ -218,8 +213,10 @@ impl PipelineConfig {
             "enable_spatial": self.enable_spatial,
             "target_bits_per_weight": self.target_bits_per_weight,
         });
-        if let (Some(v), serde_json::Value::Object(run)) = (v.as_object_mut(), run) {
-            v.extend(run);
+        if let (Some(v), serde_json::Value::Object(quant)) =
+            (v.as_object_mut(), self.quant.to_json())
+        {
+            v.extend(quant);
         }
         v
     }

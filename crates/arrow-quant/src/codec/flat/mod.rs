@@ -8,7 +8,7 @@ mod mse;
 
 use super::driver::{run_chunks, Chunk, ChunkFailure, QualitySums};
 use super::{Codec, Encoding, Plan};
-use crate::config::{BitWidth, GroupSize, Method};
+use crate::config::{BitWidth, Method};
 use crate::error::{QuantError, Result};
 use crate::importance::ChannelWeights;
 use crate::packing::{pack_codes, unpack_codes};
@@ -234,8 +234,9 @@ impl Codec for FlatCodec {
     }
 
     fn chunk_elements(&self, view: &QuantizedView<'_>) -> usize {
-        let layout = GroupLayout::new(view.shape, flat_group_size(view));
-        layout.chunk_rows() * layout.cols
+        // A view with block records has no groups; validation rejects it before any chunk is decoded.
+        view.group_layout()
+            .map_or(1, |layout| layout.chunk_rows() * layout.cols)
     }
 
     fn dequantize_chunk(
@@ -264,14 +265,6 @@ impl Codec for FlatCodec {
             first_group: index * layout.chunk_rows() * layout.groups_per_row,
         };
         dequantize_chunk(&src, codes, out);
-    }
-}
-
-/// The group size of a flat view (per channel for a view with block records, which validation rejects).
-fn flat_group_size(view: &QuantizedView<'_>) -> GroupSize {
-    match view.payload {
-        PayloadRef::Flat { group_size, .. } => group_size,
-        PayloadRef::Blocks(_) => GroupSize::PerChannel,
     }
 }
 
