@@ -247,10 +247,9 @@ def minilm_path():
 
 
 def total_error(report):
+    """The planner's objective: the sum of the relative errors of the layers the policy quantizes."""
     return sum(
-        layer["rel_mse"] * float(np.prod(layer["shape"]))
-        for layer in report["layers"]
-        if layer["kept"] is None or layer["kept"].startswith("mixed")
+        layer["rel_mse"] for layer in report["layers"] if layer["kept"] is None or layer["kept"].startswith("mixed")
     )
 
 

@@ -93,7 +93,7 @@ def stored_config(path: Path) -> dict:
     "profile,encodings,layout",
     [
         ("edge", {"int2"}, {"layout": "flat", "group_size": "256"}),
-        ("local", {"int4_2l"}, {"layout": "auto"}),
+        ("local", {"int4_2l", "int4"}, {"layout": "auto"}),  # the conv kernel: plain rounding (policy)
         ("cloud", {"int8"}, {"layout": "flat", "group_size": "64"}),
     ],
 )

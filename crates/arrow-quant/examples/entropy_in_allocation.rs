@@ -2,7 +2,7 @@
 //! 2, 4 and 8 bits (default method, as the pipeline's planning pass does), then allocates widths at several
 //! budgets twice: by the measured errors (what the pipeline does), and by the measured errors weighted with each
 //! layer's entropy relative to the mean (the "thermodynamic" sensitivity of the earlier design). Prints the true
-//! total error (sum of relative MSE x parameters) of both allocations.
+//! total error (the pipeline's objective: sum of the layers' relative MSE) of both allocations.
 //!
 //! Run: `cargo run --release -p arrow-quant --example entropy_in_allocation -- model.safetensors`
 //! (`benchmarks/bench_diffusion.py` runs it on the MiniLM checkpoint).
@@ -48,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )?;
             layer.push(LayerOption {
                 bits: (q.nbytes() * 8) as f64,
-                error: q.quality.rel_mse * entry.len() as f64,
+                error: q.quality.rel_mse,
             });
         }
         options.push(layer);

@@ -50,15 +50,27 @@ pub const DEFAULT_KEEP_PATTERNS: [&str; 8] = [
     "time_embedding",
 ];
 
-/// Default name patterns (case-insensitive substrings) of layers quantized by plain rounding (flat groups of 64,
-/// `rtn`) instead of a clipping search: the projections of the timestep embedding into each residual block
-/// (`emb_layers` in OpenAI / LDM UNets, `time_emb_proj` in diffusers) and the first convolution of each residual
-/// block (`in_layers`, diffusers' `.conv1.`), whose inputs come straight from a normalisation and SiLU. Measured
-/// on the terrain UNet (benchmarks/bench_e2e.py): clipping these layers' outliers shifts the whole output, and
-/// plain rounding of them at the same 4.5 bits/weight brings the INT4 output error from 1.5x to 0.77x of
-/// llama.cpp's Q4_0.
-pub const DEFAULT_UNCLIPPED_PATTERNS: [&str; 4] =
-    ["emb_layers", "time_emb_proj", "in_layers", ".conv1."];
+/// Default name patterns (case-insensitive substrings) of the conditioning projections, which get plain rounding
+/// at 4 bits and below like convolution kernels (see `policy::layer_quant`): the timestep / class embedding
+/// projected into each block (`emb_layers`, `label_emb` in OpenAI / LDM UNets, `time_emb_proj` in diffusers), the
+/// DiT and SD3 modulation (`adaLN`, `y_embedder`), Flux's conditioning inputs and modulations (`time_in`,
+/// `guidance_in`, `vector_in`, `_mod.`, `modulation`) and Wan's (`modulation`, `time_projection`). Their output
+/// is one vector per sample that shifts or scales a whole feature map, so a bias in their rounding moves the whole
+/// output: on the terrain UNet, rounding `emb_layers` plainly instead of by the clipping search lowered the INT4
+/// output error; the timestep embeddings themselves are kept in 16-bit by [`DEFAULT_KEEP_PATTERNS`].
+pub const DEFAULT_UNCLIPPED_PATTERNS: [&str; 11] = [
+    "emb_layers",
+    "label_emb",
+    "time_emb_proj",
+    "adaln",
+    "y_embedder",
+    "time_in",
+    "guidance_in",
+    "vector_in",
+    "_mod.",
+    "modulation",
+    "time_projection",
+];
 
 /// Everything a whole-model run needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,8 +87,8 @@ pub struct PipelineConfig {
     pub min_elements: usize,
     /// Name patterns of tensors kept in 16-bit.
     pub keep_patterns: Vec<String>,
-    /// Name patterns of layers quantized by plain rounding (flat groups of 64, `rtn`, at whatever width they
-    /// get) instead of the configured layout and method.
+    /// Name patterns of the layers that, like convolution kernels, get plain rounding (symmetric flat groups of
+    /// 32, `rtn`) at 4 bits and below when layout and method are `auto` (see `policy::layer_quant`).
     pub unclipped_patterns: Vec<String>,
     /// Keep the first and the last quantizable layer in 16-bit.
     pub keep_first_last: bool,

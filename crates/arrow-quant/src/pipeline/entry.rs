@@ -163,7 +163,7 @@ pub(crate) fn entry_batch(
             let view = TensorView::new(&entry.name, &entry.shape, values.data())?;
             let (quantized, reason) = match plan.first {
                 Some(bits) => {
-                    let quant = layer_quant(config, &entry.name);
+                    let quant = layer_quant(config, &entry.name, entry.shape.len());
                     quantize_with_fallback(&view, config, &quant, bits, plan.channel_absmax)?
                 }
                 None => (None, None),

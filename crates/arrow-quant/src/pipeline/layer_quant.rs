@@ -50,7 +50,9 @@ pub(crate) fn quantize_layer(
 pub(crate) struct Estimate {
     /// Stored size in bits (channel scales included when the layer will be scaled).
     pub bits: f64,
-    /// Relative error (activation-weighted with magnitudes) times the parameter count.
+    /// Relative error (activation-weighted with magnitudes): the layer's share of the planned total. Not
+    /// weighted by the parameter count: a layer's relative error is what reaches the output, whatever its size
+    /// (see `diffusion::allocation`).
     pub error: f64,
     /// Cosine similarity to the source.
     pub cosine: f64,
@@ -64,12 +66,11 @@ pub(crate) fn estimate(
     config: &QuantConfig,
     channel_absmax: Option<&[f32]>,
 ) -> Result<Estimate> {
-    let n = view.data.len() as f64;
     let Some(a) = channel_absmax else {
         let q = quantize_tensor(view, config)?;
         return Ok(Estimate {
             bits: (q.nbytes() * 8) as f64,
-            error: q.quality.rel_mse * n,
+            error: q.quality.rel_mse,
             cosine: q.quality.cosine,
         });
     };
@@ -78,7 +79,7 @@ pub(crate) fn estimate(
     let weighted = activation_weighted_error(view, &q.view().dequantize()?, a)?;
     Ok(Estimate {
         bits: ((q.nbytes() + 4 * a.len()) * 8) as f64,
-        error: weighted * n,
+        error: weighted,
         cosine: q.quality.cosine,
     })
 }

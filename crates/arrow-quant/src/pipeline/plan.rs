@@ -94,7 +94,7 @@ pub(crate) fn plan_widths(
                 error: 0.0,
             },
         )];
-        let quant = layer_quant(config, &entry.name);
+        let quant = layer_quant(config, &entry.name, entry.shape.len());
         for bits in WIDTHS {
             let e = estimate(
                 &view,
