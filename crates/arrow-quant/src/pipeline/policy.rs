@@ -254,29 +254,23 @@ mod tests {
             layer_quant(&config, "double_blocks.0.img_attn.qkv.weight", 2),
             config.quant
         );
-        let int8 = PipelineConfig {
-            quant: QuantConfig {
-                bits: BitWidth::Int8,
-                ..config.quant
-            },
-            ..PipelineConfig::default()
+        let int8 = QuantConfig {
+            bits: BitWidth::Int8,
+            ..config.quant
         };
-        assert_eq!(
-            layer_quant(&int8, "input_blocks.1.0.emb_layers.1.weight", 4),
-            int8.quant
-        );
-        let mse = PipelineConfig {
-            quant: QuantConfig {
-                method: Method::Mse,
-                layout: Layout::Flat(FlatLayout::default()),
-                ..config.quant
-            },
-            ..PipelineConfig::default()
+        let mse = QuantConfig {
+            method: Method::Mse,
+            layout: Layout::Flat(FlatLayout::default()),
+            ..config.quant
         };
-        assert_eq!(
-            layer_quant(&mse, "input_blocks.1.0.emb_layers.1.weight", 4),
-            mse.quant
-        );
+        for quant in [int8, mse] {
+            let run = PipelineConfig {
+                quant,
+                ..PipelineConfig::default()
+            };
+            let name = "input_blocks.1.0.emb_layers.1.weight";
+            assert_eq!(layer_quant(&run, name, 4), quant, "{quant:?}");
+        }
         let no_edges = PipelineConfig {
             keep_first_last: false,
             ..PipelineConfig::default()
