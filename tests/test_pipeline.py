@@ -176,7 +176,9 @@ def test_fallback_chain_on_a_layer_built_to_fail_int2(quantizer, tmp_path, rng):
     impossible = aq.DiffusionQuantConfig.from_profile("edge", quality_floor=1.0)
     report = quantizer.quantize_diffusion_model(path, tmp_path / "kept.parquet", impossible)
     layer = next(x for x in report["layers"] if x["name"] == "blocks.0.hard.weight")
-    assert layer["encoding"] == "f16" and layer["fallback"].endswith("kept in 16-bit")
+    # A floor of 1.0 is met by float32 only: a kept layer is held to the same floor as a quantized one.
+    assert layer["encoding"] == "f32" and layer["fallback"].endswith("kept unquantized")
+    assert "stored as f32" in layer["kept"] and layer["cosine"] == 1.0
 
 
 def corrupt_files(tmp_path, good_bytes):

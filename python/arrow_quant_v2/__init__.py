@@ -5,8 +5,6 @@ quality figures (cosine similarity, relative MSE), and a whole-checkpoint pipeli
 See README.md for the API and examples.
 """
 
-from collections.abc import Mapping
-
 from ._async import AsyncArrowQuantV2
 from ._core import (
     ArrowQuantV2,
@@ -30,9 +28,6 @@ from ._core import (
     write_calibration,
 )
 from .calibration import CalibrationRecorder
-
-# A QuantizedModel behaves as a read-only mapping from tensor names to arrays.
-Mapping.register(QuantizedModel)
 
 __all__ = [
     "ArrowQuantV2",

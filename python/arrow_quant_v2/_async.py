@@ -3,19 +3,35 @@
 The Rust core releases the GIL for all heavy work, so running the blocking calls in a worker thread lets an
 asyncio program (a server, a notebook) keep serving while a model is quantized. Progress callbacks are invoked on
 that worker thread.
+
+Cancelling the awaiting task (`task.cancel()`) stops a model run: the worker stops after the tensor in progress,
+the output file is not written (nor any temporary file left), and `asyncio.CancelledError` reaches the caller
+once the worker has stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
+import threading
 from collections.abc import Callable
 from os import PathLike
 from typing import Any, Literal
 
-from ._core import ArrowQuantV2, DiffusionQuantConfig
+from ._core import ArrowQuantV2, CancelledError, DiffusionQuantConfig
 
 _Path = str | PathLike[str]
+
+
+def _identity(path: _Path) -> tuple[int, int, int] | None:
+    """The file at `path` as (device, inode, mtime): a rename into place changes it. None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
 class AsyncArrowQuantV2:
@@ -31,6 +47,41 @@ class AsyncArrowQuantV2:
     async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
+    async def _run_model(
+        self,
+        fn: Callable[..., Any],
+        source: _Path,
+        output: _Path,
+        config: DiffusionQuantConfig | None,
+        progress_callback: Callable[[str, float], object] | None,
+        calibration: Any,
+    ) -> Any:
+        """Runs a model call on a worker thread; a cancelled task stops it through its progress callback (an
+        exception raised there sets the core's cancel flag) and waits for it to clean up."""
+        stop = threading.Event()
+
+        def progress(name: str, fraction: float) -> object:
+            if stop.is_set():
+                raise CancelledError("the asyncio task was cancelled")
+            return None if progress_callback is None else progress_callback(name, fraction)
+
+        before = _identity(output)
+        worker = asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(fn, source, output, config, progress, calibration)
+        )
+        try:
+            return await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            stop.set()
+            # The worker removes its temporary file when it stops: wait for that before the cancel propagates.
+            with contextlib.suppress(Exception):
+                await worker
+            # A run whose last tensor was done when the cancel arrived may have renamed its output into place.
+            if _identity(output) not in (None, before):
+                with contextlib.suppress(OSError):
+                    os.unlink(output)
+            raise
+
     async def quantize_diffusion_model(
         self,
         model_path: _Path,
@@ -39,7 +90,7 @@ class AsyncArrowQuantV2:
         progress_callback: Callable[[str, float], object] | None = None,
         calibration: Any = None,
     ) -> dict[str, Any]:
-        return await self._run(
+        return await self._run_model(
             self._sync.quantize_diffusion_model, model_path, output_path, config, progress_callback, calibration
         )
 
@@ -51,7 +102,7 @@ class AsyncArrowQuantV2:
         progress_callback: Callable[[str, float], object] | None = None,
         calibration: Any = None,
     ) -> dict[str, Any]:
-        return await self._run(
+        return await self._run_model(
             self._sync.quantize_from_safetensors, safetensors_path, output_path, config, progress_callback, calibration
         )
 

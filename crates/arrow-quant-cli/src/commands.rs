@@ -33,11 +33,24 @@ fn apply_diffusion(config: &mut PipelineConfig, d: DiffusionArgs) -> Result<()> 
     config.target_bits_per_weight = d.target_bpw;
     config.enable_time_aware = !d.no_time_aware;
     config.enable_spatial = !d.no_spatial;
-    config.time_aware.num_groups = d.time_groups;
-    config.time_aware.grouping = TimeGrouping::parse(&d.time_grouping)?;
-    config.time_aware.activation_bits = d.activation_bits;
-    config.time_aware.smoothing = Smoothing::parse(&d.smoothing)?;
-    config.time_aware.smoothing_window = d.smoothing_window;
+    // Unset options keep their defaults; set ones without --calibration are refused by the core
+    // (`PipelineConfig::check_calibration_settings`), as Python's keywords are.
+    let t = &mut config.time_aware;
+    if let Some(n) = d.time_groups {
+        t.num_groups = n;
+    }
+    if let Some(g) = &d.time_grouping {
+        t.grouping = TimeGrouping::parse(g)?;
+    }
+    if let Some(b) = d.activation_bits {
+        t.activation_bits = b;
+    }
+    if let Some(s) = &d.smoothing {
+        t.smoothing = Smoothing::parse(s)?;
+    }
+    if let Some(w) = d.smoothing_window {
+        t.smoothing_window = w;
+    }
     Ok(())
 }
 

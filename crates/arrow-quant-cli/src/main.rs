@@ -35,8 +35,9 @@ enum Command {
         profile: String,
         #[command(flatten)]
         quant: QuantArgs,
-        /// Minimum cosine similarity per layer (overrides the profile)
-        #[arg(long)]
+        /// Minimum cosine similarity per layer, in [0, 1] [default: the profile's: edge 0.65, local 0.85,
+        /// cloud 0.95]
+        #[arg(long, allow_negative_numbers = true)]
         floor: Option<f64>,
         /// Stop with exit code 1 when a layer misses the floor instead of falling back to more bits
         #[arg(long)]
@@ -90,23 +91,24 @@ enum Command {
 /// The encoding options of `quantize`; unset ones keep the profile's (see `QuantOptions` in the core).
 #[derive(Debug, clap::Args)]
 struct QuantArgs {
-    /// First bit width tried: 2, 4 or 8 (overrides the profile)
+    /// First bit width tried: 2, 4 or 8 [default: the profile's: edge 2, local 4, cloud 8]
     #[arg(long)]
     bits: Option<u32>,
-    /// Encoding family: auto (two-level where rows fit, else flat), flat or two_level. Unset: flat when a flat
-    /// option or a flat method is given, else the profile's
+    /// Encoding family: auto (two-level where rows fit, else flat), flat or two_level [default: flat when a
+    /// flat option or a flat method is given, else the profile's: edge flat, local auto, cloud flat]
     #[arg(long)]
     layout: Option<String>,
-    /// Flat layout: elements per group, 32, 64, 128, 256 or per_channel
+    /// Flat layout: elements per group, 32, 64, 128, 256 or per_channel [default: the profile's: edge 256,
+    /// cloud 64, else 128]
     #[arg(long)]
     group_size: Option<String>,
-    /// Flat layout: symmetric groups (no zero point)
+    /// Flat layout: symmetric groups (no zero point) [default: asymmetric]
     #[arg(long)]
     symmetric: bool,
-    /// Flat layout: storage type of scales and zero points, float16 or float32
+    /// Flat layout: storage type of scales and zero points, float16 or float32 [default: float16]
     #[arg(long)]
     scale_dtype: Option<String>,
-    /// Parameter search: auto (two-level's own search, mse on flat), rtn, mse or hqq
+    /// Parameter search: auto (two-level's own search, mse on flat), rtn, mse or hqq [default: auto]
     #[arg(long)]
     method: Option<String>,
 }
@@ -119,24 +121,25 @@ struct DiffusionArgs {
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
     /// Mixed precision: choose 2 / 4 / 8 bits (or 16-bit) per layer for this many stored bits per weight over the
-    /// whole model, minimising the total error
-    #[arg(long, value_name = "X")]
+    /// whole model, minimising the total error [default: none, the fallback chain from --bits]
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     target_bpw: Option<f64>,
-    /// Number of timestep groups of the time-aware activation parameters
-    #[arg(long, default_value_t = 10)]
-    time_groups: usize,
-    /// Placement of the timestep groups: adaptive or uniform
-    #[arg(long, default_value = "adaptive")]
-    time_grouping: String,
-    /// Bits of the activation quantization the time-aware parameters are for
-    #[arg(long, default_value_t = 8)]
-    activation_bits: u8,
-    /// Blend between neighbouring timestep groups: none, linear, cubic or sigmoid
-    #[arg(long, default_value = "none")]
-    smoothing: String,
-    /// Timesteps on each side of a group boundary that the smoothing blends
-    #[arg(long, default_value_t = 0)]
-    smoothing_window: u32,
+    /// With calibration: number of timestep groups of the time-aware activation parameters [default: 10]
+    #[arg(long)]
+    time_groups: Option<usize>,
+    /// With calibration: placement of the timestep groups, adaptive or uniform [default: adaptive]
+    #[arg(long)]
+    time_grouping: Option<String>,
+    /// With calibration: bits of the activation quantization the time-aware parameters are for [default: 8]
+    #[arg(long)]
+    activation_bits: Option<u8>,
+    /// With calibration: blend between neighbouring timestep groups, none, linear, cubic or sigmoid
+    /// [default: none]
+    #[arg(long)]
+    smoothing: Option<String>,
+    /// With calibration: timesteps on each side of a group boundary that the smoothing blends [default: 0]
+    #[arg(long)]
+    smoothing_window: Option<u32>,
     /// With calibration: no time-aware activation parameters
     #[arg(long)]
     no_time_aware: bool,

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 /// Renders progress events on stderr.
 pub struct Reporter {
     bar: Option<ProgressBar>,
-    last_tenth: Mutex<usize>,
+    /// The stage and tenth of the last plain line (each stage counts from 0 again).
+    last_tenth: Mutex<(&'static str, usize)>,
     quiet: bool,
 }
 
@@ -26,7 +27,7 @@ impl Reporter {
         });
         Self {
             bar,
-            last_tenth: Mutex::new(0),
+            last_tenth: Mutex::new(("", 0)),
             quiet,
         }
     }
@@ -44,8 +45,8 @@ impl Reporter {
         }
         let tenth = p.bytes_done * 10 / p.bytes_total.max(1);
         if let Ok(mut last) = self.last_tenth.lock() {
-            if tenth > *last || p.done == p.total {
-                *last = tenth;
+            if last.0 != p.stage || tenth > last.1 || p.done == p.total {
+                *last = (p.stage, tenth);
                 eprintln!(
                     "{:>5.1}% {} {}/{} tensors, {:.1} / {:.1} MB",
                     p.bytes_done as f64 * 100.0 / p.bytes_total.max(1) as f64,

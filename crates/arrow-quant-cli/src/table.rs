@@ -80,7 +80,7 @@ pub fn print_report(report: &Report) {
         );
     }
     println!(
-        "worst cosine of a quantized layer {:.6}; {:.2} s, {:.2} GB/s of input",
+        "worst cosine of any layer {:.6}; {:.2} s, {:.2} GB/s of input",
         report.worst_cosine(),
         report.seconds,
         report.gb_per_s()

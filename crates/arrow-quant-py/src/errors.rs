@@ -92,9 +92,9 @@ impl From<Error> for PyErr {
                 let message = e.to_string();
                 match e {
                     QuantError::InvalidConfig { .. } => ConfigurationError::new_err(message),
-                    QuantError::Schema { .. } | QuantError::Column { .. } => {
-                        SchemaError::new_err(message)
-                    }
+                    QuantError::Schema { .. }
+                    | QuantError::Range { .. }
+                    | QuantError::Column { .. } => SchemaError::new_err(message),
                     QuantError::NonFinite { .. } => InvalidWeightsError::new_err(message),
                     QuantError::Corrupt { .. } | QuantError::Format { .. } => {
                         CorruptDataError::new_err(message)

@@ -1,4 +1,5 @@
-//! numpy arrays in: float32 / float16 / bfloat16-as-uint16, borrowed in place when C-contiguous, else copied once.
+//! numpy arrays in: float32 / float16 / bfloat16-as-uint16, borrowed in place when C-contiguous and aligned, else
+//! copied once.
 
 use crate::errors::{schema, Result};
 use arrow_quant::{TensorData, TensorView};
@@ -9,14 +10,12 @@ use numpy::{
 };
 use pyo3::prelude::*;
 
-/// The elements of one input array: a read-only borrow of numpy's buffer, or a one-time copy of a strided view.
+/// The elements of one input array: a read-only borrow of numpy's buffer (of the caller's array, or of the one
+/// copy made of an array that is not C-contiguous or not aligned).
 enum Storage<'py> {
     F32(PyReadonlyArrayDyn<'py, f32>),
     F16(PyReadonlyArrayDyn<'py, f16>),
     BF16(PyReadonlyArrayDyn<'py, u16>),
-    OwnedF32(Vec<f32>),
-    OwnedF16(Vec<f16>),
-    OwnedBF16(Vec<bf16>),
 }
 
 /// One named input layer, holding its numpy array alive while the kernels read it without the GIL.
@@ -29,9 +28,19 @@ pub struct LayerInput<'py> {
 const HOW_TO_FIX: &str =
     "pass a float32 or float16 numpy array (or bfloat16 bits as uint16), e.g. weights.astype(numpy.float32)";
 
+/// `array` as a `T` array if it can be borrowed in place: C-contiguous (`as_slice()` also accepts Fortran order,
+/// which would read the elements transposed) and aligned for `T` (a view at an odd byte offset is not).
+fn borrowable<'py, T: numpy::Element>(
+    array: &Bound<'py, PyUntypedArray>,
+) -> Result<Option<PyReadonlyArrayDyn<'py, T>>> {
+    let typed = array.cast::<PyArrayDyn<T>>().map_err(PyErr::from)?;
+    let aligned = (typed.data() as usize) % std::mem::align_of::<T>() == 0;
+    Ok((aligned && array.is_c_contiguous()).then(|| typed.readonly()))
+}
+
 impl<'py> LayerInput<'py> {
-    /// Reads `obj` (a numpy array). C-contiguous arrays are borrowed without copying; other layouts are copied
-    /// once into row-major order.
+    /// Reads `obj` (a numpy array). C-contiguous, aligned arrays are borrowed without copying; other layouts
+    /// (Fortran order, strided or misaligned views) are copied once into an aligned row-major array.
     pub fn from_py(name: String, obj: &Bound<'py, PyAny>) -> Result<Self> {
         let Ok(array) = obj.cast::<PyUntypedArray>() else {
             let type_name = obj
@@ -44,40 +53,14 @@ impl<'py> LayerInput<'py> {
             ));
         };
         let shape = array.shape().to_vec();
-        // as_slice() also accepts Fortran order, which would read the elements transposed: require C order.
-        let c_order = array.is_c_contiguous();
         let dtype = array.dtype();
         let py = obj.py();
         let storage = if dtype.is_equiv_to(&numpy::dtype::<f32>(py)) {
-            let a = array
-                .cast::<PyArrayDyn<f32>>()
-                .map_err(PyErr::from)?
-                .readonly();
-            if c_order {
-                Storage::F32(a)
-            } else {
-                Storage::OwnedF32(a.as_array().iter().copied().collect())
-            }
+            borrowable::<f32>(array)?.map(Storage::F32)
         } else if dtype.is_equiv_to(&numpy::dtype::<f16>(py)) {
-            let a = array
-                .cast::<PyArrayDyn<f16>>()
-                .map_err(PyErr::from)?
-                .readonly();
-            if c_order {
-                Storage::F16(a)
-            } else {
-                Storage::OwnedF16(a.as_array().iter().copied().collect())
-            }
+            borrowable::<f16>(array)?.map(Storage::F16)
         } else if dtype.is_equiv_to(&numpy::dtype::<u16>(py)) {
-            let a = array
-                .cast::<PyArrayDyn<u16>>()
-                .map_err(PyErr::from)?
-                .readonly();
-            if c_order {
-                Storage::BF16(a)
-            } else {
-                Storage::OwnedBF16(a.as_array().iter().map(|&b| bf16::from_bits(b)).collect())
-            }
+            borrowable::<u16>(array)?.map(Storage::BF16)
         } else {
             let found = dtype
                 .str()
@@ -87,11 +70,18 @@ impl<'py> LayerInput<'py> {
                 format!("dtype {found} is not supported; {HOW_TO_FIX}"),
             ));
         };
-        Ok(Self {
-            name,
-            shape,
-            storage,
-        })
+        match storage {
+            Some(storage) => Ok(Self {
+                name,
+                shape,
+                storage,
+            }),
+            // numpy's copy is C-ordered and aligned, so it is borrowed on the second pass.
+            None => {
+                let copy = obj.call_method1("copy", ("C",))?;
+                Self::from_py(name, &copy)
+            }
+        }
     }
 
     /// A view of the elements for the core (valid while `self` lives).
@@ -104,9 +94,6 @@ impl<'py> LayerInput<'py> {
                 // bf16 is a transparent wrapper of its u16 bits.
                 TensorData::BF16(bytemuck_bf16(bits))
             }
-            Storage::OwnedF32(v) => TensorData::F32(v),
-            Storage::OwnedF16(v) => TensorData::F16(v),
-            Storage::OwnedBF16(v) => TensorData::BF16(v),
         };
         Ok(TensorView::new(&self.name, &self.shape, data)?)
     }

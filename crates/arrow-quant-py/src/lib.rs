@@ -29,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batch_result::BatchResult>()?;
     m.add_class::<config_class::PyDiffusionQuantConfig>()?;
     m.add_class::<quantized_model::QuantizedModel>()?;
+    quantized_model::register_mapping(m)?;
     m.add_function(wrap_pyfunction!(quantized_model::load_quantized, m)?)?;
     m.add_function(wrap_pyfunction!(quantized_model::export, m)?)?;
     m.add_function(wrap_pyfunction!(calibration::read_calibration, m)?)?;

@@ -33,10 +33,7 @@ pub fn run_model(
             None => quantize_model(input, output, &config, &cancel, notify),
         },
         |p: Progress| match progress {
-            Some(cb) => {
-                let fraction = p.bytes_done as f64 / p.bytes_total.max(1) as f64;
-                cb.call1((p.tensor, fraction)).map(drop)
-            }
+            Some(cb) => cb.call1((p.tensor, p.fraction)).map(drop),
             None => Ok(()),
         },
     )?;

@@ -30,19 +30,89 @@ impl QuantizedModel {
     }
 }
 
+/// A view class of `collections.abc` (`KeysView`, `ValuesView`, `ItemsView`) over `model`: what a `Mapping`'s
+/// `keys()`, `values()` and `items()` return (values are dequantized lazily, one tensor at a time).
+fn abc_view<'py>(model: &Bound<'py, QuantizedModel>, class: &str) -> PyResult<Bound<'py, PyAny>> {
+    model
+        .py()
+        .import("collections.abc")?
+        .getattr(class)?
+        .call1((model,))
+}
+
+/// Registers `QuantizedModel` as a virtual subclass of `collections.abc.Mapping` (it implements the protocol:
+/// `__getitem__`, `__len__`, `__iter__`, `keys`, `items`, `values`, `get`, `__contains__`, `__eq__`).
+pub fn register_mapping(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let mapping = m.py().import("collections.abc")?.getattr("Mapping")?;
+    mapping.call_method1("register", (m.getattr("QuantizedModel")?,))?;
+    Ok(())
+}
+
 #[pymethods]
 impl QuantizedModel {
-    /// Tensor names in file order.
-    fn keys(&self) -> Vec<String> {
-        self.file.names.clone()
+    /// Tensor names in file order (a `KeysView`).
+    fn keys<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        abc_view(slf, "KeysView")
+    }
+
+    /// The dequantized tensors in file order (a `ValuesView`, read lazily).
+    fn values<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        abc_view(slf, "ValuesView")
+    }
+
+    /// `(name, dequantized tensor)` pairs in file order (an `ItemsView`, read lazily).
+    fn items<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        abc_view(slf, "ItemsView")
+    }
+
+    /// The tensor `name` (as `model[name]`), or `default` when the file has no such tensor.
+    #[pyo3(signature = (name, default = None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> Result<Bound<'py, PyAny>> {
+        match name.extract::<String>() {
+            Ok(n) if self.__contains__(name) => self.__getitem__(py, &n),
+            _ => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
     }
 
     fn __len__(&self) -> usize {
         self.file.names.len()
     }
 
-    fn __contains__(&self, name: &str) -> bool {
-        self.file.names.iter().any(|n| n == name)
+    fn __contains__(&self, name: &Bound<'_, PyAny>) -> bool {
+        name.extract::<String>()
+            .is_ok_and(|name| self.file.names.contains(&name))
+    }
+
+    /// Mapping equality: `other` is a mapping with the same names whose arrays are equal (`numpy.array_equal`,
+    /// same shape and values) to this model's dequantized tensors.
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let mapping = py.import("collections.abc")?.getattr("Mapping")?;
+        if !other.is_instance(&mapping)? {
+            return Ok(py.NotImplemented());
+        }
+        if other.len()? != self.file.names.len() {
+            return Ok(false.into_pyobject(py)?.to_owned().into_any().unbind());
+        }
+        let array_equal = py.import("numpy")?.getattr("array_equal")?;
+        for name in &self.file.names {
+            let theirs = match other.get_item(name) {
+                Ok(v) => v,
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(py) => {
+                    return Ok(false.into_pyobject(py)?.to_owned().into_any().unbind())
+                }
+                Err(e) => return Err(e),
+            };
+            let ours = self.__getitem__(py, name)?;
+            if !array_equal.call1((ours, theirs))?.is_truthy()? {
+                return Ok(false.into_pyobject(py)?.to_owned().into_any().unbind());
+            }
+        }
+        Ok(true.into_pyobject(py)?.to_owned().into_any().unbind())
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -71,6 +141,7 @@ impl QuantizedModel {
                 "u16" => "<u2",
                 "u32" => "<u4",
                 "u64" => "<u8",
+                "f64" => "<f8",
                 "bool" => "?",
                 other => {
                     return Err(QuantError::format(

@@ -41,20 +41,38 @@ pub struct ArrowQuantV2 {
     last_time_aware: std::sync::Mutex<Option<Arc<Report>>>,
 }
 
-/// Reads the layers of a `dict[str, ndarray]`.
-fn read_dict_layers<'py>(weights: &Bound<'py, PyDict>) -> Result<Vec<LayerInput<'py>>> {
-    weights
-        .iter()
-        .map(|(key, value)| {
-            let name: String = key.extract().map_err(|_| {
-                schema(
-                    &key.repr().map_or_else(|_| "?".into(), |r| r.to_string()),
-                    "layer names (the dict keys) must be str",
-                )
-            })?;
-            LayerInput::from_py(name, &value)
-        })
-        .collect()
+/// Reads one entry of a `dict[str, ndarray]`: the layer, or its name and why it cannot be quantized.
+fn read_dict_layer<'py>(
+    key: &Bound<'py, PyAny>,
+    value: &Bound<'py, PyAny>,
+) -> std::result::Result<LayerInput<'py>, (String, Error)> {
+    let name: String = key.extract().map_err(|_| {
+        let name = key.repr().map_or_else(|_| "?".into(), |r| r.to_string());
+        let e = schema(&name, "layer names (the dict keys) must be str");
+        (name, e)
+    })?;
+    let layer = LayerInput::from_py(name.clone(), value).map_err(|e| (name.clone(), e))?;
+    // A view that cannot be built (its shape does not fit) fails here, per layer, not for the whole batch.
+    layer.view().map_err(|e| (name, e))?;
+    Ok(layer)
+}
+
+/// Reads the layers of a `dict[str, ndarray]`: with `keep_going` the ones that cannot be read are returned
+/// apart, by name, else the first of them is the error.
+#[allow(clippy::type_complexity)]
+fn read_dict_layers<'py>(
+    weights: &Bound<'py, PyDict>,
+    keep_going: bool,
+) -> Result<(Vec<LayerInput<'py>>, Vec<(String, Error)>)> {
+    let (mut layers, mut failed) = (Vec::new(), Vec::new());
+    for (key, value) in weights.iter() {
+        match read_dict_layer(&key, &value) {
+            Ok(layer) => layers.push(layer),
+            Err((name, e)) if keep_going => failed.push((name, e)),
+            Err((_, e)) => return Err(e),
+        }
+    }
+    Ok((layers, failed))
 }
 
 /// Reads `importance`: a 1-D float32 numpy array (other float dtypes must be cast by the caller).
@@ -154,7 +172,7 @@ impl ArrowQuantV2 {
         progress: Option<&Bound<'py, PyAny>>,
     ) -> Result<Bound<'py, BatchResult>> {
         let config = overrides.apply(self.defaults)?;
-        let layers = read_dict_layers(weights)?;
+        let (layers, unreadable) = read_dict_layers(weights, continue_on_error)?;
         let views = layers
             .iter()
             .map(LayerInput::view)
@@ -194,6 +212,10 @@ impl ArrowQuantV2 {
             }
         }
         let out = Bound::new(py, BatchResult::empty(py))?;
+        for (name, e) in unreadable {
+            let err: PyErr = e.into();
+            out.borrow().errors(py).set_item(name, err.value(py))?;
+        }
         for (layer, result) in layers.iter().zip(results) {
             match result {
                 Ok(q) => out.set_item(&layer.name, PyQuantizedTensor::from_core(py, q))?,

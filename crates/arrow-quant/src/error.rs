@@ -23,6 +23,15 @@ pub enum QuantError {
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// The tensor's values span a range its encoding cannot represent (a float16 scale would overflow, or the
+    /// reconstruction would not be finite). The pipeline's fallback moves on to the next encoding.
+    #[error("tensor '{tensor}': {problem}")]
+    Range {
+        /// The tensor (layer) name.
+        tensor: String,
+        /// Which group or block, and what to use instead.
+        problem: String,
+    },
     /// An Arrow input or result column is missing or of the wrong type, or a row breaks the schema.
     #[error("column '{column}': {problem}")]
     Column {

@@ -12,8 +12,9 @@ use crate::tensor::TensorView;
 /// [`crate::Encoding`]).
 ///
 /// Errors: an invalid config ([`crate::QuantError::InvalidConfig`]), a NaN or infinite element
-/// ([`crate::QuantError::NonFinite`], naming the tensor and the flat index), or a range too wide for float16
-/// scales ([`crate::QuantError::Schema`]: use float32 scales on the flat layout).
+/// ([`crate::QuantError::NonFinite`], naming the tensor and the flat index), or a range the encoding cannot
+/// represent ([`crate::QuantError::Range`]: a float16 scale would overflow; use float32 scales on the flat
+/// layout). No encoding returns a non-finite reconstruction of finite input.
 pub fn quantize_tensor(tensor: &TensorView<'_>, config: &QuantConfig) -> Result<QuantizedTensor> {
     quantize_tensor_with(tensor, config, None)
 }

@@ -13,21 +13,25 @@ pub enum SourceDtype {
     F16,
     /// bfloat16.
     BF16,
+    /// IEEE double precision (a checkpoint's float64 tensor, quantized from its float32 rounding).
+    F64,
 }
 
 impl SourceDtype {
-    /// Name as written in files and reports (`f32`, `f16`, `bf16`).
+    /// Name as written in files and reports (`f32`, `f16`, `bf16`, `f64`).
     pub const fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::BF16 => "bf16",
+            Self::F64 => "f64",
         }
     }
 
     /// Bytes per element.
     pub const fn size(self) -> usize {
         match self {
+            Self::F64 => 8,
             Self::F32 => 4,
             Self::F16 | Self::BF16 => 2,
         }

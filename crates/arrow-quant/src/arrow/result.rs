@@ -139,6 +139,7 @@ impl ResultRow<'_> {
         let source_dtype = match self.dtype {
             "f16" => SourceDtype::F16,
             "bf16" => SourceDtype::BF16,
+            "f64" => SourceDtype::F64,
             _ => SourceDtype::F32,
         };
         Ok(QuantizedTensor {
@@ -378,7 +379,7 @@ impl<'a> Columns<'a> {
                 format!("tensor '{name}': {bits} bits does not match encoding {encoding_name:?}"),
             ));
         }
-        if !matches!(dtype, "f32" | "f16" | "bf16") {
+        if !matches!(dtype, "f32" | "f16" | "bf16" | "f64") {
             return Err(QuantError::column(
                 col::DTYPE,
                 format!("tensor '{name}': quantized from unknown dtype {dtype:?}"),

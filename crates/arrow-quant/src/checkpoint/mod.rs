@@ -53,7 +53,9 @@ fn cast<T: bytemuck::Pod>(bytes: &[u8]) -> Cow<'_, [T]> {
     }
 }
 
-/// The floating-point values of a tensor, or `None` for a dtype the kernels do not take.
+/// The floating-point values of a tensor, or `None` for a dtype the kernels do not take. Float64 elements are
+/// rounded to float32 (one copy): the kernels quantize them like any float tensor (values beyond the float32
+/// range become infinite; [`float64_beyond_f32`] finds them first).
 pub fn float_values<'a>(
     file: &'a SafetensorsFile,
     entry: &TensorEntry,
@@ -63,8 +65,23 @@ pub fn float_values<'a>(
         Dtype::F32 => TensorValues::F32(cast(bytes)),
         Dtype::F16 => TensorValues::F16(cast(bytes)),
         Dtype::BF16 => TensorValues::BF16(cast(bytes)),
+        Dtype::F64 => TensorValues::F32(Cow::Owned(
+            float64_values(bytes).map(|v| v as f32).collect(),
+        )),
         _ => return None,
     })
+}
+
+/// The elements of a little-endian float64 buffer.
+pub fn float64_values(bytes: &[u8]) -> impl Iterator<Item = f64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+}
+
+/// The flat index of the first finite float64 element that float32 cannot hold (its rounding is infinite), if any.
+pub fn float64_beyond_f32(bytes: &[u8]) -> Option<usize> {
+    float64_values(bytes).position(|v| v.is_finite() && (v as f32).is_infinite())
 }
 
 fn shard_paths(path: &Path) -> Result<Vec<PathBuf>> {

@@ -113,7 +113,10 @@ where
                 })
             }
             Err(ChunkFailure::Range(problem)) => {
-                return Err(QuantError::schema(tensor.name, problem))
+                return Err(QuantError::Range {
+                    tensor: tensor.name.to_string(),
+                    problem,
+                })
             }
         }
     }

@@ -203,6 +203,56 @@ impl PipelineConfig {
         Ok(())
     }
 
+    /// Checks that no calibration-only setting (time-aware groups, grouping, activation bits, boundary smoothing
+    /// and its window, turning time-aware or spatial off) differs from its default when the run has no
+    /// calibration statistics: it would be silently ignored. The one rule behind the CLI's `--smoothing ...`
+    /// without `--calibration` and Python's `boundary_smoothing=...` without `calibration_path` / `calibration=`.
+    pub fn check_calibration_settings(&self, has_calibration: bool) -> Result<()> {
+        if has_calibration {
+            return Ok(());
+        }
+        let d = TimeAwareConfig::default();
+        let t = &self.time_aware;
+        let changed: [(&'static str, String, bool); 7] = [
+            (
+                "num_time_groups",
+                t.num_groups.to_string(),
+                t.num_groups != d.num_groups,
+            ),
+            (
+                "time_grouping",
+                format!("{:?}", t.grouping.name()),
+                t.grouping != d.grouping,
+            ),
+            (
+                "activation_bits",
+                t.activation_bits.to_string(),
+                t.activation_bits != d.activation_bits,
+            ),
+            (
+                "boundary_smoothing",
+                format!("{:?}", t.smoothing.name()),
+                t.smoothing != d.smoothing,
+            ),
+            (
+                "smoothing_window",
+                t.smoothing_window.to_string(),
+                t.smoothing_window != d.smoothing_window,
+            ),
+            ("enable_time_aware", "false".into(), !self.enable_time_aware),
+            ("enable_spatial", "false".into(), !self.enable_spatial),
+        ];
+        match changed.into_iter().find(|c| c.2) {
+            Some((field, value, _)) => Err(QuantError::config(
+                field,
+                format!("{value} without calibration statistics"),
+                "its default, or calibration statistics to apply it to (--calibration FILE, \
+                 calibration_path=... or calibration=...): it only affects calibrated layers",
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The settings as JSON (stored in the output file's metadata): the quantization settings as
     /// [`QuantConfig::to_json`] gives them (flat settings only for a flat layout), then the run's.
     pub fn to_json(&self) -> serde_json::Value {

@@ -1,5 +1,6 @@
 //! Quantizing one layer of a run: plainly, or with activation-aware channel scaling when its calibration records
-//! per-channel magnitudes; then the quality floor with the fallback chain (2 -> 4 -> 8 -> kept in 16-bit).
+//! per-channel magnitudes; then the quality floor with the fallback chain (2 -> 4 -> 8 -> kept in 16-bit, or
+//! 32-bit), which also moves on when an encoding cannot represent the layer's range.
 
 use super::config::PipelineConfig;
 use crate::config::{BitWidth, QuantConfig};
@@ -61,7 +62,25 @@ pub(crate) struct Estimate {
 /// Measures `view` at `config` for the mixed-precision plan. A layer with calibration magnitudes is measured
 /// with importance weights `a_j^2` only, not the channel-scaling search (which would multiply the cost of
 /// planning by the search's eleven quantizations); its stored size counts the channel scales it will carry.
+/// A width whose encoding cannot represent the layer's range is measured at cosine -inf (no floor accepts it),
+/// as the fallback chain would skip it.
 pub(crate) fn estimate(
+    view: &TensorView<'_>,
+    config: &QuantConfig,
+    channel_absmax: Option<&[f32]>,
+) -> Result<Estimate> {
+    match measure(view, config, channel_absmax) {
+        Err(QuantError::Range { .. }) => Ok(Estimate {
+            bits: f64::INFINITY,
+            error: f64::INFINITY,
+            cosine: f64::NEG_INFINITY,
+        }),
+        other => other,
+    }
+}
+
+/// [`estimate`] of a width the encoding can represent.
+fn measure(
     view: &TensorView<'_>,
     config: &QuantConfig,
     channel_absmax: Option<&[f32]>,
@@ -92,28 +111,70 @@ pub(crate) fn fallback_chain(first: BitWidth) -> Vec<BitWidth> {
         .collect()
 }
 
-/// Quantizes at the first width, then the next ones while the cosine misses the floor. Returns the accepted
-/// layer (or `None`: keep in 16-bit) and the reason for any fallback.
+/// The largest share of its 16-bit size a quantized layer may take: a layer whose codes, parameters and channel
+/// scales would take more (over 12 bits per weight, e.g. a `[100000, 1]` tensor at 36, or `[2048, 3]` at 14.7
+/// in flat int4) buys too little space for its loss of precision and is kept in 16-bit. Every regular layout
+/// stays under it (int8 with float32 scales and zero points in groups of 32 takes 10 bits per weight).
+pub(crate) const MAX_SHARE_OF_16_BIT: f64 = 0.75;
+
+/// What the fallback chain decided for one layer.
+#[derive(Debug, Default)]
+pub(crate) struct Ladder {
+    /// The accepted layer, or `None`: keep it in 16-bit (or 32-bit, see `entry::keep_bytes`).
+    pub layer: Option<QuantizedLayer>,
+    /// Why a wider encoding than the first was used (each miss), if one was.
+    pub fallback: Option<String>,
+    /// Why the layer is kept unquantized although a width met the floor (its quantized form is not smaller).
+    pub kept: Option<String>,
+}
+
+/// Quantizes at the first width, then the next ones while the cosine misses the floor or the encoding cannot
+/// represent the layer's range ([`QuantError::Range`]); past int8 the layer is kept (16-bit, or 32-bit when
+/// 16-bit would miss the floor). An accepted width whose stored form (codes, parameters and channel scales)
+/// would take more than [`MAX_SHARE_OF_16_BIT`] of the 16-bit form is not used either (wider widths only take
+/// more): the layer is kept in 16-bit and the report says why.
 pub(crate) fn quantize_with_fallback(
     view: &TensorView<'_>,
     config: &PipelineConfig,
     quant: &QuantConfig,
     first: BitWidth,
     channel_absmax: Option<&[f32]>,
-) -> Result<(Option<QuantizedLayer>, Option<String>)> {
+) -> Result<Ladder> {
     let mut misses = Vec::new();
+    let joined = |misses: &[String]| (!misses.is_empty()).then(|| misses.join("; "));
+    let sixteen_bit = view.data.len() * 2;
+    let limit = sixteen_bit as f64 * MAX_SHARE_OF_16_BIT;
     for bits in fallback_chain(first) {
-        let q = quantize_layer(view, &QuantConfig { bits, ..*quant }, channel_absmax)?;
-        let cosine = q.tensor.quality.cosine;
-        if cosine >= config.quality_floor {
-            return Ok((Some(q), (!misses.is_empty()).then(|| misses.join("; "))));
-        }
-        let miss = format!(
-            "cosine {:.4} < floor {:.4} at {}",
-            cosine,
-            config.quality_floor,
-            q.tensor.encoding_name()
-        );
+        let miss = match quantize_layer(view, &QuantConfig { bits, ..*quant }, channel_absmax) {
+            Ok(q) if q.tensor.quality.cosine >= config.quality_floor => {
+                let stored = q.tensor.nbytes();
+                if stored as f64 > limit {
+                    return Ok(Ladder {
+                        layer: None,
+                        fallback: joined(&misses),
+                        kept: Some(format!(
+                            "{} would take {stored} bytes ({:.1} bits per weight), too close to the {sixteen_bit} \
+                             of 16-bit: kept in 16-bit",
+                            q.tensor.encoding_name(),
+                            q.tensor.bits_per_weight()
+                        )),
+                    });
+                }
+                return Ok(Ladder {
+                    layer: Some(q),
+                    fallback: joined(&misses),
+                    kept: None,
+                });
+            }
+            Ok(q) => format!(
+                "cosine {:.4} < floor {:.4} at {}",
+                q.tensor.quality.cosine,
+                config.quality_floor,
+                q.tensor.encoding_name()
+            ),
+            Err(QuantError::Range { problem, .. }) => problem,
+            Err(e) => return Err(e),
+        };
         if config.fail_fast {
             return Err(QuantError::Quality {
                 tensor: view.name.to_string(),
@@ -122,6 +183,10 @@ pub(crate) fn quantize_with_fallback(
         }
         misses.push(miss);
     }
-    misses.push("kept in 16-bit".into());
-    Ok((None, Some(misses.join("; "))))
+    misses.push("kept unquantized".into());
+    Ok(Ladder {
+        layer: None,
+        fallback: joined(&misses),
+        kept: None,
+    })
 }

@@ -109,12 +109,8 @@ pub fn decide(config: &PipelineConfig, tensors: &[&TensorEntry]) -> Vec<Decision
     tensors
         .iter()
         .map(|t| {
-            if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-                return if matches!(t.dtype, Dtype::F64) {
-                    Decision::Keep("f64 is stored as f16".into())
-                } else {
-                    Decision::Raw
-                };
+            if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
+                return Decision::Raw;
             }
             if t.shape.len() < 2 {
                 return Decision::Keep(format!("{}-D tensor", t.shape.len()));

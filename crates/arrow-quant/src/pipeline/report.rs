@@ -226,13 +226,15 @@ impl Report {
         self.layers.iter().filter(|l| l.fallback.is_some()).count()
     }
 
-    /// The lowest cosine of any quantized layer (1.0 if none).
+    /// The lowest cosine of any layer, quantized or kept (1.0 if none; NaN if a layer's is NaN).
     pub fn worst_cosine(&self) -> f64 {
         self.layers
             .iter()
-            .filter(|l| l.is_quantized())
             .map(|l| l.quality.cosine)
-            .fold(1.0, f64::min)
+            .fold(
+                1.0,
+                |worst, c| if c < worst || c.is_nan() { c } else { worst },
+            )
     }
 
     /// Markov metrics of the time-aware parameters (`None` when no layer has any), with violations above

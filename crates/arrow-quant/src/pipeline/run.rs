@@ -8,6 +8,7 @@
 use super::config::PipelineConfig;
 use super::model_file::ModelWriter;
 use super::plan::plan_widths;
+use super::policy::Decision;
 use super::report::Report;
 use super::units::{file_metadata, Units};
 use super::writer::write_while;
@@ -25,14 +26,16 @@ pub struct Progress {
     pub stage: &'static str,
     /// The tensor just done.
     pub tensor: String,
-    /// Tensors done so far.
+    /// Tensors of this stage done so far.
     pub done: usize,
-    /// Tensors in the checkpoint.
+    /// Tensors this stage goes through: the checkpoint's, or its quantizable ones when planning.
     pub total: usize,
-    /// Source bytes done so far, over both passes when there is a planning pass.
+    /// Source bytes of this stage done so far.
     pub bytes_done: usize,
-    /// Source bytes to go through: the checkpoint's, twice with a planning pass.
+    /// Source bytes this stage goes through: the checkpoint's, or its quantizable tensors' when planning.
     pub bytes_total: usize,
+    /// Fraction of the whole run done, in [0, 1], over both passes when there is a planning pass.
+    pub fraction: f64,
 }
 
 /// Quantizes the checkpoint at `input` into the model file `output`, with the calibration statistics at
@@ -45,6 +48,8 @@ pub fn quantize_model(
     cancel: &AtomicBool,
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report> {
+    // Before `validate`: `--smoothing linear` without calibration is refused for that, not for its window.
+    config.check_calibration_settings(config.calibration_path.is_some())?;
     config.validate()?;
     let calibration = match &config.calibration_path {
         Some(path) => Some(Calibration::read(path)?),
@@ -70,13 +75,22 @@ pub fn quantize_model_with(
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report> {
     config.validate()?;
+    config.check_calibration_settings(calibration.is_some())?;
     let start = Instant::now();
     let checkpoint = Checkpoint::open(input)?;
     let mut units = Units::new(&checkpoint, config, calibration)?;
     let tensors = &units.tensors;
     let data_bytes = checkpoint.data_bytes();
-    let planning = config.target_bits_per_weight.is_some();
-    let bytes_total = data_bytes * (1 + usize::from(planning));
+    // The planning pass reads the quantizable tensors only; the run's fraction counts both passes.
+    let (plan_tensors, plan_bytes) = match config.target_bits_per_weight {
+        Some(_) => tensors
+            .iter()
+            .zip(&units.decisions)
+            .filter(|(_, d)| **d == Decision::Quantize)
+            .fold((0, 0), |(n, b), ((_, e), _)| (n + 1, b + (e.end - e.begin))),
+        None => (0, 0),
+    };
+    let run_bytes = (plan_bytes + data_bytes).max(1) as f64;
     let mut report = Report {
         activation_bits: config.time_aware.activation_bits,
         ..Report::default()
@@ -98,9 +112,10 @@ pub fn quantize_model_with(
                         stage: "planning",
                         tensor: entry.name.clone(),
                         done: d.0,
-                        total: tensors.len(),
+                        total: plan_tensors,
                         bytes_done: d.1,
-                        bytes_total,
+                        bytes_total: plan_bytes,
+                        fraction: d.1 as f64 / run_bytes,
                     });
                 }
             },
@@ -111,7 +126,7 @@ pub fn quantize_model_with(
     let units = &units;
     let writer = ModelWriter::create(output, config.format, config.quant.scale_dtype())?;
     let writer = write_while(writer, |to_writer| {
-        let mut bytes_done = bytes_total - data_bytes;
+        let mut bytes_done = 0;
         for (i, (_, entry)) in units.tensors.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(QuantError::Cancelled {
@@ -130,11 +145,18 @@ pub fn quantize_model_with(
                 done: i + 1,
                 total: units.tensors.len(),
                 bytes_done,
-                bytes_total,
+                bytes_total: data_bytes,
+                fraction: (plan_bytes + bytes_done) as f64 / run_bytes,
             });
         }
         Ok(())
     })?;
+    // A cancel that came after the last tensor (a progress callback raising on it) still leaves nothing behind.
+    if cancel.load(Ordering::Relaxed) {
+        return Err(QuantError::Cancelled {
+            tensor: "(the file footer)".into(),
+        });
+    }
     writer.finish(file_metadata(input, config, &report))?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)

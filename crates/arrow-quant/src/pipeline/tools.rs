@@ -2,7 +2,7 @@
 //! `.safetensors` (dequantized), both one tensor at a time.
 
 use super::atomic_file::AtomicFile;
-use super::entry::values_f32;
+use super::entry::{values_f32, PLAIN_FLOOR};
 use super::model_file::{ModelFile, CONFIG_KEY};
 use crate::arrow::output::RowEncoding;
 use crate::arrow::result::read_results;
@@ -103,7 +103,7 @@ pub fn validate_model(original: &Path, quantized: &Path) -> Result<Validation> {
                     RowEncoding::Quantized { .. } => {
                         q.cosine >= floor && (q.cosine - row.quality.cosine).abs() < 1e-6
                     }
-                    RowEncoding::Plain { .. } => q.cosine >= 0.999,
+                    RowEncoding::Plain { .. } => q.cosine >= PLAIN_FLOOR,
                 };
                 (q, ok)
             }

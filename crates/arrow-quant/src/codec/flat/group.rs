@@ -123,10 +123,13 @@ pub(crate) fn round_scale_up(v: f32, dtype: ScaleDtype) -> f32 {
     }
 }
 
-/// False when a scale rounded by [`round_scale_up`] does not fit the storage type.
+/// False when a scale rounded by [`round_scale_up`] does not fit the storage type, or when it or its reciprocal
+/// is not finite (a float32 scale of a range near `f32::MAX`, or of subnormal values).
 #[inline(always)]
 pub(crate) fn scale_fits(scale: f32, dtype: ScaleDtype) -> bool {
-    dtype == ScaleDtype::F32 || scale.abs() <= F16_MAX
+    scale.is_finite()
+        && (1.0 / scale).is_finite()
+        && (dtype == ScaleDtype::F32 || scale.abs() <= F16_MAX)
 }
 
 /// Parameters for an asymmetric group clipped to `[lo, hi]` (the range is widened to include 0). Branch-free,
@@ -354,6 +357,38 @@ fn sums(xx: &[f32; LANES], ee: &[f32; LANES], yy: &[f32; LANES]) -> GroupSums {
         xy: 0.5 * (xx + yy - ee),
         yy,
     }
+}
+
+/// Below this sum of squares the lane sums of [`encode`] (f32) may have lost precision to subnormals.
+pub(crate) const TINY_SUM: f32 = 1e-30;
+
+impl GroupSums {
+    /// True when these f32 sums can be trusted: finite (no square overflowed) and not in subnormal territory
+    /// (an all-zero group, whose sums are exactly 0, is for the caller to recognise).
+    #[inline(always)]
+    pub(crate) fn trustworthy(&self) -> bool {
+        self.xx.is_finite() && self.ee.is_finite() && self.yy.is_finite() && self.xx >= TINY_SUM
+    }
+}
+
+/// The quality sums of a group in f64 from its codes, exactly as dequantization reconstructs it: the slow path
+/// taken when the f32 sums of [`encode`] overflowed or underflowed. `None` when the reconstruction of an
+/// element is not finite (the encoding cannot represent this group).
+#[cold]
+pub(crate) fn exact_sums(x: &[f32], codes: &[u8], p: GroupParams) -> Option<[f64; 4]> {
+    let mut s = [0f64; 4];
+    for (&v, &c) in x.iter().zip(codes) {
+        let y = (f32::from(c) - p.zero) * p.scale;
+        if !y.is_finite() {
+            return None;
+        }
+        let (a, b) = (f64::from(v), f64::from(y));
+        s[0] += a * a;
+        s[1] += (a - b) * (a - b);
+        s[2] += a * b;
+        s[3] += b * b;
+    }
+    Some(s)
 }
 
 /// Dequantizes one group's codes: `out[i] = (codes[i] - zero) * scale`.

@@ -8,7 +8,7 @@ mod mse;
 
 use super::driver::{run_chunks, Chunk, ChunkFailure, QualitySums};
 use super::{Codec, Encoding, Plan};
-use crate::config::{BitWidth, Method};
+use crate::config::{BitWidth, Method, ScaleDtype};
 use crate::error::{QuantError, Result};
 use crate::importance::ChannelWeights;
 use crate::packing::{pack_codes, unpack_codes};
@@ -57,19 +57,39 @@ multiversion! {
                 }
                 let w = cols.weights.slice(cols.of(row_offset + start), len);
                 let p = group::choose_params(xs, scan, rule, w).map_err(|_| {
-                    ChunkFailure::Range(format!(
-                        "group {} spans a range too wide for float16 scales (> 65504 per step); \
-                         use scale_dtype=\"float32\"",
-                        cols.first_group + g
-                    ))
+                    ChunkFailure::Range(match rule.dtype {
+                        ScaleDtype::F16 => format!(
+                            "group {} spans a range too wide for float16 scales (> 65504 per step); \
+                             use scale_dtype=\"float32\" (--scale-dtype float32)",
+                            cols.first_group + g
+                        ),
+                        ScaleDtype::F32 => format!(
+                            "group {} spans a range whose float32 scale (or its reciprocal) is not finite; \
+                             keep this layer unquantized",
+                            cols.first_group + g
+                        ),
+                    })
                 })?;
                 let at = row_offset + start;
                 let out = if direct { &mut packed[at..at + len] } else { &mut codes[at..at + len] };
-                let GroupSums { xx, ee, xy, yy } = group::encode(xs, p, rule, out);
-                total.xx += f64::from(xx);
-                total.ee += f64::from(ee);
-                total.xy += f64::from(xy);
-                total.yy += f64::from(yy);
+                let sums = group::encode(xs, p, rule, out);
+                if sums.trustworthy() || (scan.lo == 0.0 && scan.hi == 0.0) {
+                    let GroupSums { xx, ee, xy, yy } = sums;
+                    total.xx += f64::from(xx);
+                    total.ee += f64::from(ee);
+                    total.xy += f64::from(xy);
+                    total.yy += f64::from(yy);
+                } else {
+                    let [xx, ee, xy, yy] = group::exact_sums(xs, out, p).ok_or_else(|| {
+                        ChunkFailure::Range(format!(
+                            "group {} spans a range whose reconstruction overflows float32 in {}; \
+                             keep this layer unquantized",
+                            cols.first_group + g,
+                            Encoding::flat(rule.bits)
+                        ))
+                    })?;
+                    total.add(QualitySums { xx, ee, xy, yy });
+                }
                 scales[g] = p.scale;
                 zeros[g] = p.zero;
                 g += 1;

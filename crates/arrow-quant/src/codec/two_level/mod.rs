@@ -7,7 +7,7 @@ mod layout;
 mod search;
 
 use super::driver::{first_non_finite, run_chunks, Chunk, ChunkFailure, QualitySums};
-use super::flat::group::LANES;
+use super::flat::group::{LANES, TINY_SUM};
 use super::{Codec, Encoding, Plan};
 use crate::config::BitWidth;
 use crate::error::{QuantError, Result};
@@ -140,12 +140,56 @@ fn chunk_impl<const S: usize>(
         for (g, p) in found.iter().enumerate() {
             p.write(spec, &mut params[(q + g) * rb..(q + g + 1) * rb]);
         }
-        total.xx += f64::from(sums[0]);
-        total.ee += f64::from(sums[1]);
-        total.yy += f64::from(sums[2]);
+        // Sums of squares under TINY_SUM may have lost precision to subnormals (or be 0 for tiny values).
+        let trustworthy = sums.iter().all(|s| s.is_finite()) && sums[0] >= TINY_SUM;
+        if trustworthy {
+            total.xx += f64::from(sums[0]);
+            total.ee += f64::from(sums[1]);
+            total.yy += f64::from(sums[2]);
+        } else {
+            let records = &params[q * rb..(q + count) * rb];
+            let exact =
+                exact_sums(spec, x, chunk_start, supers, codes, records).ok_or_else(|| {
+                    ChunkFailure::Range(format!(
+                        "super-block {} spans a range whose reconstruction is not finite in {}; \
+                     use layout=\"flat\" with scale_dtype=\"float32\"",
+                        first_super + q,
+                        Encoding::two_level(spec.bits)
+                    ))
+                })?;
+            total.add(exact);
+        }
         q += count;
     }
     Ok(total)
+}
+
+/// The quality sums of the super-blocks `supers` (flat `(start, len)`, their codes in `codes` from `chunk_start`,
+/// their records in `records`) in f64, decoded exactly as dequantization does: the slow path taken when the f32
+/// sums of the search overflowed or underflowed. `None` when an element's reconstruction is not finite. The
+/// returned `xy` is 0: the caller derives it from the other three sums, as for the fast path.
+#[cold]
+fn exact_sums(
+    spec: TwoLevelSpec,
+    x: &[f32],
+    chunk_start: usize,
+    supers: &[(usize, usize)],
+    codes: &[u8],
+    records: &[u8],
+) -> Option<QualitySums> {
+    let mut sums = QualitySums::default();
+    let mut y = [0f32; SUPER_BLOCK];
+    for (&(start, len), record) in supers.iter().zip(records.chunks_exact(spec.record_bytes())) {
+        let at = start - chunk_start;
+        let p = SuperBlockParams::read(spec, record);
+        decode_super_block(spec, &p, &codes[at..at + len], &mut y[..len]);
+        if !y[..len].iter().all(|v| v.is_finite()) {
+            return None;
+        }
+        let s = QualitySums::of(&x[at..at + len], &y[..len]);
+        sums.add(QualitySums { xy: 0.0, ..s });
+    }
+    Some(sums)
 }
 
 multiversion! {
