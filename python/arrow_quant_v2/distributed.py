@@ -336,7 +336,7 @@ def quantize_many(
     start = time.perf_counter()
     _core.check_distributable_config(config)
     shipped = _config_kwargs(config)
-    fmt = config.format if config is not None else "parquet"
+    fmt = (config.format if config is not None else None) or "parquet"
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging_root = out_dir / STAGING

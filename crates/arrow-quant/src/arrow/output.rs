@@ -277,8 +277,10 @@ pub(crate) fn build_batch(
         Arc::new(Float64Array::from_iter_values(
             rows.iter().map(|r| r.quality.rel_mse),
         )),
+        new_null_array(&DataType::UInt32, n),
     ];
-    RecordBatch::try_new(schema, columns).map_err(|e| QuantError::column("*", e))
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| QuantError::column("*", e))?;
+    super::checksum::with_checksums(batch)
 }
 
 /// Quantizes `layers` with one config, in parallel, and lays the results out as one result batch (the packed
