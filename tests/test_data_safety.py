@@ -97,7 +97,9 @@ def test_a_shard_or_the_calibration_file_is_refused_as_output(quantizer, tmp_pat
     with pytest.raises(aq.ConfigurationError, match="checkpoint shard"):
         quantizer.quantize_diffusion_model(folder, folder / "model-00001-of-00002.safetensors")
     with pytest.raises(aq.ConfigurationError, match="same file as the checkpoint"):
-        quantizer.quantize_diffusion_model(folder / "model.safetensors.index.json", folder / "model.safetensors.index.json")
+        quantizer.quantize_diffusion_model(
+            folder / "model.safetensors.index.json", folder / "model.safetensors.index.json"
+        )
     config = aq.DiffusionQuantConfig(calibration_path=str(cal), **SMALL)
     with pytest.raises(aq.ConfigurationError, match="calibration file"):
         quantizer.quantize_diffusion_model(folder, cal, config)
@@ -128,7 +130,9 @@ def test_an_impossible_target_fails_before_any_work_and_names_it(quantizer, ckpt
     before = listing(tmp_path)
     calls = []
     with pytest.raises(NotADirectoryError, match="plain/q.parquet"):
-        quantizer.quantize_diffusion_model(ckpt, tmp_path / "plain" / "q.parquet", progress_callback=lambda *a: calls.append(a))
+        quantizer.quantize_diffusion_model(
+            ckpt, tmp_path / "plain" / "q.parquet", progress_callback=lambda *a: calls.append(a)
+        )
     with pytest.raises(IsADirectoryError, match="folder-link"):
         quantizer.quantize_diffusion_model(ckpt, tmp_path / "folder-link", progress_callback=lambda *a: calls.append(a))
     assert calls == []  # refused before the first tensor
@@ -143,13 +147,19 @@ def test_an_impossible_target_fails_before_any_work_and_names_it(quantizer, ckpt
 def test_export_keeps_the_source_dtype_and_refuses_overflow(quantizer, tmp_path, rng):
     big = (rng.standard_normal((64, 64)) * 3e4).astype(np.float32)
     big[0, 0] = 9e4  # beyond float16's 65504
-    save_file({"blocks.0.mlp.fc1.weight": big, "blocks.0.norm.weight": np.full(64, 7e4, np.float32)}, str(tmp_path / "m.safetensors"))
+    save_file(
+        {"blocks.0.mlp.fc1.weight": big, "blocks.0.norm.weight": np.full(64, 7e4, np.float32)},
+        str(tmp_path / "m.safetensors"),
+    )
     model = tmp_path / "q.arrow"
     quantizer.quantize_diffusion_model(tmp_path / "m.safetensors", model, aq.DiffusionQuantConfig(**SMALL))
     restored = tmp_path / "r.safetensors"
     aq.export_safetensors(model, restored)
     back = load_file(str(restored))
-    assert {k: v.dtype for k, v in back.items()} == {"blocks.0.mlp.fc1.weight": np.float32, "blocks.0.norm.weight": np.float32}
+    assert {k: v.dtype for k, v in back.items()} == {
+        "blocks.0.mlp.fc1.weight": np.float32,
+        "blocks.0.norm.weight": np.float32,
+    }
     assert all(np.isfinite(v).all() for v in back.values())
     restored.unlink()
     before = listing(tmp_path)
@@ -157,9 +167,14 @@ def test_export_keeps_the_source_dtype_and_refuses_overflow(quantizer, tmp_path,
         aq.export_safetensors(model, restored, dtype="f16")
     assert_cli_error(cli("export", model, restored, "--dtype", "f16"), "overflows f16", "tensor 'blocks.0.")
     assert listing(tmp_path) == before
-    # bf16 has the range: an explicit bf16 export goes through.
+    # bf16 has the range: an explicit bf16 export goes through (read by hand: numpy has no bfloat16).
     aq.export_safetensors(model, restored, dtype="bf16")
-    assert np.isfinite(load_file(str(restored))["blocks.0.mlp.fc1.weight"].astype(np.float32)).all()
+    raw = restored.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    entry = json.loads(raw[8 : 8 + n])["blocks.0.mlp.fc1.weight"]
+    begin, end = entry["data_offsets"]
+    bits = np.frombuffer(raw[8 + n + begin : 8 + n + end], "<u2").astype(np.uint32) << 16
+    assert entry["dtype"] == "BF16" and np.isfinite(bits.view(np.float32)).all()
 
 
 # --- 4. Damaged model files: checksum per row, value checks, inspect --verify --------------------------------
@@ -193,8 +208,13 @@ def test_an_independent_reader_verifies_every_checksum(quantizer, ckpt, tmp_path
     recorder = aq.CalibrationRecorder(num_timesteps=10)
     for t in range(10):
         recorder.observe("blocks.0.mlp.fc1.weight", t, rng.standard_normal((4, 64)).astype(np.float32) * (t + 1))
-    config = aq.DiffusionQuantConfig(num_time_groups=2, layout="flat", symmetric=False,
-                                     scale_dtype="float32" if scales == "<f4" else "float16", **SMALL)
+    config = aq.DiffusionQuantConfig(
+        num_time_groups=2,
+        layout="flat",
+        symmetric=False,
+        scale_dtype="float32" if scales == "<f4" else "float16",
+        **SMALL,
+    )
     out = tmp_path / f"q{suffix}"
     quantizer.quantize_diffusion_model(ckpt, out, config, calibration=recorder.table())
     rows = read_table(out).to_pylist()
@@ -239,7 +259,7 @@ def rewrite(path, table):
     """Writes `table` back as a model file: one row group per tensor, the footer metadata kept."""
     meta = pq.read_metadata(path).metadata
     table = table.replace_schema_metadata({k: v for k, v in meta.items() if not k.startswith(b"ARROW:")})
-    pq.write_table(table, path, row_group_size=1)
+    pq.write_table(table, path, row_group_size=1, compression="zstd")
 
 
 def test_a_bad_field_under_a_valid_checksum_is_refused(quantizer, ckpt, tmp_path):
@@ -321,7 +341,9 @@ def test_the_extension_chooses_the_format(quantizer, ckpt, tmp_path):
     quantizer.quantize_diffusion_model(ckpt, tmp_path / "c.model")  # no known extension: Parquet
     assert (tmp_path / "c.model").read_bytes()[:4] == b"PAR1"
     before = listing(tmp_path)
-    assert_cli_error(cli("quantize", ckpt, tmp_path / "d.arrow", "--format", "parquet"), "contradicts the extension .arrow")
+    assert_cli_error(
+        cli("quantize", ckpt, tmp_path / "d.arrow", "--format", "parquet"), "contradicts the extension .arrow"
+    )
     assert_cli_error(cli("quantize", ckpt, tmp_path / "d.arrows"), "Arrow IPC stream")
     assert_cli_error(cli("quantize", ckpt, tmp_path / "d.safetensors"), "not .safetensors")
     with pytest.raises(aq.ConfigurationError, match="contradicts the extension .parquet"):

@@ -341,7 +341,9 @@ def quantize_many(
     out_dir.mkdir(parents=True, exist_ok=True)
     staging_root = out_dir / STAGING
     # The settings as used (None is the default config), so that equal settings resume each other's units.
-    config_json = json.dumps((config or DiffusionQuantConfig()).to_dict(), sort_keys=True)
+    # The format as written (a config without one writes `fmt`, the outputs' extension).
+    settings = {**(config or DiffusionQuantConfig()).to_dict(), "format": fmt}
+    config_json = json.dumps(settings, sort_keys=True)
 
     checkpoints: list[_Checkpoint] = []
     names: dict[str, str] = {}

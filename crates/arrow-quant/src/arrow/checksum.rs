@@ -38,7 +38,10 @@ fn update_le<T: bytemuck::Pod, const N: usize>(
 fn wrong_type(column: &str, array: &ArrayRef) -> QuantError {
     QuantError::column(
         column,
-        format!("found {}, which the checksum cannot cover", array.data_type()),
+        format!(
+            "found {}, which the checksum cannot cover",
+            array.data_type()
+        ),
     )
 }
 
@@ -97,8 +100,14 @@ fn update_time_groups(
     };
     let (t_start, t_end) = (field("t_start")?, field("t_end")?);
     let (scale, zero) = (field("scale")?, field("zero_point")?);
-    let ints = |a: &ArrayRef| a.as_primitive_opt::<Int32Type>().map(|a| a.values().clone());
-    let floats = |a: &ArrayRef| a.as_primitive_opt::<Float32Type>().map(|a| a.values().clone());
+    let ints = |a: &ArrayRef| {
+        a.as_primitive_opt::<Int32Type>()
+            .map(|a| a.values().clone())
+    };
+    let floats = |a: &ArrayRef| {
+        a.as_primitive_opt::<Float32Type>()
+            .map(|a| a.values().clone())
+    };
     let (Some(t_start), Some(t_end), Some(scale), Some(zero)) =
         (ints(t_start), ints(t_end), floats(scale), floats(zero))
     else {
@@ -155,12 +164,14 @@ pub fn verify_row(batch: &RecordBatch, row: usize) -> Result<Checksum> {
     let Some(stored) = batch.column_by_name(col::CHECKSUM) else {
         return Ok(Checksum::Missing);
     };
-    let stored = stored.as_primitive_opt::<arrow_array::types::UInt32Type>().ok_or_else(|| {
-        QuantError::column(
-            col::CHECKSUM,
-            format!("found {}, expected uint32", stored.data_type()),
-        )
-    })?;
+    let stored = stored
+        .as_primitive_opt::<arrow_array::types::UInt32Type>()
+        .ok_or_else(|| {
+            QuantError::column(
+                col::CHECKSUM,
+                format!("found {}, expected uint32", stored.data_type()),
+            )
+        })?;
     if stored.is_null(row) {
         return Ok(Checksum::Missing);
     }

@@ -183,10 +183,10 @@ fn check_index_agrees(
                     return Err(QuantError::format(
                         index,
                         format!(
-                            "shard {shard} holds tensor '{}', which the index does not list; fix the \
+                        "shard {shard} holds tensor '{}', which the index does not list; fix the \
                              index's weight_map",
-                            t.name
-                        ),
+                        t.name
+                    ),
                     ))
                 }
                 Some(listed) if listed != shard => {
@@ -236,8 +236,8 @@ impl Checkpoint {
             .map(|p| SafetensorsFile::open(p))
             .collect::<Result<Vec<_>>>()?;
         if let Some((index, weight_map)) = &shards.index {
-            let names: Vec<String> = weight_map.values().cloned().collect();
-            let mut shard_names: Vec<String> = names;
+            // The shard names in the order of `files` (both sorted).
+            let mut shard_names: Vec<String> = weight_map.values().cloned().collect();
             shard_names.sort();
             shard_names.dedup();
             check_index_agrees(index, weight_map, &files, &shard_names)?;

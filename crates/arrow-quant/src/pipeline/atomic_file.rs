@@ -169,7 +169,10 @@ mod tests {
         // The target turns into a non-empty folder after the checks: the rename fails at commit.
         std::fs::create_dir_all(target.join("inside")).unwrap();
         let e = f.commit().unwrap_err().to_string();
-        assert!(e.starts_with(&target.display().to_string()) && !e.contains("partial"), "{e}");
+        assert!(
+            e.starts_with(&target.display().to_string()) && !e.contains("partial"),
+            "{e}"
+        );
         let left: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -173,20 +173,38 @@ mod tests {
     fn a_folder_or_a_missing_folder_is_refused_by_the_user_path() {
         let d = dir("target");
         let e = check_target(&d).unwrap_err();
-        assert!(matches!(e, QuantError::Io { kind: std::io::ErrorKind::IsADirectory, .. }));
+        assert!(matches!(
+            e,
+            QuantError::Io {
+                kind: std::io::ErrorKind::IsADirectory,
+                ..
+            }
+        ));
         assert!(e.to_string().starts_with(&d.display().to_string()));
         let file = d.join("f");
         std::fs::write(&file, b"x").unwrap();
         let e = check_target(&file.join("o.parquet")).unwrap_err();
-        assert!(matches!(e, QuantError::Io { kind: std::io::ErrorKind::NotADirectory, .. }));
+        assert!(matches!(
+            e,
+            QuantError::Io {
+                kind: std::io::ErrorKind::NotADirectory,
+                ..
+            }
+        ));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn the_extension_gives_the_format_and_a_contradiction_is_refused() {
         let p = Path::new;
-        assert_eq!(model_format(p("x.arrow"), None).unwrap(), OutputFormat::ArrowIpc);
-        assert_eq!(model_format(p("x.PQ"), None).unwrap(), OutputFormat::Parquet);
+        assert_eq!(
+            model_format(p("x.arrow"), None).unwrap(),
+            OutputFormat::ArrowIpc
+        );
+        assert_eq!(
+            model_format(p("x.PQ"), None).unwrap(),
+            OutputFormat::Parquet
+        );
         assert_eq!(model_format(p("x"), None).unwrap(), OutputFormat::Parquet);
         assert_eq!(
             model_format(p("x.bin"), Some(OutputFormat::ArrowIpc)).unwrap(),

@@ -153,7 +153,12 @@ pub(crate) fn check_run_output(
     more: &[PathBuf],
 ) -> Result<()> {
     let mut inputs: Vec<(&str, &Path)> = vec![("the checkpoint", checkpoint.path.as_path())];
-    inputs.extend(checkpoint.files.iter().map(|f| ("the checkpoint shard", f.path())));
+    inputs.extend(
+        checkpoint
+            .files
+            .iter()
+            .map(|f| ("the checkpoint shard", f.path())),
+    );
     inputs.extend(calibration.map(|c| ("the calibration file", c)));
     inputs.extend(more.iter().map(|p| ("the staged unit", p.as_path())));
     check_output(output, &inputs)

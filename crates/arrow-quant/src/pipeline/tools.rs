@@ -251,9 +251,9 @@ pub fn export_safetensors(
     for i in 0..model.names.len() {
         let batch = model.read(i)?;
         let rows = read_results(std::slice::from_ref(&batch))?;
-        let row = rows.first().ok_or_else(|| {
-            QuantError::format(quantized, format!("tensor {i} has no row"))
-        })?;
+        let row = rows
+            .first()
+            .ok_or_else(|| QuantError::format(quantized, format!("tensor {i} has no row")))?;
         let (name, bytes, as_dtype) = match row.encoding {
             RowEncoding::Plain {
                 encoding: "raw", ..
@@ -290,9 +290,9 @@ pub fn export_safetensors(
     for (i, &(planned, as_dtype)) in plan.iter().enumerate() {
         let batch = model.read(i)?;
         let rows = read_results(std::slice::from_ref(&batch))?;
-        let row = rows.first().ok_or_else(|| {
-            QuantError::format(quantized, format!("tensor {i} has no row"))
-        })?;
+        let row = rows
+            .first()
+            .ok_or_else(|| QuantError::format(quantized, format!("tensor {i} has no row")))?;
         let Some(as_dtype) = as_dtype else {
             out.write_all(row.data).map_err(io)?;
             continue;
