@@ -1,7 +1,8 @@
 //! The per-row checksum of result tables and model files (column `checksum`, uint32): CRC-32 with the zlib / PNG
 //! polynomial (`zlib.crc32` in Python) over every value a reader decodes the tensor from, in a fixed order
-//! (docs/FORMAT.md, "Checksum"). Every batch gets it when it is built; every read of a row verifies it. A row
-//! without one (a null, or a table written before the column existed) reads unchecked.
+//! (docs/FORMAT.md, "Checksum"). Every row written to a model file gets it (in-memory result tables leave it
+//! null, so the kernels' path does not pay for it); every read of a row verifies it. A row without one (a
+//! null, or a file written before the column existed) reads unchecked.
 
 use super::schema::col;
 use crate::error::{QuantError, Result};
@@ -147,7 +148,7 @@ pub fn row_checksum(batch: &RecordBatch, row: usize) -> Result<u32> {
 }
 
 /// `batch` with its `checksum` column computed from its rows (unchanged when it has no such column).
-pub(crate) fn with_checksums(batch: RecordBatch) -> Result<RecordBatch> {
+pub fn with_checksums(batch: RecordBatch) -> Result<RecordBatch> {
     let Ok(index) = batch.schema().index_of(col::CHECKSUM) else {
         return Ok(batch);
     };
@@ -203,7 +204,9 @@ mod tests {
     fn batch() -> RecordBatch {
         let w: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin()).collect();
         let view = TensorView::new("w", &[4, 128], TensorData::F32(&w)).unwrap();
-        tensor_batch(quantize_tensor(&view, &QuantConfig::default()).unwrap()).unwrap()
+        let batch = tensor_batch(quantize_tensor(&view, &QuantConfig::default()).unwrap()).unwrap();
+        assert_eq!(verify_row(&batch, 0).unwrap(), Checksum::Missing); // in memory: none yet
+        with_checksums(batch).unwrap()
     }
 
     #[test]

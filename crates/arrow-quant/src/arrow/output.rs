@@ -279,8 +279,8 @@ pub(crate) fn build_batch(
         )),
         new_null_array(&DataType::UInt32, n),
     ];
-    let batch = RecordBatch::try_new(schema, columns).map_err(|e| QuantError::column("*", e))?;
-    super::checksum::with_checksums(batch)
+    // The checksum is computed when a row is written to a file (`ModelWriter::write`), off the kernel path.
+    RecordBatch::try_new(schema, columns).map_err(|e| QuantError::column("*", e))
 }
 
 /// Quantizes `layers` with one config, in parallel, and lays the results out as one result batch (the packed

@@ -17,7 +17,7 @@
 //! | `time_groups` | list<struct<t_start int32, t_end int32, scale float32, zero_point float32>>, null | time-aware activation parameters |
 //! | `cosine` | float64 | cosine similarity to the source |
 //! | `rel_mse` | float64 | relative squared error to the source |
-//! | `checksum` | uint32, null in tables written before it existed | CRC-32 of the row's values (`checksum.rs`) |
+//! | `checksum` | uint32, null in in-memory results and old files | CRC-32 of the row's values, set when written to a model file (`checksum.rs`) |
 
 use crate::config::ScaleDtype;
 use arrow_schema::{DataType, Field, Fields, Schema};

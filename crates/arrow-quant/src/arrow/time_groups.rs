@@ -64,10 +64,8 @@ pub fn with_time_groups(batch: RecordBatch, rows: &[Option<&[TimeGroup]>]) -> Re
         .map_err(|e| QuantError::column(col::TIME_GROUPS, e))?;
     let mut columns = batch.columns().to_vec();
     columns[index] = time_groups_array(rows)?;
-    let batch = RecordBatch::try_new(batch.schema(), columns)
-        .map_err(|e| QuantError::column(col::TIME_GROUPS, e))?;
-    // The checksum covers the time groups too.
-    super::checksum::with_checksums(batch)
+    RecordBatch::try_new(batch.schema(), columns)
+        .map_err(|e| QuantError::column(col::TIME_GROUPS, e))
 }
 
 /// The time groups of every row of a result batch (`None` for rows without; all `None` when the batch has no

@@ -3,6 +3,7 @@
 
 use super::atomic_file::AtomicFile;
 use super::config::OutputFormat;
+use crate::arrow::checksum::with_checksums;
 use crate::arrow::schema::{
     col, result_schema, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, VERSION_KEY,
 };
@@ -89,9 +90,11 @@ impl ModelWriter {
         })
     }
 
-    /// Writes one tensor's row (a one-row batch of the result schema) as its own row group / batch.
+    /// Writes one tensor's row (a one-row batch of the result schema) as its own row group / batch, with its
+    /// checksum computed.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let path = self.path.clone();
+        let batch = &with_checksums(batch.clone())?;
         match &mut self.sink {
             Sink::Parquet(w) => {
                 w.write(batch).map_err(|e| parquet_err(&path, e))?;
