@@ -246,7 +246,7 @@ def test_config_validation_and_profiles():
     assert (cloud.bit_width, cloud.group_size, cloud.quality_floor, cloud.method) == (8, 64, 0.95, "rtn")
     local = aq.DiffusionQuantConfig()
     assert (local.profile, local.bit_width, local.layout, local.group_size) == ("local", 4, "auto", None)
-    assert (local.format, local.keep_first_last) == ("parquet", True)
+    assert (local.format, local.keep_first_last) == (None, True)  # None: from the output's extension
     assert local.to_dict()["quality_floor"] == 0.85
     for kwargs, field in [
         ({"profile": "phone"}, "profile"),

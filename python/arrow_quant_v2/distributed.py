@@ -336,12 +336,14 @@ def quantize_many(
     start = time.perf_counter()
     _core.check_distributable_config(config)
     shipped = _config_kwargs(config)
-    fmt = config.format if config is not None else "parquet"
+    fmt = (config.format if config is not None else None) or "parquet"
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging_root = out_dir / STAGING
     # The settings as used (None is the default config), so that equal settings resume each other's units.
-    config_json = json.dumps((config or DiffusionQuantConfig()).to_dict(), sort_keys=True)
+    # The format as written (a config without one writes `fmt`, the outputs' extension).
+    settings = {**(config or DiffusionQuantConfig()).to_dict(), "format": fmt}
+    config_json = json.dumps(settings, sort_keys=True)
 
     checkpoints: list[_Checkpoint] = []
     names: dict[str, str] = {}

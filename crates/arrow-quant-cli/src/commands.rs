@@ -76,7 +76,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 config.quality_floor = f;
             }
             config.fail_fast = fail_fast;
-            config.format = OutputFormat::parse(&format)?;
+            config.format = format.as_deref().map(OutputFormat::parse).transpose()?;
             apply_diffusion(&mut config, diffusion)?;
             let reporter = Reporter::new(quiet || json);
             let cancel = AtomicBool::new(false);
@@ -131,7 +131,12 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Inspect { model, json } => {
+        Command::Inspect {
+            model,
+            json,
+            verify: true,
+        } => crate::verify::run(&model, json),
+        Command::Inspect { model, json, .. } => {
             let file = ModelFile::open(&model)?;
             let mut rows = Vec::new();
             let mut items = Vec::new();
@@ -179,7 +184,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
             output,
             dtype,
         } => {
-            export_safetensors(&model, &output, ExportDtype::parse(&dtype)?)?;
+            let dtype = dtype.as_deref().map(ExportDtype::parse).transpose()?;
+            export_safetensors(&model, &output, dtype)?;
             println!("wrote {}", output.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -7,6 +7,7 @@ mod commands;
 mod many;
 mod progress;
 mod table;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -42,9 +43,10 @@ enum Command {
         /// Stop with exit code 1 when a layer misses the floor instead of falling back to more bits
         #[arg(long)]
         fail_fast: bool,
-        /// Output format: parquet or arrow
-        #[arg(long, default_value = "parquet")]
-        format: String,
+        /// Output format: parquet or arrow (Arrow IPC file). Unset: from the output's extension (.arrow, .ipc:
+        /// arrow; otherwise parquet); a format that contradicts the extension is an error
+        #[arg(long)]
+        format: Option<String>,
         /// Print the report as JSON instead of a table
         #[arg(long)]
         json: bool,
@@ -71,6 +73,9 @@ enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Check every tensor (checksum, stored fields, decoded values) and report each; exit 2 if any fails
+        #[arg(long)]
+        verify: bool,
     },
     /// Quantize many checkpoints on a Ray cluster (runs `python -m arrow_quant_v2.distributed`; the interpreter
     /// is $ARROW_QUANT_PYTHON, else python3 on PATH); outputs are OUTPUT_DIR/<name>.parquet, byte-identical to
@@ -82,9 +87,10 @@ enum Command {
         model: PathBuf,
         /// The .safetensors file to write
         output: PathBuf,
-        /// Element type of float tensors: f16, bf16 or f32
-        #[arg(long, default_value = "f16")]
-        dtype: String,
+        /// Element type of float tensors: f16, bf16, f32 or f64. Unset: each tensor's source dtype. A value that
+        /// overflows the dtype asked for is an error
+        #[arg(long)]
+        dtype: Option<String>,
     },
 }
 

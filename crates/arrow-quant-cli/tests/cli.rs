@@ -97,6 +97,11 @@ fn quantize_validate_inspect_export() {
         inspect.contains("blocks.0.norm.weight") && inspect.contains("f16"),
         "{inspect}"
     );
+    let verify = arrow_quant(&["inspect", out_s, "--verify"]);
+    assert!(
+        verify.status.success() && stdout(&verify).contains("0 without checksum"),
+        "{verify:?}"
+    );
     let exported = dir.join("restored.safetensors");
     let export = arrow_quant(&[
         "export",

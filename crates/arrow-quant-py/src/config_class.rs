@@ -88,7 +88,7 @@ impl PyDiffusionQuantConfig {
             inner.keep_first_last = k;
         }
         if let Some(f) = format {
-            inner.format = OutputFormat::parse(f)?;
+            inner.format = Some(OutputFormat::parse(f)?);
         }
         inner.calibration_path = calibration_path;
         if let Some(e) = enable_time_aware {
@@ -219,10 +219,11 @@ impl PyDiffusionQuantConfig {
         self.inner.keep_first_last
     }
 
-    /// Output format: "parquet" or "arrow".
+    /// Output format: "parquet" or "arrow"; None takes it from the output path's extension (`.arrow`: Arrow
+    /// IPC, else Parquet).
     #[getter]
-    fn format(&self) -> &'static str {
-        self.inner.format.name()
+    fn format(&self) -> Option<&'static str> {
+        self.inner.format.map(OutputFormat::name)
     }
 
     /// Calibration statistics file, or None.

@@ -91,7 +91,9 @@ impl From<Error> for PyErr {
             Error::Core(e) => {
                 let message = e.to_string();
                 match e {
-                    QuantError::InvalidConfig { .. } => ConfigurationError::new_err(message),
+                    QuantError::InvalidConfig { .. } | QuantError::OutputPath { .. } => {
+                        ConfigurationError::new_err(message)
+                    }
                     QuantError::Schema { .. }
                     | QuantError::Range { .. }
                     | QuantError::Column { .. } => SchemaError::new_err(message),

@@ -221,16 +221,17 @@ pub fn load_quantized(path: PathBuf) -> Result<QuantizedModel> {
     })
 }
 
-/// `export_safetensors(quantized_path, output_path, dtype="f16")`: writes a dequantized `.safetensors`.
+/// `export_safetensors(quantized_path, output_path, dtype=None)`: writes a dequantized `.safetensors`, each
+/// float tensor in its source dtype unless `dtype` says otherwise.
 #[pyfunction(name = "export_safetensors")]
-#[pyo3(signature = (quantized_path, output_path, dtype = "f16"))]
+#[pyo3(signature = (quantized_path, output_path, dtype = None))]
 pub fn export(
     py: Python<'_>,
     quantized_path: PathBuf,
     output_path: PathBuf,
-    dtype: &str,
+    dtype: Option<&str>,
 ) -> Result<()> {
-    let dtype = ExportDtype::parse(dtype)?;
+    let dtype = dtype.map(ExportDtype::parse).transpose()?;
     without_gil(py, || {
         export_safetensors(&quantized_path, &output_path, dtype)
     })

@@ -104,6 +104,15 @@ pub enum QuantError {
         /// What is wrong, with the numbers, and how to fix it.
         problem: String,
     },
+    /// An output path cannot be written as given: it names an input of the run (the same file by any path, link
+    /// or hard link), or its extension contradicts the format asked for. Checked before any work starts.
+    #[error("{path}: {problem}")]
+    OutputPath {
+        /// The output path as the user gave it.
+        path: String,
+        /// What it conflicts with and how to fix it.
+        problem: String,
+    },
     /// The work was stopped by the caller (a progress callback raised, or Ctrl-C).
     #[error("cancelled before tensor '{tensor}' was quantized")]
     Cancelled {
@@ -162,6 +171,14 @@ impl QuantError {
     pub fn calibration(source_name: impl ToString, problem: impl ToString) -> Self {
         Self::Calibration {
             source_name: source_name.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    /// Builds a [`QuantError::OutputPath`].
+    pub fn output_path(path: &std::path::Path, problem: impl ToString) -> Self {
+        Self::OutputPath {
+            path: path.display().to_string(),
             problem: problem.to_string(),
         }
     }

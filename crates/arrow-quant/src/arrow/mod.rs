@@ -1,7 +1,9 @@
 //! Arrow interfaces: layers in from any Arrow table (`input`), quantized results out as record batches with the
-//! documented result schema (`schema`, `output`), and results read back and dequantized (`result`).
+//! documented result schema (`schema`, `output`) and a checksum per row (`checksum`), and results read back (their
+//! checksums verified) and dequantized (`result`).
 
 mod buffers;
+pub mod checksum;
 pub mod input;
 pub mod output;
 pub mod result;

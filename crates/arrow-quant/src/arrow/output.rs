@@ -277,7 +277,9 @@ pub(crate) fn build_batch(
         Arc::new(Float64Array::from_iter_values(
             rows.iter().map(|r| r.quality.rel_mse),
         )),
+        new_null_array(&DataType::UInt32, n),
     ];
+    // The checksum is computed when a row is written to a file (`ModelWriter::write`), off the kernel path.
     RecordBatch::try_new(schema, columns).map_err(|e| QuantError::column("*", e))
 }
 

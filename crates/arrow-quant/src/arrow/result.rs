@@ -332,6 +332,16 @@ impl<'a> Columns<'a> {
                     format!("tensor '{name}' has a negative dimension"),
                 )
             })?;
+        if shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .is_none()
+        {
+            return Err(QuantError::column(
+                col::SHAPE,
+                format!("tensor '{name}': shape {shape:?} has more elements than fit in memory"),
+            ));
+        }
         let dtype = self.dtypes.value(r);
         let bits = self.bits.value(r);
         let encoding_name = self.encodings.value(r);
@@ -432,12 +442,14 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Reads the rows of result batches (the schema of `schema::result_schema`), validating types and sizes.
+/// Reads the rows of result batches (the schema of `schema::result_schema`), verifying each row's checksum (when
+/// it has one) and validating types, sizes and the values the format constrains.
 pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
     let mut rows = Vec::new();
     for batch in batches {
         let columns = Columns::of(batch)?;
         for r in 0..batch.num_rows() {
+            super::checksum::verify_row(batch, r)?;
             rows.push(columns.row(r, rows.len())?);
         }
     }

@@ -17,6 +17,7 @@
 //! | `time_groups` | list<struct<t_start int32, t_end int32, scale float32, zero_point float32>>, null | time-aware activation parameters |
 //! | `cosine` | float64 | cosine similarity to the source |
 //! | `rel_mse` | float64 | relative squared error to the source |
+//! | `checksum` | uint32, null in in-memory results and old files | CRC-32 of the row's values, set when written to a model file (`checksum.rs`) |
 
 use crate::config::ScaleDtype;
 use arrow_schema::{DataType, Field, Fields, Schema};
@@ -55,6 +56,8 @@ pub mod col {
     pub const COSINE: &str = "cosine";
     /// Relative MSE.
     pub const REL_MSE: &str = "rel_mse";
+    /// CRC-32 of the row's values (see `arrow::checksum`).
+    pub const CHECKSUM: &str = "checksum";
 }
 
 /// Schema metadata key naming the format.
@@ -108,6 +111,7 @@ pub fn result_schema(scale_dtype: ScaleDtype) -> Schema {
         Field::new(col::TIME_GROUPS, list_of(time_group_type()), true),
         Field::new(col::COSINE, DataType::Float64, false),
         Field::new(col::REL_MSE, DataType::Float64, false),
+        Field::new(col::CHECKSUM, DataType::UInt32, true),
     ];
     let metadata = HashMap::from([
         (FORMAT_KEY.to_string(), FORMAT_NAME.to_string()),

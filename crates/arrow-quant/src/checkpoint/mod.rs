@@ -1,11 +1,13 @@
 //! Checkpoints: one `.safetensors` file, or a sharded folder (`*.safetensors.index.json` or every
 //! `*.safetensors` file in it), tensors in file order.
 
+mod index;
 pub mod safetensors;
 
 use crate::error::{QuantError, Result};
 use crate::tensor::TensorData;
 use half::{bf16, f16};
+use index::{check_index_agrees, read_index, Shards};
 pub use safetensors::{Dtype, SafetensorsFile, TensorEntry};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -84,7 +86,7 @@ pub fn float64_beyond_f32(bytes: &[u8]) -> Option<usize> {
     float64_values(bytes).position(|v| v.is_finite() && (v as f32).is_infinite())
 }
 
-fn shard_paths(path: &Path) -> Result<Vec<PathBuf>> {
+fn shard_paths(path: &Path) -> Result<Shards> {
     let not_found = |problem: &str| QuantError::ModelNotFound {
         path: path.display().to_string(),
         problem: problem.into(),
@@ -100,7 +102,10 @@ fn shard_paths(path: &Path) -> Result<Vec<PathBuf>> {
     } else if path.to_string_lossy().ends_with(".json") {
         Some(path.to_path_buf())
     } else {
-        return Ok(vec![path.to_path_buf()]);
+        return Ok(Shards {
+            files: vec![path.to_path_buf()],
+            index: None,
+        });
     };
     let dir = if path.is_dir() {
         path
@@ -108,27 +113,7 @@ fn shard_paths(path: &Path) -> Result<Vec<PathBuf>> {
         path.parent().unwrap_or(Path::new("."))
     };
     if let Some(index) = index {
-        let text = std::fs::read_to_string(&index).map_err(|e| QuantError::io(&index, &e))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| QuantError::format(&index, format!("index is not valid JSON: {e}")))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| QuantError::format(&index, "index has no 'weight_map' object"))?;
-        let mut files: Vec<String> = Vec::new();
-        for (tensor, file) in map {
-            let file = file.as_str().ok_or_else(|| {
-                QuantError::format(
-                    &index,
-                    format!("weight_map entry '{tensor}' is not a file name"),
-                )
-            })?;
-            if !files.iter().any(|f| f == file) {
-                files.push(file.to_string());
-            }
-        }
-        files.sort();
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        return read_index(&index, dir);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| QuantError::io(path, &e))?
@@ -141,16 +126,26 @@ fn shard_paths(path: &Path) -> Result<Vec<PathBuf>> {
             "folder holds no .safetensors file and no *.safetensors.index.json",
         ));
     }
-    Ok(files)
+    Ok(Shards { files, index: None })
 }
 
 impl Checkpoint {
-    /// Opens a file, a folder or an index, validating every shard's header.
+    /// Opens a file, a folder or an index, validating every shard's header (and, for an index, that it and the
+    /// shards list the same tensors, and that every shard is inside the model folder).
     pub fn open(path: &Path) -> Result<Self> {
-        let files = shard_paths(path)?
+        let shards = shard_paths(path)?;
+        let files = shards
+            .files
             .iter()
             .map(|p| SafetensorsFile::open(p))
             .collect::<Result<Vec<_>>>()?;
+        if let Some((index, weight_map)) = &shards.index {
+            // The shard names in the order of `files` (both sorted).
+            let mut shard_names: Vec<String> = weight_map.values().cloned().collect();
+            shard_names.sort();
+            shard_names.dedup();
+            check_index_agrees(index, weight_map, &files, &shard_names)?;
+        }
         let mut order = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (fi, f) in files.iter().enumerate() {

@@ -665,7 +665,7 @@ mod tests {
             (OutputFormat::ArrowIpc, "m.arrow"),
         ] {
             let path = dir.join(file);
-            let mut writer = ModelWriter::create(&path, format, ScaleDtype::F16).unwrap();
+            let mut writer = ModelWriter::create(&path, Some(format), ScaleDtype::F16).unwrap();
             writer.write(&tensor_batch(q.clone()).unwrap()).unwrap();
             writer.finish(Vec::new()).unwrap();
             let model = ModelFile::open(&path).unwrap();
@@ -676,7 +676,7 @@ mod tests {
             rows[0].dequantize_into(&mut out).unwrap();
             assert_eq!(out, want, "{file}");
             let exported = dir.join(format!("{file}.safetensors"));
-            export_safetensors(&path, &exported, ExportDtype::F32).unwrap();
+            export_safetensors(&path, &exported, Some(ExportDtype::F32)).unwrap();
             let bytes = std::fs::read(&exported).unwrap();
             let values: Vec<f32> = bytes[bytes.len() - want.len() * 4..]
                 .chunks_exact(4)

@@ -23,21 +23,14 @@ fn temp_name(target: &Path) -> PathBuf {
 }
 
 impl AtomicFile {
-    /// Starts writing `target` (its folder must exist).
+    /// Starts writing `target` (its folder must exist, and it must not be a folder). Errors name `target`, never
+    /// the temporary file.
     pub fn create(target: &Path) -> Result<Self> {
+        super::output_path::check_target(target)?;
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if !dir.is_dir() {
-            return Err(QuantError::io(
-                target,
-                &std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the output folder does not exist",
-                ),
-            ));
-        }
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -61,7 +54,7 @@ impl AtomicFile {
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(|e| QuantError::io(&temp, &e))?;
+            .map_err(|e| QuantError::io(target, &e))?;
         Ok(Self {
             file,
             target: target.to_path_buf(),
@@ -86,7 +79,13 @@ impl AtomicFile {
             Some(t) => t.clone(),
             None => self.link_unnamed()?,
         };
-        std::fs::rename(&temp, &self.target).map_err(|e| QuantError::io(&self.target, &e))?;
+        if let Err(e) = std::fs::rename(&temp, &self.target) {
+            // Nothing may remain: the linked name goes too (`Drop` removes a named temporary file).
+            if self.named_temp.is_none() {
+                let _ = std::fs::remove_file(&temp);
+            }
+            return Err(QuantError::io(&self.target, &e));
+        }
         self.committed = true;
         Ok(())
     }
@@ -110,7 +109,10 @@ impl AtomicFile {
             )
         };
         if rc != 0 {
-            return Err(QuantError::io(&temp, &std::io::Error::last_os_error()));
+            return Err(QuantError::io(
+                &self.target,
+                &std::io::Error::last_os_error(),
+            ));
         }
         Ok(temp)
     }
@@ -154,6 +156,28 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("out.bin")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_nothing_and_names_the_target() {
+        let dir = std::env::temp_dir().join(format!("aq-atomic-rename-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("late");
+        let f = AtomicFile::create(&target).unwrap();
+        f.handle().unwrap().write_all(b"hello").unwrap();
+        // The target turns into a non-empty folder after the checks: the rename fails at commit.
+        std::fs::create_dir_all(target.join("inside")).unwrap();
+        let e = f.commit().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&target.display().to_string()) && !e.contains("partial"),
+            "{e}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("late")]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -36,6 +36,11 @@ impl OutputFormat {
             Self::ArrowIpc => "arrow",
         }
     }
+
+    /// The file extension of the format, without the dot: `parquet` or `arrow`.
+    pub fn extension(self) -> &'static str {
+        self.name()
+    }
 }
 
 /// Default name patterns (case-insensitive substrings) of tensors kept in 16-bit.
@@ -92,8 +97,8 @@ pub struct PipelineConfig {
     pub unclipped_patterns: Vec<String>,
     /// Keep the first and the last quantizable layer in 16-bit.
     pub keep_first_last: bool,
-    /// Output file format.
-    pub format: OutputFormat,
+    /// Output file format; `None` takes it from the output's extension (`.arrow` Arrow IPC, else Parquet).
+    pub format: Option<OutputFormat>,
     /// Calibration statistics (Parquet or Arrow IPC file); without them the diffusion-specific parts are off.
     pub calibration_path: Option<PathBuf>,
     /// With calibration: per-timestep-group activation parameters for every calibrated layer.
@@ -157,7 +162,7 @@ impl PipelineConfig {
                 .map(|s| s.to_string())
                 .collect(),
             keep_first_last: true,
-            format: OutputFormat::Parquet,
+            format: None,
             calibration_path: None,
             enable_time_aware: true,
             time_aware: TimeAwareConfig::default(),
@@ -253,6 +258,16 @@ impl PipelineConfig {
         }
     }
 
+    /// These settings for a run that writes `output`: the format resolved from the output's extension when
+    /// unset (an error when they contradict), so the stored config says what was written.
+    pub fn for_output(&self, output: &std::path::Path) -> Result<Self> {
+        let format = super::output_path::model_format(output, self.format)?;
+        Ok(Self {
+            format: Some(format),
+            ..self.clone()
+        })
+    }
+
     /// The settings as JSON (stored in the output file's metadata): the quantization settings as
     /// [`QuantConfig::to_json`] gives them (flat settings only for a flat layout), then the run's.
     pub fn to_json(&self) -> serde_json::Value {
@@ -264,7 +279,7 @@ impl PipelineConfig {
             "keep_patterns": self.keep_patterns,
             "unclipped_patterns": self.unclipped_patterns,
             "keep_first_last": self.keep_first_last,
-            "format": self.format.name(),
+            "format": self.format.map(OutputFormat::name),
             "calibration_path": self.calibration_path.as_ref().map(|p| p.display().to_string()),
             "enable_time_aware": self.enable_time_aware,
             "num_time_groups": self.time_aware.num_groups,

@@ -8,6 +8,7 @@ mod config;
 mod entry;
 mod layer_quant;
 mod model_file;
+mod output_path;
 mod plan;
 pub mod policy;
 mod report;
@@ -18,6 +19,7 @@ mod writer;
 
 pub use config::{OutputFormat, PipelineConfig, DEFAULT_KEEP_PATTERNS, DEFAULT_UNCLIPPED_PATTERNS};
 pub use model_file::{ModelFile, ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY, TENSORS_KEY};
+pub use output_path::{check_export_extension, check_output, model_format, same_file};
 pub use plan::MixedPrecision;
 pub use report::{LayerReport, Report};
 pub use run::{quantize_model, quantize_model_with, Progress};

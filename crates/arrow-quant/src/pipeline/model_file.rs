@@ -3,6 +3,7 @@
 
 use super::atomic_file::AtomicFile;
 use super::config::OutputFormat;
+use crate::arrow::checksum::with_checksums;
 use crate::arrow::schema::{
     col, result_schema, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, VERSION_KEY,
 };
@@ -50,7 +51,13 @@ fn parquet_err(path: &Path, e: impl std::fmt::Display) -> QuantError {
 
 impl ModelWriter {
     /// Starts a model file at `path` (it appears only when [`ModelWriter::finish`] succeeds).
-    pub fn create(path: &Path, format: OutputFormat, scale_dtype: ScaleDtype) -> Result<Self> {
+    /// `format` `None` takes it from the path's extension (Parquet when it names none).
+    pub fn create(
+        path: &Path,
+        format: Option<OutputFormat>,
+        scale_dtype: ScaleDtype,
+    ) -> Result<Self> {
+        let format = super::output_path::model_format(path, format)?;
         let file = AtomicFile::create(path)?;
         let schema = std::sync::Arc::new(result_schema(scale_dtype));
         let handle = file.handle()?;
@@ -83,9 +90,11 @@ impl ModelWriter {
         })
     }
 
-    /// Writes one tensor's row (a one-row batch of the result schema) as its own row group / batch.
+    /// Writes one tensor's row (a one-row batch of the result schema) as its own row group / batch, with its
+    /// checksum computed.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let path = self.path.clone();
+        let batch = &with_checksums(batch.clone())?;
         match &mut self.sink {
             Sink::Parquet(w) => {
                 w.write(batch).map_err(|e| parquet_err(&path, e))?;
@@ -299,7 +308,7 @@ mod fuzz {
     fn valid_file(format: OutputFormat, dir: &Path) -> Vec<u8> {
         let w: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin()).collect();
         let path = dir.join("valid");
-        let mut writer = ModelWriter::create(&path, format, ScaleDtype::F16).unwrap();
+        let mut writer = ModelWriter::create(&path, Some(format), ScaleDtype::F16).unwrap();
         for name in ["a", "b"] {
             let view = TensorView::new(name, &[4, 128], TensorData::F32(&w)).unwrap();
             let q = quantize_tensor(&view, &QuantConfig::default()).unwrap();

@@ -7,6 +7,7 @@
 
 use super::config::PipelineConfig;
 use super::model_file::ModelWriter;
+use super::output_path::check_output;
 use super::plan::plan_widths;
 use super::policy::Decision;
 use super::report::Report;
@@ -15,7 +16,7 @@ use super::writer::write_while;
 use crate::checkpoint::Checkpoint;
 use crate::diffusion::calibration::Calibration;
 use crate::error::{QuantError, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -78,6 +79,10 @@ pub fn quantize_model_with(
     config.check_calibration_settings(calibration.is_some())?;
     let start = Instant::now();
     let checkpoint = Checkpoint::open(input)?;
+    check_run_output(output, &checkpoint, config.calibration_path.as_deref(), &[])?;
+    let config = &config.for_output(output)?;
+    // The output file is opened before any work, so an unwritable target fails at once.
+    let writer = ModelWriter::create(output, config.format, config.quant.scale_dtype())?;
     let mut units = Units::new(&checkpoint, config, calibration)?;
     let tensors = &units.tensors;
     let data_bytes = checkpoint.data_bytes();
@@ -124,7 +129,6 @@ pub fn quantize_model_with(
         units.widths = Some(widths);
     }
     let units = &units;
-    let writer = ModelWriter::create(output, config.format, config.quant.scale_dtype())?;
     let writer = write_while(writer, |to_writer| {
         let mut bytes_done = 0;
         for (i, (_, entry)) in units.tensors.iter().enumerate() {
@@ -160,4 +164,24 @@ pub fn quantize_model_with(
     writer.finish(file_metadata(input, config, &report))?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Refuses an `output` that is one of the run's inputs: the checkpoint path given (a file or an index), each
+/// shard, the calibration file, `more` (e.g. staged units); or a target that cannot become a file.
+pub(crate) fn check_run_output(
+    output: &Path,
+    checkpoint: &Checkpoint,
+    calibration: Option<&Path>,
+    more: &[PathBuf],
+) -> Result<()> {
+    let mut inputs: Vec<(&str, &Path)> = vec![("the checkpoint", checkpoint.path.as_path())];
+    inputs.extend(
+        checkpoint
+            .files
+            .iter()
+            .map(|f| ("the checkpoint shard", f.path())),
+    );
+    inputs.extend(calibration.map(|c| ("the calibration file", c)));
+    inputs.extend(more.iter().map(|p| ("the staged unit", p.as_path())));
+    check_output(output, &inputs)
 }

@@ -250,6 +250,18 @@ impl Codec for FlatCodec {
                 ));
             }
         }
+        for (what, params) in [("scale", Some(scales)), ("zero point", zero_points)] {
+            let Some(p) = params else { continue };
+            if let Some(g) = (0..p.len()).find(|&g| !p.get(g).is_finite()) {
+                return Err(QuantError::corrupt(
+                    view.name,
+                    format!(
+                        "{what} of group {g} is {}; scales and zero points must be finite",
+                        p.get(g)
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

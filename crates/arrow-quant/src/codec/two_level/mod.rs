@@ -322,6 +322,20 @@ impl Codec for TwoLevelCodec {
                 ),
             ));
         }
+        // Each record starts with d and dmin (float16): both finite and non-negative (docs/FORMAT.md).
+        for (u, record) in params.chunks_exact(self.spec.record_bytes()).enumerate() {
+            for (what, at) in [("d", 0), ("dmin", 2)] {
+                let v = half::f16::from_le_bytes([record[at], record[at + 1]]).to_f32();
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(QuantError::corrupt(
+                        view.name,
+                        format!(
+                            "super-block {u} has {what} = {v}; d and dmin must be finite and non-negative"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
