@@ -131,9 +131,10 @@ def test_float32_scales_report_the_true_cosine_at_magnitudes_whose_squares_overf
         quantizer.quantize(w, bit_width=4, group_size=128, method="rtn")
 
 
-@pytest.mark.parametrize("shape", [(3000, 2), (2000, 1, 1, 1), (1024, 3, 1, 1)])
+@pytest.mark.parametrize("shape", [(3000, 2), (2000, 1, 1, 1), (1024, 3)])
 def test_degenerate_shapes_are_kept_in_16_bit_with_the_reason(quantizer, tmp_path, rng, shape):
-    # Not the issue's [100000, 1] / [2048, 3]: two columns, 1x1 conv kernels of one and three input channels.
+    # Not the issue's [100000, 1] / [2048, 3]: two and three columns, a 1x1 conv kernel of one input channel. (A
+    # [1024, 3, 1, 1] kernel is plain-rounded in symmetric groups at 9.3 bits/weight, under the 12-bit line.)
     tensors = {"blocks.0.narrow.weight": gaussian(rng, shape), "blocks.1.fc.weight": gaussian(rng, (64, 256))}
     path = tmp_path / "m.safetensors"
     save_file(tensors, str(path))
