@@ -172,10 +172,11 @@ def test_worker_killed_mid_run(ray_cluster, checkpoints, expected, tmp_path):
     victim = None
     while victim is None and time.monotonic() < deadline and thread.is_alive():
         staged = list((tmp_path / STAGING).glob("*/*.arrow"))
-        pids = sorted(workers.glob("*")) if workers.exists() else []
-        if pids and len(staged) >= 2:
-            victim = int(pids[0].name)
-        time.sleep(0.05)
+        # a worker in the middle of a unit (its pid file names the unit while it runs), so the kill forces a retry
+        busy = [p for p in sorted(workers.glob("*")) if p.read_text()] if workers.exists() else []
+        if busy and len(staged) >= 2:
+            victim = int(busy[0].name)
+        time.sleep(0.01)
     assert victim is not None, "no worker seen"
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=300)

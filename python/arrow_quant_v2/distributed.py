@@ -142,7 +142,8 @@ class _UnitWorker:
         self._config = None if config is None else DiffusionQuantConfig(**config)
         self._delay = unit_delay
         Path(workers_dir).mkdir(parents=True, exist_ok=True)
-        (Path(workers_dir) / str(os.getpid())).touch()
+        self._pid_file = Path(workers_dir) / str(os.getpid())
+        self._pid_file.touch()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"checkpoint": [], "index": [], "bytes": [], "seconds": [], "error": []}
@@ -155,11 +156,15 @@ class _UnitWorker:
             if not os.path.exists(staged):
                 _mark_attempt(str(staged))
                 try:
-                    if self._delay:
+                    if self._delay:  # test runs: the pid file names the unit in progress while it sleeps
+                        self._pid_file.write_text(str(staged))
                         time.sleep(self._delay)
                     _core.quantize_unit(str(source), int(index), str(staged), self._config)
                 except (QuantizationError, OSError) as e:
                     error = f"{type(e).__name__}: {e}"
+                finally:
+                    if self._delay:
+                        self._pid_file.write_text("")
             out["checkpoint"].append(int(checkpoint))
             out["index"].append(int(index))
             out["bytes"].append(int(nbytes))
