@@ -103,8 +103,9 @@ def test_missing_output_folder_is_file_not_found(quantizer, small_checkpoint, mo
     with pytest.raises(FileNotFoundError, match="output folder does not exist") as info:
         quantizer.quantize_diffusion_model(small_checkpoint, missing / "o.parquet")
     assert str(missing / "o.parquet") in str(info.value)
-    # A plain OSError subclass, outside the QuantizationError hierarchy (like every I/O failure).
-    assert not isinstance(info.value, aq.QuantizationError)
+    # Both the built-in OSError subclass and a QuantizationError (like every I/O failure).
+    assert isinstance(info.value, aq.FileAccessError) and isinstance(info.value, aq.QuantizationError)
+    assert type(info.value).__module__ == "arrow_quant_v2"
     with pytest.raises(FileNotFoundError, match="output folder does not exist"):
         aq.export_safetensors(model_file, missing / "o.safetensors")
     with pytest.raises(FileNotFoundError, match="output folder does not exist"):
@@ -147,3 +148,18 @@ def test_reading_a_directory_or_through_a_file(tmp_path):
     regular.write_bytes(b"x")
     with pytest.raises(NotADirectoryError, match="regular"):
         aq.load_quantized(regular / "model.parquet")
+
+
+@pytest.mark.parametrize("make_target,builtin", [
+    (lambda d: d, IsADirectoryError),                          # an existing folder as the output
+    (lambda d: d / "plain.txt" / "o.parquet", NotADirectoryError),  # a file where a folder should be
+])
+def test_io_failures_are_quantization_errors_and_their_builtin_class(quantizer, small_checkpoint, tmp_path,
+                                                                     make_target, builtin):
+    (tmp_path / "plain.txt").write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(builtin) as info:
+        quantizer.quantize_diffusion_model(small_checkpoint, make_target(tmp_path))
+    assert isinstance(info.value, aq.FileAccessError) and isinstance(info.value, OSError)
+    assert "\n" not in str(info.value) and "partial" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

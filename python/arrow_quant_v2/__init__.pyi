@@ -23,6 +23,9 @@ from ._core import (
     DiffusionQuantConfig as DiffusionQuantConfig,
 )
 from ._core import (
+    FileAccessError as FileAccessError,
+)
+from ._core import (
     InvalidWeightsError as InvalidWeightsError,
 )
 from ._core import (
@@ -68,6 +71,7 @@ __all__ = [
     "CancelledError",
     "ConfigurationError",
     "CorruptDataError",
+    "FileAccessError",
     "DiffusionQuantConfig",
     "InvalidWeightsError",
     "ModelNotFoundError",

@@ -4,6 +4,8 @@ use arrow_quant::QuantError;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 create_exception!(
     arrow_quant_v2,
@@ -52,6 +54,14 @@ create_exception!(
     CalibrationError,
     QuantizationError,
     "Calibration statistics are malformed or do not fit the model (the message names the layer and the numbers)."
+);
+create_exception!(
+    arrow_quant_v2,
+    FileAccessError,
+    QuantizationError,
+    "A file or folder could not be read or written (the message names the path you gave). Raised as a subclass \
+     that is also the built-in OSError subclass of the same errno (FileNotFoundError, PermissionError, \
+     IsADirectoryError, NotADirectoryError, FileExistsError; OSError otherwise)."
 );
 create_exception!(
     arrow_quant_v2,
@@ -112,22 +122,58 @@ impl From<Error> for PyErr {
     }
 }
 
-/// The built-in `OSError` subclass of an I/O error kind (what Python raises for the same `errno`), so callers
-/// can `except FileNotFoundError`; other kinds raise `OSError` itself.
+/// The exception of an I/O error kind: a subclass of both [`FileAccessError`] (so of `QuantizationError`) and the
+/// built-in `OSError` subclass Python raises for the same `errno`, so callers can `except FileNotFoundError` as
+/// well as `except QuantizationError`. The classes are made once, at module registration ([`io_classes`]).
 fn os_error(kind: std::io::ErrorKind, message: String) -> PyErr {
+    use std::io::ErrorKind;
+    let index = match kind {
+        ErrorKind::NotFound => 1,
+        ErrorKind::PermissionDenied => 2,
+        ErrorKind::IsADirectory => 3,
+        ErrorKind::NotADirectory => 4,
+        ErrorKind::AlreadyExists => 5,
+        _ => 0,
+    };
+    Python::attach(|py| match IO_CLASSES.get(py) {
+        Some(classes) => PyErr::from_type(classes[index].bind(py).clone(), message),
+        None => FileAccessError::new_err(message),
+    })
+}
+
+/// The subclasses of `FileAccessError` per I/O error kind (`OSError` first), in the order [`os_error`] indexes
+/// them.
+static IO_CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
+
+/// Builds the per-kind classes: `arrow_quant_v2.FileNotFoundError(FileAccessError, builtins.FileNotFoundError)`
+/// and the like (named as the built-in they extend; reachable as exceptions, not as module attributes).
+fn io_classes(py: Python<'_>) -> PyResult<Vec<Py<PyType>>> {
     use pyo3::exceptions::{
         PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyNotADirectoryError,
         PyOSError, PyPermissionError,
     };
-    use std::io::ErrorKind;
-    match kind {
-        ErrorKind::NotFound => PyFileNotFoundError::new_err(message),
-        ErrorKind::PermissionDenied => PyPermissionError::new_err(message),
-        ErrorKind::IsADirectory => PyIsADirectoryError::new_err(message),
-        ErrorKind::NotADirectory => PyNotADirectoryError::new_err(message),
-        ErrorKind::AlreadyExists => PyFileExistsError::new_err(message),
-        _ => PyOSError::new_err(message),
+    let base = py.get_type::<FileAccessError>();
+    let make_type = py.import("builtins")?.getattr("type")?;
+    let mut classes = Vec::new();
+    for builtin in [
+        py.get_type::<PyOSError>(),
+        py.get_type::<PyFileNotFoundError>(),
+        py.get_type::<PyPermissionError>(),
+        py.get_type::<PyIsADirectoryError>(),
+        py.get_type::<PyNotADirectoryError>(),
+        py.get_type::<PyFileExistsError>(),
+    ] {
+        let namespace = PyDict::new(py);
+        namespace.set_item("__module__", "arrow_quant_v2")?;
+        namespace.set_item("__doc__", base.getattr("__doc__")?)?;
+        let class = make_type.call1((
+            builtin.name()?,
+            PyTuple::new(py, [base.as_any(), builtin.as_any()])?,
+            namespace,
+        ))?;
+        classes.push(class.cast_into::<PyType>()?.unbind());
     }
+    Ok(classes)
 }
 
 /// A [`SchemaError`] about layer `layer`.
@@ -147,5 +193,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ModelNotFoundError", py.get_type::<ModelNotFoundError>())?;
     m.add("QualityError", py.get_type::<QualityError>())?;
     m.add("CalibrationError", py.get_type::<CalibrationError>())?;
+    m.add("FileAccessError", py.get_type::<FileAccessError>())?;
+    let classes = io_classes(py)?;
+    // A second module instance (subinterpreter) keeps the first one's classes.
+    let _ = IO_CLASSES.set(py, classes);
     Ok(())
 }
