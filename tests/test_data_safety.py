@@ -79,16 +79,7 @@ def test_every_name_of_the_input_is_refused_as_output(quantizer, ckpt, tmp_path)
 
 
 def test_a_shard_or_the_calibration_file_is_refused_as_output(quantizer, tmp_path, rng):
-    folder = tmp_path / "sharded"
-    folder.mkdir()
-    t = tensors(rng)
-    names = sorted(t)
-    weight_map = {}
-    for i, part in enumerate([names[:2], names[2:]]):
-        shard = f"model-{i:05d}-of-00002.safetensors"
-        save_file({n: t[n] for n in part}, str(folder / shard))
-        weight_map.update(dict.fromkeys(part, shard))
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    folder = sharded(tmp_path, rng)
     recorder = aq.CalibrationRecorder(num_timesteps=10)
     recorder.observe("blocks.0.mlp.fc1.weight", 0, rng.standard_normal((4, 64)).astype(np.float32))
     cal = tmp_path / "cal.parquet"
@@ -293,7 +284,8 @@ def test_files_without_checksums_still_read_and_verify_says_so(quantizer, ckpt, 
 # --- 5. A sharded index must agree with its shards ------------------------------------------------------------
 
 
-def sharded(tmp_path, rng, edit):
+def sharded(tmp_path, rng, edit=None):
+    """A folder of two shards and their index; `edit(weight_map, names)` may change the index before it is written."""
     folder = tmp_path / "sharded"
     folder.mkdir()
     t = tensors(rng)
@@ -303,7 +295,8 @@ def sharded(tmp_path, rng, edit):
         shard = f"model-{i:05d}-of-00002.safetensors"
         save_file({n: t[n] for n in part}, str(folder / shard))
         weight_map.update(dict.fromkeys(part, shard))
-    edit(weight_map, names)
+    if edit is not None:
+        edit(weight_map, names)
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     return folder
 

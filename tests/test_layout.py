@@ -2,18 +2,15 @@
 option the chosen layout would ignore."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from cli_runner import run_cli
 from safetensors.numpy import save_file
 
 import arrow_quant_v2 as aq
-
-REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / "target" / "release" / "arrow-quant"
 
 
 def test_a_group_size_gives_flat_groups_of_that_size_whatever_it_is(quantizer, rng):
@@ -108,11 +105,6 @@ def test_each_profile_writes_its_encoding_and_records_its_layout(quantizer, tmp_
     if layout["layout"] == "auto":
         assert "group_size" not in config and "symmetric" not in config  # what auto did is in each row
 
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    if not CLI.exists():
-        pytest.skip(f"{CLI} not built (make build)")
-    return subprocess.run([str(CLI), *args], capture_output=True, text=True, check=False)
 
 
 @pytest.mark.parametrize(

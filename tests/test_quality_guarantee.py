@@ -4,23 +4,13 @@ the tensor and element, extreme magnitudes fall back instead of aborting, degene
 and a file `quantize` writes always passes its own `validate`."""
 
 import json
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 from safetensors.numpy import save_file
 
 import arrow_quant_v2 as aq
-
-REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / "target" / "release" / "arrow-quant"
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    if not CLI.exists():
-        pytest.skip(f"{CLI} not built (make build)")
-    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, check=False)
 
 
 def gaussian(rng, shape, scale=1.0, dtype=np.float32):

@@ -6,25 +6,18 @@ progress counts each pass once, and IPC metadata is where FORMAT.md says."""
 import asyncio
 import collections.abc
 import json
-import subprocess
 import threading
 from pathlib import Path
 
 import numpy as np
 import pyarrow.ipc as ipc
 import pytest
+from cli_runner import run_cli
 from safetensors.numpy import save_file
 
 import arrow_quant_v2 as aq
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / "target" / "release" / "arrow-quant"
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    if not CLI.exists():
-        pytest.skip(f"{CLI} not built (make build)")
-    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, check=False)
 
 
 def small_checkpoint(tmp_path, rng, count=3, shape=(64, 256), dtype=np.float32):
