@@ -1,10 +1,11 @@
 //! Arrow interfaces: layers in from any Arrow table (`input`), quantized results out as record batches with the
-//! documented result schema (`schema`, `output`) and a checksum per row (`checksum`), and results read back (their
+//! documented result schema (`schema`, `output`) and a checksum per row (`checksum`), IPC files opened safely (`ipc_file`), and results read back (their
 //! checksums verified) and dequantized (`result`).
 
 mod buffers;
 pub mod checksum;
 pub mod input;
+pub(crate) mod ipc_file;
 pub mod output;
 pub mod result;
 pub mod schema;

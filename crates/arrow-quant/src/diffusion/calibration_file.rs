@@ -2,11 +2,11 @@
 //! (zstd) through a temporary file that appears only when complete.
 
 use super::calibration::{col, Calibration, NUM_TIMESTEPS_KEY};
+use crate::arrow::ipc_file::open_ipc_file;
 use crate::error::{catch_reader_panic, QuantError, Result};
 use crate::pipeline::atomic_file::AtomicFile;
 use arrow_array::builder::{Float32Builder, ListBuilder};
 use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray, UInt32Array};
-use arrow_ipc::reader::FileReader;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -61,7 +61,7 @@ fn read_batches_unguarded(path: &Path) -> Result<Vec<RecordBatch>> {
             .map_err(|e| bad(&e))?;
         with_file_metadata(batches, &custom).map_err(|e| bad(&e))
     } else if n == 6 && &magic == b"ARROW1" {
-        let reader = FileReader::try_new(file, None).map_err(|e| bad(&e))?;
+        let reader = open_ipc_file(file).map_err(|e| bad(&e))?;
         let custom = reader.custom_metadata().clone();
         let batches = reader
             .collect::<std::result::Result<Vec<_>, _>>()

@@ -4,6 +4,7 @@
 use super::atomic_file::AtomicFile;
 use super::config::OutputFormat;
 use crate::arrow::checksum::with_checksums;
+use crate::arrow::ipc_file::open_ipc_file;
 use crate::arrow::schema::{
     col, result_schema, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, VERSION_KEY,
 };
@@ -209,7 +210,7 @@ impl ModelFile {
                 .collect();
             (Source::Parquet { file, meta }, metadata)
         } else if n == 6 && &magic == b"ARROW1" {
-            let reader = FileReader::try_new(file, None).map_err(|e| bad(&e))?;
+            let reader = open_ipc_file(file).map_err(|e| bad(&e))?;
             let metadata = reader.custom_metadata().clone();
             (Source::Ipc(Mutex::new(reader)), metadata)
         } else {
@@ -330,6 +331,35 @@ mod fuzz {
             }
         }
         Ok(())
+    }
+
+    /// Regression: an Arrow IPC footer whose block claims a huge body made the reader allocate that many bytes
+    /// and abort the process (found by the fuzz test below).
+    #[test]
+    fn ipc_block_lengths_beyond_the_file_are_an_error() {
+        let dir = std::env::temp_dir().join(format!("aq-model-block-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bytes = valid_file(OutputFormat::ArrowIpc, &dir);
+        let footer_len =
+            u32::from_le_bytes(bytes[bytes.len() - 10..][..4].try_into().unwrap()) as usize;
+        let footer_at = bytes.len() - 10 - footer_len;
+        let footer = arrow_ipc::root_as_footer(&bytes[footer_at..bytes.len() - 10]).unwrap();
+        let body = footer.recordBatches().unwrap().get(1).bodyLength();
+        let pattern = body.to_le_bytes();
+        let at = footer_at
+            + bytes[footer_at..]
+                .windows(8)
+                .rposition(|w| w == pattern)
+                .expect("the block's body length is in the footer");
+        bytes[at..at + 8].copy_from_slice(&(1i64 << 40).to_le_bytes());
+        let path = dir.join("huge-block");
+        std::fs::write(&path, &bytes).unwrap();
+        let message = ModelFile::open(&path).err().expect("refused").to_string();
+        assert!(
+            message.contains("block 1") && message.contains("outside the file"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     proptest! {

@@ -252,7 +252,7 @@ fn read_staged(path: &Path) -> Result<(RecordBatch, LayerReport)> {
     let bad = |e: &dyn std::fmt::Display| {
         QuantError::format(path, format!("not a readable staged unit: {e}"))
     };
-    let mut reader = arrow_ipc::reader::FileReader::try_new(file, None).map_err(|e| bad(&e))?;
+    let mut reader = crate::arrow::ipc_file::open_ipc_file(file).map_err(|e| bad(&e))?;
     let layer: serde_json::Value = reader
         .custom_metadata()
         .get(LAYER_KEY)
