@@ -697,8 +697,11 @@ def pipeline(model: _Model, config: Any = None, *, cli_args: list[str] | None = 
             report = aq.ArrowQuantV2().quantize_from_safetensors(str(src), str(dst),
                                                                  config or aq.DiffusionQuantConfig())
         layers = {entry["name"]: entry for entry in report["layers"]}
+        # The layer policy's set: what the run quantized, and what its mixed-precision plan kept in 16-bit
+        # (counted at its stored size, so the plan's bits/weight are honest).
         names = list(tensor_set) if tensor_set is not None else [
-            n for n, entry in layers.items() if entry.get("kept") is None and n in model.weights()]
+            n for n, entry in layers.items()
+            if entry.get("kept") in (None, "mixed precision: 16-bit") and n in model.weights()]
         mq = aq.load_quantized(str(dst))
         weights = model.weights()
         out: dict[str, np.ndarray] = {}

@@ -86,39 +86,89 @@ def test_two_local_runs_give_identical_files(checkpoints, tmp_path):
     assert totals["seconds"] > 0 and totals["gb_per_s"] > 0
 
 
-@pytest.mark.parametrize("profile,fmt", [("local", "parquet"), ("edge", "arrow"), ("cloud", "parquet")])
-def test_units_assembled_equal_a_local_run(checkpoints, tmp_path, profile, fmt):
-    config = aq.DiffusionQuantConfig.from_profile(profile, format=fmt)
+def stage_plan(source, units, config, tmp_path):
+    """Estimate units in reverse order (one twice, as a retry would), then the plan: its path, or None for a
+    uniform config (no unit needs an estimate)."""
+    estimated = [u for u in units if u["estimate"]]
+    if not estimated:
+        return None
+    files = [str(tmp_path / f"{u['index']:06d}.estimate.json") for u in estimated]
+    for u, f in reversed(list(zip(estimated, files, strict=True))):
+        _core.estimate_unit(source, u["index"], f, config)
+    first = Path(files[0]).read_bytes()
+    _core.estimate_unit(source, estimated[0]["index"], files[0], config)
+    assert Path(files[0]).read_bytes() == first
+    plan = str(tmp_path / "plan.json")
+    summary = _core.plan_from_estimates(source, files, plan, config)
+    assert summary is not None and summary["layers_per_width"]
+    return plan
+
+
+@pytest.mark.parametrize(
+    "profile,fmt,target",
+    [("local", "parquet", None), ("edge", "arrow", None), ("cloud", "parquet", None), ("local", "arrow", 3.0)],
+)
+def test_units_assembled_equal_a_local_run(checkpoints, tmp_path, profile, fmt, target):
+    config = aq.DiffusionQuantConfig.from_profile(profile, format=fmt, target_bits_per_weight=target)
     source = str(checkpoints[1])
     units = _core.plan_units(source, config)
     assert [u["index"] for u in units] == list(range(len(units)))
     assert {u["decision"] for u in units} == {"quantize", "keep", "raw"}
+    # INT4 with layout and method auto plans its widths (automatically at 4.5 bits/weight); so does a target.
+    planned = profile == "local"
+    assert [u["estimate"] for u in units] == [planned and u["decision"] == "quantize" for u in units]
+    plan = stage_plan(source, units, config, tmp_path)
     # Units in any order, one staged twice (a retry): the same file.
     staged = [str(tmp_path / f"{u['index']:06d}.arrow") for u in units]
     for i in reversed(range(len(units))):
-        layer = _core.quantize_unit(source, i, staged[i], config)
+        layer = _core.quantize_unit(source, i, staged[i], config, plan)
         assert layer["name"] == units[i]["name"]
     first = Path(staged[0]).read_bytes()
-    _core.quantize_unit(source, 0, staged[0], config)
+    _core.quantize_unit(source, 0, staged[0], config, plan)
     assert Path(staged[0]).read_bytes() == first
     out = tmp_path / f"assembled.{fmt}"
-    report = _core.assemble_units(source, staged, str(out), config)
+    report = _core.assemble_units(source, staged, str(out), config, plan)
     assert report["totals"]["tensors"] == len(units)
+    assert (report["totals"].get("mixed_precision") is not None) == planned
     assert out.read_bytes() == local_bytes(checkpoints[1], tmp_path / f"local.{fmt}", config)
 
 
-def test_distributed_refuses_whole_model_settings(checkpoints, tmp_path):
-    for config in (
-        aq.DiffusionQuantConfig(target_bits_per_weight=3.0),
-        aq.DiffusionQuantConfig(calibration_path=str(tmp_path / "cal.parquet")),
-    ):
-        with pytest.raises(aq.ConfigurationError, match="distributed"):
-            _core.plan_units(str(checkpoints[0]), config)
-        with pytest.raises(aq.ConfigurationError, match="distributed"):
-            quantize_many([checkpoints[0]], tmp_path / "out", config, progress=False)
+def test_distributed_refuses_calibration_and_missing_plans(checkpoints, tmp_path):
+    config = aq.DiffusionQuantConfig(calibration_path=str(tmp_path / "cal.parquet"))
+    with pytest.raises(aq.ConfigurationError, match="distributed"):
+        _core.plan_units(str(checkpoints[0]), config)
+    with pytest.raises(aq.ConfigurationError, match="distributed"):
+        quantize_many([checkpoints[0]], tmp_path / "out", config, progress=False)
     with pytest.raises(aq.CorruptDataError, match="staged units"):
         _core.assemble_units(str(checkpoints[0]), [], str(tmp_path / "x.parquet"))
     assert not (tmp_path / "x.parquet").exists()
+    source = str(checkpoints[0])
+    units = _core.plan_units(source)
+    q = next(u["index"] for u in units if u["estimate"])
+    kept = next(u["index"] for u in units if u["decision"] != "quantize")
+    # The default config plans: a quantize unit or an assembly without the plan is refused, and so is a plan
+    # given to a uniform config.
+    with pytest.raises(aq.ConfigurationError, match="plan_from_estimates"):
+        _core.quantize_unit(source, q, str(tmp_path / "u.arrow"))
+    uniform = aq.DiffusionQuantConfig(auto_mixed_precision=False)
+    assert not any(u["estimate"] for u in _core.plan_units(source, uniform))
+    plan = stage_plan(source, units, None, tmp_path)
+    with pytest.raises(aq.CorruptDataError, match="one width"):
+        _core.quantize_unit(source, q, str(tmp_path / "u.arrow"), uniform, plan)
+    with pytest.raises(aq.ConfigurationError, match="nothing to plan"):
+        _core.estimate_unit(source, q, str(tmp_path / "e.json"), uniform)
+    with pytest.raises(aq.CorruptDataError, match="nothing to estimate"):
+        _core.estimate_unit(source, kept, str(tmp_path / "e.json"))
+    # Estimates of the wrong tensor, or too few, are refused by name.
+    files = sorted(str(p) for p in tmp_path.glob("*.estimate.json"))
+    with pytest.raises(aq.CorruptDataError, match="estimates for a checkpoint"):
+        _core.plan_from_estimates(source, files[1:], str(tmp_path / "p.json"))
+    with pytest.raises(aq.CorruptDataError, match="is not of tensor"):
+        _core.plan_from_estimates(source, files[1:] + files[:1], str(tmp_path / "p.json"))
+    Path(plan).write_text("{}")
+    with pytest.raises(aq.CorruptDataError, match="not a readable plan"):
+        _core.quantize_unit(source, q, str(tmp_path / "u.arrow"), None, plan)
+    assert not (tmp_path / "u.arrow").exists() and not (tmp_path / "p.json").exists()
 
 
 def test_package_imports_without_ray(tmp_path):
@@ -171,13 +221,14 @@ def test_worker_killed_mid_run(ray_cluster, checkpoints, expected, tmp_path):
     deadline = time.monotonic() + 120
     victim = None
     while victim is None and time.monotonic() < deadline and thread.is_alive():
-        staged = list((tmp_path / STAGING).glob("*/*.arrow"))
+        # estimates and quantized units alike (the default config plans, so estimate units run first)
+        staged = list((tmp_path / STAGING).glob("*/*.arrow")) + list((tmp_path / STAGING).glob("*/*.estimate.json"))
         # a worker in the middle of a unit (its pid file names the unit while it runs), so the kill forces a retry
         busy = [p for p in sorted(workers.glob("*")) if p.read_text()] if workers.exists() else []
         if busy and len(staged) >= 2:
             victim = int(busy[0].name)
         time.sleep(0.01)
-    assert victim is not None, "no worker seen"
+    assert victim is not None, f"no worker seen: {outcome}"
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=300)
     assert not thread.is_alive()

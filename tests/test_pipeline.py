@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from cli_runner import run_cli
 from safetensors.numpy import load_file, save_file
 
 import arrow_quant_v2 as aq
@@ -52,7 +53,8 @@ def test_quantize_validate_load_export(quantizer, checkpoint, tmp_path, fmt):
     path, tensors = checkpoint
     out = tmp_path / f"model.{fmt}"
     calls = []
-    config = aq.DiffusionQuantConfig(format=fmt)
+    # Uniform INT4 (the automatic plan is tested in test_default_int4_plans_at_its_uniform_size).
+    config = aq.DiffusionQuantConfig(format=fmt, auto_mixed_precision=False)
     report = quantizer.quantize_diffusion_model(path, out, config, progress_callback=lambda n, f: calls.append(f))
     assert calls == sorted(calls) and calls[-1] == pytest.approx(1.0) and len(calls) == len(tensors)
     layers = {layer["name"]: layer for layer in report["layers"]}
@@ -91,6 +93,46 @@ def test_quantize_validate_load_export(quantizer, checkpoint, tmp_path, fmt):
     assert restored["blocks.0.attn.qkv.weight"].dtype == np.float16
     assert np.array_equal(restored["pos_ids"], tensors["pos_ids"])
     assert np.allclose(restored["blocks.0.attn.qkv.weight"], w, atol=1e-2)
+
+
+def test_default_int4_plans_at_its_uniform_size(quantizer, checkpoint, tmp_path):
+    path, tensors = checkpoint
+    calls = []
+    report = quantizer.quantize_diffusion_model(
+        path, tmp_path / "m.parquet", progress_callback=lambda n, f: calls.append(f)
+    )
+    mp = report["totals"]["mixed_precision"]
+    assert mp["automatic"] and mp["target_bits_per_weight"] == 4.5
+    quantized = [layer for layer in report["layers"] if layer["bits"] in (2, 4, 8)]
+    planned = sum(mp["layers_per_width"].values())
+    assert planned == len(quantized) == report["totals"]["quantized"]
+    # The budget covers the quantized layers only: at most the uniform layout's 4.5 bits per weight there.
+    params = sum(int(np.prod(layer["shape"])) for layer in quantized)
+    assert sum(layer["bytes_out"] for layer in quantized) * 8 / params <= 4.5 + 1e-9
+    assert mp["planned_bits_per_weight"] <= 4.5 + 1e-9
+    # Progress covers the planning pass (one call per planned layer) and then every tensor.
+    assert calls == sorted(calls) and calls[-1] == pytest.approx(1.0) and len(calls) == len(tensors) + planned
+    # The plan's total error is at most the uniform run's (which is one of the plan's options).
+    uniform = quantizer.quantize_diffusion_model(
+        path, tmp_path / "u.parquet", aq.DiffusionQuantConfig(auto_mixed_precision=False)
+    )
+    assert uniform["totals"]["mixed_precision"] is None
+    by_name = {layer["name"]: layer for layer in uniform["layers"]}
+    assert mp["total_error"] <= sum(by_name[layer["name"]]["rel_mse"] for layer in quantized) * (1 + 1e-6)
+    # The CLI: the same plan by default, one width with --no-auto-mixed-precision.
+    for flags, planned_run in (([], True), (["--no-auto-mixed-precision"], False)):
+        out = tmp_path / "cli.parquet"
+        proc = run_cli("quantize", path, out, "--json", "--quiet", *flags)
+        assert proc.returncode == 0, proc.stderr
+        cli_mp = json.loads(proc.stdout)["totals"]["mixed_precision"]
+        assert (cli_mp == mp) if planned_run else cli_mp is None
+        out.unlink()
+    # An explicit layout or method, or another width, is uniform too.
+    for config in (aq.DiffusionQuantConfig(layout="two_level"), aq.DiffusionQuantConfig(method="mse"),
+                   aq.DiffusionQuantConfig(bit_width=8)):
+        r = quantizer.quantize_diffusion_model(path, tmp_path / "x.parquet", config)
+        assert r["totals"]["mixed_precision"] is None
+        (tmp_path / "x.parquet").unlink()
 
 
 def test_output_opens_in_pyarrow_and_polars(quantizer, checkpoint, tmp_path):

@@ -58,7 +58,9 @@ def test_unclipped_patterns_can_be_changed_and_hold_under_mixed_precision(quanti
         "emb_layers", "label_emb", "time_emb_proj", "adaln", "y_embedder", "time_in", "guidance_in", "vector_in",
         "_mod.", "modulation", "time_projection"]
     out = tmp_path / "plain.parquet"
-    quantizer.quantize_diffusion_model(ckpt, out, aq.DiffusionQuantConfig(unclipped_patterns=[]))
+    quantizer.quantize_diffusion_model(
+        ckpt, out, aq.DiffusionQuantConfig(unclipped_patterns=[], auto_mixed_precision=False)
+    )
     assert encodings(out)["input_blocks.1.0.emb_layers.1.weight"] == "int4_2l"
     # mixed precision picks the width; the layer keeps plain rounding in flat groups at 2 and 4 bits
     out = tmp_path / "mixed.parquet"

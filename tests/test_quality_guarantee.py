@@ -59,7 +59,14 @@ def test_a_fallen_back_layer_keeps_the_floor_whatever_the_width_it_lands_on(quan
     path = tmp_path / "m.safetensors"
     save_file(tensors, str(path))
     out = tmp_path / "m.parquet"
+    # The automatic plan has no width that meets the floor for it either: kept, and stored as f32 all the same.
     report = quantizer.quantize_diffusion_model(path, out, aq.DiffusionQuantConfig(keep_first_last=False))
+    tiny = layers_of(report)["blocks.0.tiny.weight"]
+    assert tiny["encoding"] == "f32" and tiny["cosine"] >= 0.85 and "stored as f32" in tiny["kept"], tiny
+    out.unlink()
+    # One width for every layer: the fallback ladder walks every width first.
+    config = aq.DiffusionQuantConfig(keep_first_last=False, auto_mixed_precision=False)
+    report = quantizer.quantize_diffusion_model(path, out, config)
     tiny = layers_of(report)["blocks.0.tiny.weight"]
     assert tiny["encoding"] == "f32" and tiny["cosine"] >= 0.85, tiny
     assert tiny["fallback"].endswith("kept unquantized") and "stored as f32" in tiny["kept"]
@@ -94,7 +101,8 @@ def test_extreme_magnitudes_fall_back_instead_of_aborting_the_run(quantizer, tmp
     }
     path = tmp_path / "m.safetensors"
     save_file(tensors, str(path))
-    config = aq.DiffusionQuantConfig(keep_first_last=False)
+    # One width for every layer, so that the fallback ladder (not the plan) moves the layers.
+    config = aq.DiffusionQuantConfig(keep_first_last=False, auto_mixed_precision=False)
     out = tmp_path / "m.parquet"
     report = quantizer.quantize_diffusion_model(path, out, config)
     layers = layers_of(report)
@@ -106,6 +114,12 @@ def test_extreme_magnitudes_fall_back_instead_of_aborting_the_run(quantizer, tmp
     assert_validates(quantizer, path, out)
     loaded = aq.load_quantized(out)
     assert np.array_equal(loaded["blocks.1.huge.weight"], tensors["blocks.1.huge.weight"])
+    # The automatic plan measures such widths as unusable (no floor accepts them) instead of aborting.
+    out.unlink()
+    report = quantizer.quantize_diffusion_model(path, out, aq.DiffusionQuantConfig(keep_first_last=False))
+    assert report["totals"]["mixed_precision"]["automatic"]
+    assert all(layer["cosine"] >= 0.85 for layer in report["layers"])
+    assert_validates(quantizer, path, out)
 
 
 def test_float32_scales_report_the_true_cosine_at_magnitudes_whose_squares_overflow(quantizer, rng):
@@ -129,12 +143,20 @@ def test_degenerate_shapes_are_kept_in_16_bit_with_the_reason(quantizer, tmp_pat
     path = tmp_path / "m.safetensors"
     save_file(tensors, str(path))
     out = tmp_path / "m.parquet"
-    report = quantizer.quantize_diffusion_model(path, out, aq.DiffusionQuantConfig(keep_first_last=False))
+    # One width for every layer: the fallback ladder keeps the layer and says why.
+    config = aq.DiffusionQuantConfig(keep_first_last=False, auto_mixed_precision=False)
+    report = quantizer.quantize_diffusion_model(path, out, config)
     layers = layers_of(report)
     narrow = layers["blocks.0.narrow.weight"]
     assert narrow["encoding"] == "f16" and narrow["bits_per_weight"] == 16.0, narrow
     assert "too close to" in narrow["kept"] and "bits per weight" in narrow["kept"]
     assert layers["blocks.1.fc.weight"]["bits_per_weight"] < 5
+    assert_validates(quantizer, path, out)
+    # The automatic plan has no quantized option for the layer either: 16-bit is all it can choose.
+    out.unlink()
+    report = quantizer.quantize_diffusion_model(path, out, aq.DiffusionQuantConfig(keep_first_last=False))
+    narrow = layers_of(report)["blocks.0.narrow.weight"]
+    assert narrow["encoding"] == "f16" and narrow["kept"] == "mixed precision: 16-bit", narrow
     assert_validates(quantizer, path, out)
 
 

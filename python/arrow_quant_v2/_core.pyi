@@ -36,6 +36,8 @@ __all__ = [
     "plan_units",
     "quantize_unit",
     "assemble_units",
+    "estimate_unit",
+    "plan_from_estimates",
 ]
 
 _GroupSize: TypeAlias = int | Literal["per_channel"]
@@ -221,6 +223,7 @@ class DiffusionQuantConfig:
         smoothing_window: int | None = None,
         enable_spatial: bool | None = None,
         target_bits_per_weight: float | None = None,
+        auto_mixed_precision: bool | None = None,
     ) -> DiffusionQuantConfig: ...
     @staticmethod
     def from_profile(name: Literal["edge", "local", "cloud"], **overrides: Any) -> DiffusionQuantConfig: ...
@@ -270,6 +273,8 @@ class DiffusionQuantConfig:
     def enable_spatial(self) -> bool: ...
     @property
     def target_bits_per_weight(self) -> float | None: ...
+    @property
+    def auto_mixed_precision(self) -> bool: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
@@ -310,11 +315,25 @@ def _kernel_seconds(
 def check_distributable_config(config: DiffusionQuantConfig | None = None) -> None: ...
 def plan_units(source: str | PathLike[str], config: DiffusionQuantConfig | None = None) -> list[dict[str, Any]]: ...
 def quantize_unit(
-    source: str | PathLike[str], index: int, staged: str | PathLike[str], config: DiffusionQuantConfig | None = None
+    source: str | PathLike[str],
+    index: int,
+    staged: str | PathLike[str],
+    config: DiffusionQuantConfig | None = None,
+    plan: str | PathLike[str] | None = None,
 ) -> dict[str, Any]: ...
 def assemble_units(
     source: str | PathLike[str],
     staged: Iterable[str | PathLike[str]],
     output: str | PathLike[str],
     config: DiffusionQuantConfig | None = None,
+    plan: str | PathLike[str] | None = None,
 ) -> dict[str, Any]: ...
+def estimate_unit(
+    source: str | PathLike[str], index: int, staged: str | PathLike[str], config: DiffusionQuantConfig | None = None
+) -> None: ...
+def plan_from_estimates(
+    source: str | PathLike[str],
+    estimates: Iterable[str | PathLike[str]],
+    plan: str | PathLike[str],
+    config: DiffusionQuantConfig | None = None,
+) -> dict[str, Any] | None: ...

@@ -4,8 +4,11 @@
 work per tensor; no weight bytes go through the object store), quantizes the units on a pool of Ray actors that
 read the checkpoints from shared storage themselves and stage each result in a file with a deterministic name,
 and assembles each checkpoint as soon as its units are done, with the writer of a local run: each output is
-byte-identical to ``arrow-quant quantize`` of that checkpoint with the same config. Re-running the same call
-resumes (staged units and finished outputs are skipped). See docs/SCALE_OUT.md.
+byte-identical to ``arrow-quant quantize`` of that checkpoint with the same config. Under mixed precision (a
+``target_bits_per_weight``, or the automatic INT4 plan of the default config) a first pass of estimate units
+measures every quantized tensor on the actors, and the driver allocates the widths from those small files before
+the quantize units run. Re-running the same call resumes (staged units, estimates, plans and finished outputs are
+skipped). See docs/SCALE_OUT.md.
 
 Needs ``ray[data]`` (the extra ``arrow-quant-v2[ray]``); this module imports Ray only when it runs. Also a command
 line: ``python -m arrow_quant_v2.distributed SOURCES... OUTPUT_DIR [--ray ADDRESS | --workers N]``, which the
@@ -87,6 +90,9 @@ def _config_kwargs(config: DiffusionQuantConfig | None) -> dict[str, Any] | None
             "boundary_smoothing",
             "smoothing_window",
             "enable_spatial",
+            "unclipped_patterns",
+            "target_bits_per_weight",
+            "auto_mixed_precision",
         )
     }
     kwargs["profile"] = config.profile or "local"
@@ -147,8 +153,15 @@ class _UnitWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"checkpoint": [], "index": [], "bytes": [], "seconds": [], "error": []}
-        for checkpoint, source, index, staged, nbytes in zip(
-            batch["checkpoint"], batch["source"], batch["index"], batch["staged"], batch["bytes"], strict=True
+        for checkpoint, source, index, staged, nbytes, kind, plan in zip(
+            batch["checkpoint"],
+            batch["source"],
+            batch["index"],
+            batch["staged"],
+            batch["bytes"],
+            batch["kind"],
+            batch["plan"],
+            strict=True,
         ):
             start = time.perf_counter()
             error = ""
@@ -159,7 +172,10 @@ class _UnitWorker:
                     if self._delay:  # test runs: the pid file names the unit in progress while it sleeps
                         self._pid_file.write_text(str(staged))
                         time.sleep(self._delay)
-                    _core.quantize_unit(str(source), int(index), str(staged), self._config)
+                    if kind == "estimate":
+                        _core.estimate_unit(str(source), int(index), str(staged), self._config)
+                    else:
+                        _core.quantize_unit(str(source), int(index), str(staged), self._config, str(plan) or None)
                 except (QuantizationError, OSError) as e:
                     error = f"{type(e).__name__}: {e}"
                 finally:
@@ -188,10 +204,31 @@ class _Checkpoint:
         self.seconds = 0.0
         self.summary: dict[str, Any] = {}
         self.retries = 0
+        self.planned = False  # the config plans mixed precision for this checkpoint
 
     def staged(self, index: int) -> Path:
         assert self.staging is not None
         return self.staging / f"{index:06d}.arrow"
+
+    def estimate(self, index: int) -> Path:
+        assert self.staging is not None
+        return self.staging / f"{index:06d}.estimate.json"
+
+    @property
+    def plan(self) -> Path | None:
+        return None if self.staging is None or not self.planned else self.staging / "plan.json"
+
+    def unit_row(self, u: dict[str, Any], kind: str) -> dict[str, Any]:
+        staged = self.estimate(u["index"]) if kind == "estimate" else self.staged(u["index"])
+        return {
+            "checkpoint": self.number,
+            "source": self.source,
+            "index": u["index"],
+            "staged": str(staged),
+            "bytes": u["bytes"],
+            "kind": kind,
+            "plan": str(self.plan or ""),
+        }
 
     def row(self) -> dict[str, Any]:
         s = self.summary
@@ -335,8 +372,8 @@ def quantize_many(
     Returns ``{"checkpoints": [...], "totals": {...}}``: per checkpoint `source`, `output`, `status`
     (``quantized``, ``skipped`` (the output existed) or ``failed``), `tensors`, `bytes_in`, `bytes_out`,
     `worst_cosine`, `seconds` (worker and assembly time), `retries`, `error`; totals with the wall `seconds` and
-    `gb_per_s`. Raises `ConfigurationError` for settings the distributed path refuses (`target_bits_per_weight`,
-    calibration: see docs/SCALE_OUT.md).
+    `gb_per_s`. Raises `ConfigurationError` for settings the distributed path refuses (calibration: see
+    docs/SCALE_OUT.md).
     """
     start = time.perf_counter()
     _core.check_distributable_config(config)
@@ -360,6 +397,7 @@ def quantize_many(
         names[name] = src
         checkpoints.append(_Checkpoint(number, src, out_dir / name))
 
+    estimate_rows: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     for c in checkpoints:
         if c.output.exists():
@@ -380,28 +418,37 @@ def quantize_many(
         ).hexdigest()[:16]
         c.staging = staging_root / f"{c.output.name}-{key}"
         c.staging.mkdir(parents=True, exist_ok=True)
+        c.planned = any(u["estimate"] for u in c.units)
+        plan = c.plan
+        if plan is not None and not plan.exists():
+            for u in c.units:
+                if u["estimate"] and not c.estimate(u["index"]).exists():
+                    c.pending += 1
+                    estimate_rows.append(c.unit_row(u, "estimate"))
         for u in c.units:
-            staged = c.staged(u["index"])
-            if not staged.exists():
-                c.pending += 1
-                rows.append(
-                    {
-                        "checkpoint": c.number,
-                        "source": c.source,
-                        "index": u["index"],
-                        "staged": str(staged),
-                        "bytes": u["bytes"],
-                    }
-                )
+            if not c.staged(u["index"]).exists():
+                rows.append(c.unit_row(u, "quantize"))
 
-    total_bytes = sum(r["bytes"] for r in rows)
-    bar = _Progress(progress, len(rows), total_bytes)
+    by_number = {c.number: c for c in checkpoints}
+    all_rows = estimate_rows + rows
+    total_bytes = sum(r["bytes"] for r in all_rows)
+    bar = _Progress(progress, len(all_rows), total_bytes)
+
+    def make_plan(c: _Checkpoint) -> None:
+        """The checkpoint's widths from its estimates (on the driver: an allocation over small tables)."""
+        assert c.plan is not None
+        estimates = [str(c.estimate(u["index"])) for u in c.units if u["estimate"]]
+        try:
+            _core.plan_from_estimates(c.source, estimates, c.plan, config)
+        except (QuantizationError, OSError) as e:
+            c.status, c.error = "failed", f"{type(e).__name__}: {e}"
+            bar.line(_describe(c))
 
     def assemble(c: _Checkpoint) -> None:
         assert c.staging is not None
         staged = [str(c.staged(u["index"])) for u in c.units]
         try:
-            report = _core.assemble_units(c.source, staged, c.output, config)
+            report = _core.assemble_units(c.source, staged, c.output, config, None if c.plan is None else str(c.plan))
         except (QuantizationError, OSError) as e:
             c.status, c.error = "failed", f"{type(e).__name__}: {e}"
         else:
@@ -409,50 +456,74 @@ def quantize_many(
             c.summary = report["totals"]
             c.seconds += report["totals"]["seconds"]
             attempts = sum(1 for _ in c.staging.glob("*.attempt-*"))
-            c.retries = max(0, attempts - len(c.units))
+            c.retries = max(0, attempts - len(c.units) - sum(1 for u in c.units if u["estimate"]))
             shutil.rmtree(c.staging, ignore_errors=True)
         bar.line(_describe(c))
 
     for c in checkpoints:
         if c.status == "skipped" or c.status == "failed":
             bar.line(_describe(c))
-        elif c.pending == 0:
+        elif c.pending == 0 and c.plan is not None and not c.plan.exists():
+            make_plan(c)  # every estimate was staged by an earlier run
+
+    def pending_quantize(c: _Checkpoint) -> int:
+        return sum(1 for r in rows if r["checkpoint"] == c.number)
+
+    for c in checkpoints:
+        if c.status not in ("skipped", "failed") and c.pending == 0 and pending_quantize(c) == 0:
             assemble(c)
 
     started_here = False
-    if rows:
+    if all_rows:
         ray = _require_ray()
         started_here = _init_ray(ray, address, workers, threads_per_worker)
+        ray_data_log = logging.getLogger("ray.data")
+        ray_data_level = ray_data_log.level
         try:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False  # this module draws its own
-            ray_data_log = logging.getLogger("ray.data")
-            ray_data_level = ray_data_log.level
             ray_data_log.setLevel(logging.ERROR)
             pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker)
-            # A Ray task per block of consecutive units (rows stay one unit each): enough blocks to balance the
-            # pool, few enough that Ray's per-task cost stays small next to the quantization.
-            blocks = min(len(rows), max(4 * pool, -(-total_bytes // BLOCK_BYTES)))
-            ds = ray.data.from_items(rows, override_num_blocks=blocks)
-            with warnings.catch_warnings():
-                # Ray 2.60 has no named parameter for actor restarts and task retries: they still go through
-                # `**ray_remote_args`, which warns that it is deprecated.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                results = _map_units(ray, ds, shipped, threads_per_worker, staging_root, _unit_delay, pool, max_retries)
-            left = {c.number: c.pending for c in checkpoints if c.pending}
-            by_number = {c.number: c for c in checkpoints}
-            for row in results.iter_rows():
-                c = by_number[int(row["checkpoint"])]
-                bar.unit(int(row["bytes"]))
-                c.seconds += float(row["seconds"])
-                if row["error"] and not c.error:
-                    c.status, c.error = "failed", str(row["error"])
-                left[c.number] -= 1
-                if left[c.number] == 0:
-                    if c.status == "failed":
-                        bar.line(_describe(c))
-                    else:
-                        assemble(c)
+
+            def run(stage: list[dict[str, Any]]) -> Iterable[tuple[_Checkpoint, dict[str, Any]]]:
+                # A Ray task per block of consecutive units (rows stay one unit each): enough blocks to balance
+                # the pool, few enough that Ray's per-task cost stays small next to the quantization.
+                stage_bytes = sum(r["bytes"] for r in stage)
+                blocks = min(len(stage), max(4 * pool, -(-stage_bytes // BLOCK_BYTES)))
+                ds = ray.data.from_items(stage, override_num_blocks=blocks)
+                with warnings.catch_warnings():
+                    # Ray 2.60 has no named parameter for actor restarts and task retries: they still go through
+                    # `**ray_remote_args`, which warns that it is deprecated.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    results = _map_units(
+                        ray, ds, shipped, threads_per_worker, staging_root, _unit_delay, pool, max_retries
+                    )
+                for row in results.iter_rows():
+                    c = by_number[int(row["checkpoint"])]
+                    bar.unit(int(row["bytes"]))
+                    c.seconds += float(row["seconds"])
+                    if row["error"] and not c.error:
+                        c.status, c.error = "failed", str(row["error"])
+                    yield c, row
+
+            if estimate_rows:
+                for c, _ in run(estimate_rows):
+                    c.pending -= 1
+                    if c.pending == 0:
+                        if c.status == "failed":
+                            bar.line(_describe(c))
+                        else:
+                            make_plan(c)
+            rows = [r for r in rows if by_number[r["checkpoint"]].status != "failed"]
+            left = {c.number: pending_quantize(c) for c in checkpoints}
+            if rows:
+                for c, _ in run(rows):
+                    left[c.number] -= 1
+                    if left[c.number] == 0:
+                        if c.status == "failed":
+                            bar.line(_describe(c))
+                        else:
+                            assemble(c)
         finally:
             ray_data_log.setLevel(ray_data_level)
             if started_here:
@@ -473,7 +544,7 @@ def quantize_many(
             "quantized": len(done),
             "skipped": sum(c.status == "skipped" for c in checkpoints),
             "failed": sum(c.status == "failed" for c in checkpoints),
-            "units": len(rows),
+            "units": len(all_rows),
             "bytes_in": bytes_in,
             "bytes_out": sum(c.summary.get("bytes_out", 0) for c in done),
             "retries": sum(c.retries for c in checkpoints),
@@ -518,6 +589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile", default="local", choices=["edge", "local", "cloud"])
     p.add_argument("--bits", type=int)
     p.add_argument("--floor", type=float)
+    p.add_argument("--target-bpw", type=float, help="mixed precision: stored bits per weight over the whole model")
+    p.add_argument(
+        "--no-auto-mixed-precision", action="store_true", help="every layer at --bits: no automatic plan at INT4"
+    )
     p.add_argument("--format", default="parquet", choices=["parquet", "arrow"])
     p.add_argument("--max-retries", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -531,6 +606,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["bit_width"] = args.bits
     if args.floor is not None:
         overrides["quality_floor"] = args.floor
+    if args.target_bpw is not None:
+        overrides["target_bits_per_weight"] = args.target_bpw
+    if args.no_auto_mixed_precision:
+        overrides["auto_mixed_precision"] = False
     try:
         config = DiffusionQuantConfig.from_profile(args.profile, **overrides)
         report = quantize_many(

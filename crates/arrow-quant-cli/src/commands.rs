@@ -31,6 +31,7 @@ fn apply_quant(config: &mut PipelineConfig, q: &QuantArgs) -> Result<()> {
 fn apply_diffusion(config: &mut PipelineConfig, d: DiffusionArgs) -> Result<()> {
     config.calibration_path = d.calibration;
     config.target_bits_per_weight = d.target_bpw;
+    config.auto_mixed_precision = !d.no_auto_mixed_precision;
     config.enable_time_aware = !d.no_time_aware;
     config.enable_spatial = !d.no_spatial;
     // Unset options keep their defaults; set ones without --calibration are refused by the core

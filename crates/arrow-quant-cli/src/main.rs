@@ -127,9 +127,13 @@ struct DiffusionArgs {
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
     /// Mixed precision: choose 2 / 4 / 8 bits (or 16-bit) per layer for this many stored bits per weight over the
-    /// whole model, minimising the total error [default: none, the fallback chain from --bits]
+    /// whole model, minimising the total error [default: at --bits 4 with layout and method auto, 4.5 over the
+    /// quantized layers (the uniform layout's size); otherwise none, the fallback chain from --bits]
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
     target_bpw: Option<f64>,
+    /// Every layer at --bits (with the fallback chain): no automatic mixed-precision plan at INT4
+    #[arg(long)]
+    no_auto_mixed_precision: bool,
     /// With calibration: number of timestep groups of the time-aware activation parameters [default: 10]
     #[arg(long)]
     time_groups: Option<usize>,

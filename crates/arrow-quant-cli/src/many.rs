@@ -38,6 +38,12 @@ pub struct ManyArgs {
     /// Minimum cosine similarity per layer (overrides the profile)
     #[arg(long)]
     floor: Option<f64>,
+    /// Mixed precision: stored bits per weight over the whole model (as `quantize --target-bpw`)
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    target_bpw: Option<f64>,
+    /// Every layer at --bits: no automatic mixed-precision plan at INT4
+    #[arg(long)]
+    no_auto_mixed_precision: bool,
     /// Output format: parquet or arrow
     #[arg(long, default_value = "parquet")]
     format: String,
@@ -77,8 +83,14 @@ impl ManyArgs {
         if let Some(f) = self.floor {
             opt("--floor", f.to_string());
         }
+        if let Some(t) = self.target_bpw {
+            opt("--target-bpw", t.to_string());
+        }
         opt("--format", self.format.clone());
         opt("--max-retries", self.max_retries.to_string());
+        if self.no_auto_mixed_precision {
+            a.push("--no-auto-mixed-precision".into());
+        }
         if self.json {
             a.push("--json".into());
         }

@@ -30,7 +30,8 @@ impl PyDiffusionQuantConfig {
                         calibration_path = None,
                         enable_time_aware = None, num_time_groups = None, time_grouping = None,
                         activation_bits = None, boundary_smoothing = None, smoothing_window = None,
-                        enable_spatial = None, target_bits_per_weight = None))]
+                        enable_spatial = None, target_bits_per_weight = None,
+                        auto_mixed_precision = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         profile: Option<&str>,
@@ -56,6 +57,7 @@ impl PyDiffusionQuantConfig {
         smoothing_window: Option<i64>,
         enable_spatial: Option<bool>,
         target_bits_per_weight: Option<f64>,
+        auto_mixed_precision: Option<bool>,
     ) -> Result<Self> {
         // The settings start from a profile ("local" unless named), and record it, as the CLI does.
         let mut inner = PipelineConfig::profile(profile.unwrap_or("local"))?;
@@ -117,6 +119,9 @@ impl PyDiffusionQuantConfig {
             inner.enable_spatial = e;
         }
         inner.target_bits_per_weight = target_bits_per_weight;
+        if let Some(a) = auto_mixed_precision {
+            inner.auto_mixed_precision = a;
+        }
         inner.validate()?;
         Ok(Self { inner })
     }
@@ -278,6 +283,13 @@ impl PyDiffusionQuantConfig {
     #[getter]
     fn target_bits_per_weight(&self) -> Option<f64> {
         self.inner.target_bits_per_weight
+    }
+
+    /// Without a target: whether an INT4 run with layout and method "auto" plans its widths at 4.5 bits per
+    /// weight over the quantized layers (False: every layer at `bit_width`).
+    #[getter]
+    fn auto_mixed_precision(&self) -> bool {
+        self.inner.auto_mixed_precision
     }
 
     /// The settings as a dict (as stored in the model file).

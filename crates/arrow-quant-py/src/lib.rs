@@ -39,6 +39,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(units::plan_units, m)?)?;
     m.add_function(wrap_pyfunction!(units::quantize_unit, m)?)?;
     m.add_function(wrap_pyfunction!(units::assemble_units, m)?)?;
+    m.add_function(wrap_pyfunction!(units::estimate_unit, m)?)?;
+    m.add_function(wrap_pyfunction!(units::plan_from_estimates, m)?)?;
     errors::register(m)?;
     Ok(())
 }

@@ -108,8 +108,28 @@ pub struct PipelineConfig {
     /// With calibration that records `channel_absmax`: activation-aware channel scaling of those layers.
     pub enable_spatial: bool,
     /// Mixed precision: per-layer widths chosen to minimise the total error with this many stored bits per
-    /// weight over the whole model (kept tensors included); `None` uses `quant.bits` with the fallback chain.
+    /// weight over the whole model (kept tensors included); `None` uses `quant.bits` with the fallback chain
+    /// (or the automatic plan, see `auto_mixed_precision`).
     pub target_bits_per_weight: Option<f64>,
+    /// With no `target_bits_per_weight`, an INT4 run with layout and method `auto` plans its widths at its
+    /// uniform layout's own size, [`AUTO_PLAN_BITS_PER_WEIGHT`] over the quantized layers: the same size,
+    /// with the bits moved to the layers whose error costs the most (docs/DIFFUSION.md, "Mixed precision").
+    /// `false`: every layer at `quant.bits` (the fallback chain still applies).
+    pub auto_mixed_precision: bool,
+}
+
+/// The bits per weight over the quantized layers that the automatic INT4 plan spends: the size of the uniform
+/// INT4 layouts it replaces (`int4_2l` and symmetric flat groups of 32 both store 4.5).
+pub const AUTO_PLAN_BITS_PER_WEIGHT: f64 = 4.5;
+
+/// What a mixed-precision plan may spend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// `target_bits_per_weight`: stored bits per weight over the whole model, kept tensors included.
+    WholeModel(f64),
+    /// The automatic INT4 plan: bits per weight over the quantized layers only; when even that is out of reach
+    /// (layers whose INT4 misses the floor), the run is uniform instead.
+    QuantizedLayers(f64),
 }
 
 impl Default for PipelineConfig {
@@ -168,7 +188,20 @@ impl PipelineConfig {
             time_aware: TimeAwareConfig::default(),
             enable_spatial: true,
             target_bits_per_weight: None,
+            auto_mixed_precision: true,
         })
+    }
+
+    /// The mixed-precision budget of this run: `target_bits_per_weight` when set, else the automatic INT4
+    /// plan when `auto_mixed_precision` is on and the run is INT4 with layout and method `auto`; `None` for a
+    /// uniform run.
+    pub fn budget(&self) -> Option<Budget> {
+        if let Some(t) = self.target_bits_per_weight {
+            return Some(Budget::WholeModel(t));
+        }
+        let auto = self.quant.layout == Layout::Auto && self.quant.method == Method::Auto;
+        (self.auto_mixed_precision && auto && self.quant.bits == BitWidth::Int4)
+            .then_some(Budget::QuantizedLayers(AUTO_PLAN_BITS_PER_WEIGHT))
     }
 
     /// Checks the fields that have no type-level guarantee.
@@ -289,6 +322,7 @@ impl PipelineConfig {
             "smoothing_window": self.time_aware.smoothing_window,
             "enable_spatial": self.enable_spatial,
             "target_bits_per_weight": self.target_bits_per_weight,
+            "auto_mixed_precision": self.auto_mixed_precision,
         });
         if let (Some(v), serde_json::Value::Object(quant)) =
             (v.as_object_mut(), self.quant.to_json())

@@ -12,18 +12,24 @@ mod output_path;
 mod plan;
 pub mod policy;
 mod report;
+mod row_sample;
 mod run;
 mod tools;
+mod unit_plan;
 mod units;
 mod writer;
 
-pub use config::{OutputFormat, PipelineConfig, DEFAULT_KEEP_PATTERNS, DEFAULT_UNCLIPPED_PATTERNS};
+pub use config::{
+    Budget, OutputFormat, PipelineConfig, AUTO_PLAN_BITS_PER_WEIGHT, DEFAULT_KEEP_PATTERNS,
+    DEFAULT_UNCLIPPED_PATTERNS,
+};
 pub use model_file::{ModelFile, ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY, TENSORS_KEY};
 pub use output_path::{check_export_extension, check_output, model_format, same_file};
 pub use plan::MixedPrecision;
 pub use report::{LayerReport, Report};
 pub use run::{quantize_model, quantize_model_with, Progress};
 pub use tools::{export_safetensors, validate_model, ExportDtype, Validation};
+pub use unit_plan::{estimate_unit, plan_from_estimates};
 pub use units::{
     assemble_units, check_distributable, plan_units, quantize_unit, UnitInfo, LAYER_KEY,
 };

@@ -11,9 +11,10 @@ use super::output_path::check_output;
 use super::plan::plan_widths;
 use super::policy::Decision;
 use super::report::Report;
+use super::row_sample::{sampled_len, SAMPLE_ELEMENTS};
 use super::units::{file_metadata, Units};
 use super::writer::write_while;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::diffusion::calibration::Calibration;
 use crate::error::{QuantError, Result};
 use std::path::{Path, PathBuf};
@@ -66,6 +67,11 @@ pub fn quantize_model(
     )
 }
 
+/// Source bytes the planning pass reads of a tensor (its row sample), the weight of its step in the progress.
+fn plan_bytes_of(entry: &TensorEntry) -> usize {
+    sampled_len(&entry.shape, SAMPLE_ELEMENTS) * entry.dtype.size()
+}
+
 /// [`quantize_model`] with calibration statistics given directly (`config.calibration_path` is not read).
 pub fn quantize_model_with(
     input: &Path,
@@ -87,12 +93,13 @@ pub fn quantize_model_with(
     let tensors = &units.tensors;
     let data_bytes = checkpoint.data_bytes();
     // The planning pass reads the quantizable tensors only; the run's fraction counts both passes.
-    let (plan_tensors, plan_bytes) = match config.target_bits_per_weight {
+    let budget = config.budget();
+    let (plan_tensors, plan_bytes) = match budget {
         Some(_) => tensors
             .iter()
             .zip(&units.decisions)
             .filter(|(_, d)| **d == Decision::Quantize)
-            .fold((0, 0), |(n, b), ((_, e), _)| (n + 1, b + (e.end - e.begin))),
+            .fold((0, 0), |(n, b), ((_, e), _)| (n + 1, b + plan_bytes_of(e))),
         None => (0, 0),
     };
     let run_bytes = (plan_bytes + data_bytes).max(1) as f64;
@@ -100,19 +107,19 @@ pub fn quantize_model_with(
         activation_bits: config.time_aware.activation_bits,
         ..Report::default()
     };
-    if let Some(target) = config.target_bits_per_weight {
+    if let Some(budget) = budget {
         let done = std::sync::Mutex::new((0usize, 0usize));
-        let (widths, summary) = plan_widths(
+        let plan = plan_widths(
             tensors,
             &units.decisions,
             &units.calibrated.channel_absmax,
             config,
-            target,
+            budget,
             cancel,
             &|entry| {
                 if let Ok(mut d) = done.lock() {
                     d.0 += 1;
-                    d.1 += entry.end - entry.begin;
+                    d.1 += plan_bytes_of(entry);
                     on_progress(Progress {
                         stage: "planning",
                         tensor: entry.name.clone(),
@@ -125,8 +132,10 @@ pub fn quantize_model_with(
                 }
             },
         )?;
-        report.mixed_precision = Some(summary);
-        units.widths = Some(widths);
+        if let Some(plan) = plan {
+            report.mixed_precision = Some(plan.summary);
+            units.widths = Some(plan.widths);
+        }
     }
     let units = &units;
     let writer = write_while(writer, |to_writer| {

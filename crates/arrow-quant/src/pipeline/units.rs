@@ -6,9 +6,9 @@
 //! ([`assemble_units`]), so both write the same bytes.
 //!
 //! A unit depends on its own tensor, the layer policy (which needs every tensor's name, read from the headers)
-//! and the config. Mixed precision (`target_bits_per_weight`: a planning pass over every layer's weights) and
-//! calibration (per-layer statistics checked against the whole model) are refused by the distributed entry
-//! points ([`check_distributable`]).
+//! and the config, and under mixed precision on the plan (`super::unit_plan`: estimate units, then one
+//! allocation on the driver). Calibration (per-layer statistics checked against the whole model) is refused by
+//! the distributed entry points ([`check_distributable`]).
 
 use super::atomic_file::AtomicFile;
 use super::config::PipelineConfig;
@@ -16,6 +16,7 @@ use super::entry::{entry_batch, EntryPlan};
 use super::model_file::{ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY};
 use super::policy::{decide, Decision};
 use super::report::{LayerReport, Report};
+use super::unit_plan::plan_for;
 use crate::checkpoint::{Checkpoint, SafetensorsFile, TensorEntry};
 use crate::config::BitWidth;
 use crate::diffusion::calibration::Calibration;
@@ -161,20 +162,15 @@ pub struct UnitInfo {
     pub bytes: usize,
     /// `quantize`, `keep` or `raw`.
     pub decision: &'static str,
+    /// The config plans mixed precision and this tensor is quantized: it needs an estimate unit
+    /// (`estimate_unit`) before the plan, and the plan before its quantize unit.
+    pub estimate: bool,
 }
 
-/// Refuses the settings that make a unit depend on the whole model's weights: mixed precision (a planning pass
-/// measures every layer) and calibration (its statistics are checked against the whole model).
+/// Refuses the settings a distributed run does not support: calibration (its statistics are checked against the
+/// whole model).
 pub fn check_distributable(config: &PipelineConfig) -> Result<()> {
     config.validate()?;
-    if let Some(t) = config.target_bits_per_weight {
-        return Err(QuantError::config(
-            "target_bits_per_weight",
-            t,
-            "None in a distributed run (mixed precision plans over every layer's weights; run \
-             `quantize` on one node instead)",
-        ));
-    }
     if let Some(p) = &config.calibration_path {
         return Err(QuantError::config(
             "calibration_path",
@@ -190,6 +186,7 @@ pub fn plan_units(input: &Path, config: &PipelineConfig) -> Result<Vec<UnitInfo>
     check_distributable(config)?;
     let checkpoint = Checkpoint::open(input)?;
     let units = Units::new(&checkpoint, config, None)?;
+    let planned = config.budget().is_some();
     Ok(units
         .tensors
         .iter()
@@ -206,22 +203,26 @@ pub fn plan_units(input: &Path, config: &PipelineConfig) -> Result<Vec<UnitInfo>
                 Decision::Keep(_) => "keep",
                 Decision::Raw => "raw",
             },
+            estimate: planned && *decision == Decision::Quantize,
         })
         .collect())
 }
 
 /// Quantizes tensor `index` of the checkpoint at `input` and writes its row batch, with its report line in the
 /// metadata, to the Arrow IPC file `staged`, atomically (a retry of the same unit replaces it with the same
-/// bytes). Returns the report line.
+/// bytes). `plan`: the plan file of `plan_from_estimates`, required when the config plans mixed precision.
+/// Returns the report line.
 pub fn quantize_unit(
     input: &Path,
     config: &PipelineConfig,
     index: usize,
     staged: &Path,
+    plan: Option<&Path>,
 ) -> Result<LayerReport> {
     check_distributable(config)?;
     let checkpoint = Checkpoint::open(input)?;
-    let units = Units::new(&checkpoint, config, None)?;
+    let mut units = Units::new(&checkpoint, config, None)?;
+    units.widths = plan_for(config, plan, units.tensors.len())?.map(|p| p.widths);
     if index >= units.tensors.len() {
         return Err(QuantError::format(
             input,
@@ -272,12 +273,13 @@ fn read_staged(path: &Path) -> Result<(RecordBatch, LayerReport)> {
 /// Writes the model file `output` of the checkpoint at `input` from its staged units (`staged[i]` holds tensor
 /// `i`), with the same writer and footer as a local run: the file is byte-identical to
 /// [`super::quantize_model`]'s with the same config and the same `input` path. The file appears only when every
-/// unit has been written. The report's `seconds` is the assembly's.
+/// unit has been written. `plan`: as for [`quantize_unit`]. The report's `seconds` is the assembly's.
 pub fn assemble_units(
     input: &Path,
     config: &PipelineConfig,
     staged: &[PathBuf],
     output: &Path,
+    plan: Option<&Path>,
 ) -> Result<Report> {
     check_distributable(config)?;
     let start = Instant::now();
@@ -297,6 +299,7 @@ pub fn assemble_units(
     }
     let mut report = Report {
         activation_bits: config.time_aware.activation_bits,
+        mixed_precision: plan_for(config, plan, names.len())?.map(|p| p.summary),
         ..Report::default()
     };
     let mut writer = ModelWriter::create(output, config.format, config.quant.scale_dtype())?;
