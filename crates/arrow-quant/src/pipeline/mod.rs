@@ -4,6 +4,7 @@
 //! processes (`units`: plan from the headers, one tensor to a staging file, staged units assembled).
 
 pub(crate) mod atomic_file;
+mod chunked;
 mod config;
 mod entry;
 mod layer_quant;
@@ -13,16 +14,19 @@ mod plan;
 pub mod policy;
 mod report;
 mod run;
+mod stored_tensor;
 mod tools;
 mod units;
 mod writer;
 
+pub use chunked::{PART_BYTES, TEST_PART_BYTES_VAR};
 pub use config::{OutputFormat, PipelineConfig, DEFAULT_KEEP_PATTERNS, DEFAULT_UNCLIPPED_PATTERNS};
 pub use model_file::{ModelFile, ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY, TENSORS_KEY};
 pub use output_path::{check_export_extension, check_output, model_format, same_file};
 pub use plan::MixedPrecision;
 pub use report::{LayerReport, Report};
 pub use run::{quantize_model, quantize_model_with, Progress};
+pub use stored_tensor::StoredTensor;
 pub use tools::{export_safetensors, validate_model, ExportDtype, Validation};
 pub use units::{
     assemble_units, check_distributable, plan_units, quantize_unit, UnitInfo, LAYER_KEY,
