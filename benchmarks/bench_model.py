@@ -23,6 +23,14 @@ cache: the figures measure quantization, not the disk. GB = 10^9 bytes, MB = 10^
 
     python benchmarks/bench_model.py           # ~2 GB, writes benchmarks/results/bench_model.json
     python benchmarks/bench_model.py --quick   # ~200 MB smoke test, writes bench_model.quick.json
+
+Memory section (issue 13, `memory_section.py`): peak RSS of `quantize` / `validate` / `export` on generated
+checkpoints whose largest tensor is 64 MB, 256 MB and 1 GB, at every profile's default width, against 400 MB;
+the 1 GB tensor stored in several chunk rows and round-tripping bit-exactly. It runs after the throughput cases,
+or alone (no timing targets, so a loaded machine is fine):
+
+    python benchmarks/bench_model.py --memory-only   # writes benchmarks/results/bench_model.memory.json
+    python benchmarks/bench_model.py --no-memory     # the throughput part only
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from _common import (
     rayon_threads,
     write_json,
 )
+from memory_section import SIZES, memory_section, print_memory
 
 NAME = "bench_model"
 DEFAULT_CLI = REPO_ROOT / "target" / "release" / "arrow-quant"
@@ -335,9 +344,14 @@ def main() -> None:
     parser.add_argument("--rusage", action="store_true",
                         help="measure peak RSS with getrusage in a helper interpreter even if /usr/bin/time exists")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-only", action="store_true",
+                        help="run the memory section only (peak RSS at 64 MB / 256 MB / 1 GB tensors)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory section")
+    parser.add_argument("--memory-sizes", nargs="*", default=None, choices=[k for k, _ in SIZES],
+                        help="the memory section's largest-tensor sizes (default: all)")
     add_output_option(parser, NAME)
     args = parser.parse_args()
-    args.output = output_path(NAME, args.quick, args.output)
+    args.output = output_path(NAME + (".memory" if args.memory_only else ""), args.quick, args.output)
     args.target_gb = args.target_gb or (QUICK_TARGET_GB if args.quick else TARGET_GB)
     args.use_time_v = TIME_V.is_file() and os.access(TIME_V, os.X_OK) and not args.rusage
     if not args.cli.is_file():
@@ -352,14 +366,20 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="bench_model_", dir="/tmp"))
     start = time.perf_counter()
     try:
-        res = run(args, work, load)
+        res = {} if args.memory_only else run(args, work, load)
+        if not args.no_memory:
+            res["memory"] = memory_section(
+                args.cli, work, lambda cmd: run_measured(cmd, work, args.use_time_v), args.seed, args.memory_sizes)
     finally:
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
     res["seconds"] = time.perf_counter() - start
-    print_report(res)
+    if not args.memory_only:
+        print_report(res)
+    if "memory" in res:
+        print_memory(res["memory"])
     print(f"load average (1 min) before the run: {load:.2f}")
     print(f"\ntotal {res['seconds']:.1f} s")
     write_json(args.output, res)

@@ -13,7 +13,7 @@ import arrow_quant_v2 as aq
 
 RESULT_COLUMNS = [
     "name", "shape", "dtype", "encoding", "bits", "group_size", "symmetric", "data", "scales", "zero_points",
-    "params", "channel_scales", "time_groups", "cosine", "rel_mse", "checksum",
+    "params", "channel_scales", "time_groups", "cosine", "rel_mse", "checksum", "chunk",
 ]  # fmt: skip
 
 

@@ -3,7 +3,6 @@
 use crate::progress::Reporter;
 use crate::table::{print_report, print_rows};
 use crate::{Command, DiffusionArgs, QuantArgs};
-use arrow_quant::arrow::result::read_results;
 use arrow_quant::diffusion::time_groups::{Smoothing, TimeGrouping};
 use arrow_quant::pipeline::{
     export_safetensors, quantize_model, validate_model, ExportDtype, ModelFile, OutputFormat,
@@ -142,28 +141,25 @@ pub fn run(command: Command) -> Result<ExitCode> {
             let mut rows = Vec::new();
             let mut items = Vec::new();
             for i in 0..file.names.len() {
-                let batch = file.read(i)?;
-                let results = read_results(std::slice::from_ref(&batch))?;
-                for r in &results {
-                    let n: usize = r.shape.iter().product();
-                    // Every stored byte: codes, scales and zero points or block records, channel scales.
-                    let bytes = r.view().map_or(r.data.len(), |v| v.nbytes());
-                    let bpw = if n == 0 {
-                        0.0
-                    } else {
-                        bytes as f64 * 8.0 / n as f64
-                    };
-                    items.push(serde_json::json!({"name": r.name, "shape": r.shape, "dtype": r.dtype, "encoding": r.encoding.name(), "bits_per_weight": bpw, "bytes": bytes, "cosine": r.quality.cosine, "rel_mse": r.quality.rel_mse}));
-                    rows.push(vec![
-                        r.name.to_string(),
-                        format!("{:?}", r.shape),
-                        r.dtype.to_string(),
-                        r.encoding.name().to_string(),
-                        format!("{bpw:.3}"),
-                        format!("{:.6}", r.quality.cosine),
-                        format!("{:.3e}", r.quality.rel_mse),
-                    ]);
-                }
+                // One line per tensor: a chunked tensor's rows add up to its whole shape and size.
+                let t = file.for_each_row(i, |_, _| Ok(()))?;
+                let n: usize = t.shape.iter().product();
+                // Every stored byte: codes, scales and zero points or block records, channel scales.
+                let bpw = if n == 0 {
+                    0.0
+                } else {
+                    t.bytes as f64 * 8.0 / n as f64
+                };
+                items.push(serde_json::json!({"name": t.name, "shape": t.shape, "dtype": t.dtype, "encoding": t.encoding, "bits_per_weight": bpw, "bytes": t.bytes, "rows": t.rows, "cosine": t.quality.cosine, "rel_mse": t.quality.rel_mse}));
+                rows.push(vec![
+                    t.name.clone(),
+                    format!("{:?}", t.shape),
+                    t.dtype.clone(),
+                    t.encoding.clone(),
+                    format!("{bpw:.3}"),
+                    format!("{:.6}", t.quality.cosine),
+                    format!("{:.3e}", t.quality.rel_mse),
+                ]);
             }
             if json {
                 println!(

@@ -1,49 +1,46 @@
-//! `inspect --verify`: every tensor of a model file checked in turn (its checksum, the fields the format
-//! constrains, its decoded values finite), one line each, going on past failures; exit 2 when any fails.
+//! `inspect --verify`: every tensor of a model file checked in turn (the checksum of each of its rows, the fields
+//! the format constrains, its decoded values finite), one line each, going on past failures; exit 2 when any
+//! fails.
 
 use crate::table::print_rows;
-use arrow_quant::arrow::checksum::{verify_row, Checksum};
+use arrow_quant::arrow::checksum::Checksum;
 use arrow_quant::arrow::output::RowEncoding;
-use arrow_quant::arrow::result::read_results;
 use arrow_quant::pipeline::ModelFile;
 use arrow_quant::{QuantError, Result};
 use std::path::Path;
 use std::process::ExitCode;
 
-/// The verdict on one tensor: its checksum state, or the first problem found.
+/// The verdict on one tensor (every row of it: a chunked tensor's chunk rows in order): its checksum state, or
+/// the first problem found. Rows are decoded window by window.
 fn check_tensor(file: &ModelFile, index: usize) -> Result<(String, Checksum)> {
-    let batch = file.read(index)?;
-    let checksum = (0..batch.num_rows())
-        .map(|r| verify_row(&batch, r))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .fold(Checksum::Verified, |all, c| {
-            if c == Checksum::Missing {
-                c
-            } else {
-                all
-            }
-        });
-    let rows = read_results(std::slice::from_ref(&batch))?;
-    let mut encoding = String::new();
-    for row in &rows {
-        encoding = row.encoding.name().to_string();
+    let mut checksum = Checksum::Verified;
+    let mut values = Vec::new();
+    let stored = file.for_each_row(index, |row, first| {
+        if row.checksum == Checksum::Missing {
+            checksum = Checksum::Missing;
+        }
         if let RowEncoding::Plain {
             encoding: "raw", ..
         } = row.encoding
         {
-            continue;
+            return Ok(());
         }
-        let mut values = vec![0f32; row.shape.iter().product()];
-        row.dequantize_into(&mut values)?;
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(QuantError::corrupt(
-                row.name,
-                format!("decodes to {} at element {i}", values[i]),
-            ));
+        let n: usize = row.shape.iter().product();
+        let window = row.window_elements();
+        values.resize(window.min(n), 0f32);
+        for start in (0..n).step_by(window) {
+            let len = window.min(n - start);
+            row.dequantize_window(start, &mut values[..len])?;
+            if let Some(i) = values[..len].iter().position(|v| !v.is_finite()) {
+                return Err(QuantError::corrupt(
+                    row.name,
+                    format!("decodes to {} at element {}", values[i], first + start + i),
+                ));
+            }
         }
-    }
-    Ok((encoding, checksum))
+        Ok(())
+    })?;
+    Ok((stored.encoding, checksum))
 }
 
 /// Verifies every tensor of `model` and prints one line per tensor (or JSON).

@@ -5,7 +5,6 @@ use crate::detach::without_gil;
 use crate::errors::Result;
 use crate::quantized::PyQuantizedTensor;
 use arrow_quant::arrow::output::RowEncoding;
-use arrow_quant::arrow::result::read_results;
 use arrow_quant::arrow::time_groups::read_time_groups;
 use arrow_quant::pipeline::{export_safetensors, ExportDtype, ModelFile};
 use arrow_quant::QuantError;
@@ -121,18 +120,30 @@ impl QuantizedModel {
             .map(Bound::into_any)
     }
 
-    /// The tensor's values in its source shape: float tensors dequantized to float32, raw tensors as stored.
+    /// The tensor's values in its source shape: float tensors dequantized to float32, raw tensors as stored (a
+    /// chunked tensor's chunk rows joined).
     fn __getitem__<'py>(&self, py: Python<'py>, name: &str) -> Result<Bound<'py, PyAny>> {
         let i = self.index(name)?;
-        let batch = without_gil(py, || self.file.read(i))?;
-        let rows = read_results(std::slice::from_ref(&batch))?;
-        let row = &rows[0];
-        if let RowEncoding::Plain {
-            encoding: "raw", ..
-        } = row.encoding
-        {
-            let bytes = numpy::PyArray1::from_slice(py, row.data);
-            let dtype = match row.dtype {
+        let (mut values, mut raw) = (Vec::<f32>::new(), Vec::<u8>::new());
+        let mut raw_dtype = None;
+        let stored = without_gil(py, || {
+            self.file.for_each_row(i, |row, _| {
+                if let RowEncoding::Plain {
+                    encoding: "raw", ..
+                } = row.encoding
+                {
+                    raw_dtype = Some(row.dtype.to_string());
+                    raw.extend_from_slice(row.data);
+                    return Ok(());
+                }
+                let at = values.len();
+                values.resize(at + row.shape.iter().product::<usize>(), 0.0);
+                row.dequantize_into(&mut values[at..])
+            })
+        })?;
+        if let Some(dtype) = raw_dtype {
+            let bytes = numpy::PyArray1::from_vec(py, raw);
+            let dtype = match dtype.as_str() {
                 "i64" => "<i8",
                 "i32" => "<i4",
                 "i16" => "<i2",
@@ -153,23 +164,20 @@ impl QuantizedModel {
             };
             return Ok(bytes
                 .call_method1("view", (dtype,))?
-                .call_method1("reshape", (row.shape.clone(),))?);
+                .call_method1("reshape", (stored.shape.clone(),))?);
         }
-        let mut values = vec![0f32; row.shape.iter().product()];
-        without_gil(py, || row.dequantize_into(&mut values))?;
         Ok(values
             .into_pyarray(py)
-            .reshape(row.shape.as_slice())?
+            .reshape(stored.shape.as_slice())?
             .into_any())
     }
 
-    /// The stored `QuantizedTensor` of a quantized layer (KeyError for unknown names; SchemaError for a layer
-    /// kept in 16-bit).
+    /// The stored `QuantizedTensor` of a quantized layer, a chunked one's chunk rows joined (KeyError for unknown
+    /// names; SchemaError for a layer kept in 16-bit).
     fn quantized(&self, py: Python<'_>, name: &str) -> Result<PyQuantizedTensor> {
         let i = self.index(name)?;
-        let batch = self.file.read(i)?;
-        let rows = read_results(std::slice::from_ref(&batch))?;
-        Ok(PyQuantizedTensor::from_core(py, rows[0].to_tensor()?))
+        let tensor = without_gil(py, || self.file.read_quantized(i))?;
+        Ok(PyQuantizedTensor::from_core(py, tensor))
     }
 
     /// The time-aware activation parameters stored with a layer, `[{t_start, t_end, scale, zero_point}]` (`t_end`
@@ -180,7 +188,8 @@ impl QuantizedModel {
         name: &str,
     ) -> Result<Option<Vec<Bound<'py, PyDict>>>> {
         let i = self.index(name)?;
-        let batch = without_gil(py, || self.file.read(i))?;
+        // Every chunk row of a tensor carries its time groups: the first row has them.
+        let batch = without_gil(py, || self.file.read_row(self.file.rows_of(i).start))?;
         let Some(groups) = read_time_groups(&batch)?.pop().flatten() else {
             return Ok(None);
         };

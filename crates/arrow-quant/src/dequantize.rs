@@ -88,6 +88,36 @@ impl QuantizedView<'_> {
         Ok(())
     }
 
+    /// Elements of the codec's dequantization chunks: [`QuantizedView::dequantize_range_into`] starts at a
+    /// multiple of it.
+    pub fn chunk_elements(&self) -> usize {
+        self.encoding.codec().chunk_elements(self).max(1)
+    }
+
+    /// Dequantizes the elements `start .. start + out.len()` into `out` (f32), in parallel over the codec's
+    /// chunks: `start` is a multiple of [`QuantizedView::chunk_elements`], and `out` holds a whole number of
+    /// chunks or ends at the last element. Reading a large tensor window by window keeps memory at one window.
+    pub fn dequantize_range_into(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        self.validate()?;
+        let chunk = self.chunk_elements();
+        let (n, end) = (self.len(), start.saturating_add(out.len()));
+        if start % chunk != 0 || end > n || (end != n && out.len() % chunk != 0) {
+            return Err(QuantError::corrupt(
+                self.name,
+                format!(
+                    "elements {start}..{end} of {n} are not whole dequantization chunks of {chunk}"
+                ),
+            ));
+        }
+        let first = start / chunk;
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(Vec::<u8>::new, |codes, (ci, piece)| {
+                self.decode_chunk(first + ci, chunk, codes, piece)
+            });
+        Ok(())
+    }
+
     /// Dequantizes into `out` as f16 or bf16 (rounded to nearest).
     pub fn dequantize_into_half<T: DequantOutput>(&self, out: &mut [T]) -> Result<()> {
         self.check_output(out.len())?;

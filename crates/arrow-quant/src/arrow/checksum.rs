@@ -129,8 +129,8 @@ fn update_time_groups(
 }
 
 /// The checksum of row `row`: CRC-32 over `shape` (int64 each), `data`, `scales`, `zero_points`, `params`,
-/// `channel_scales` and `time_groups`, in that order, each value little-endian; null or absent columns add
-/// nothing.
+/// `channel_scales`, `time_groups` and `chunk` (uint32), in that order, each value little-endian; null or absent
+/// columns add nothing.
 pub fn row_checksum(batch: &RecordBatch, row: usize) -> Result<u32> {
     let mut hasher = Hasher::new();
     for name in [
@@ -143,6 +143,14 @@ pub fn row_checksum(batch: &RecordBatch, row: usize) -> Result<u32> {
         col::TIME_GROUPS,
     ] {
         update_column(&mut hasher, batch, name, row)?;
+    }
+    if let Some(chunk) = batch.column_by_name(col::CHUNK) {
+        let chunk = chunk
+            .as_primitive_opt::<arrow_array::types::UInt32Type>()
+            .ok_or_else(|| wrong_type(col::CHUNK, chunk))?;
+        if !chunk.is_null(row) {
+            hasher.update(&chunk.value(row).to_le_bytes());
+        }
     }
     Ok(hasher.finalize())
 }

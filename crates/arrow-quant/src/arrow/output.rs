@@ -278,9 +278,22 @@ pub(crate) fn build_batch(
             rows.iter().map(|r| r.quality.rel_mse),
         )),
         new_null_array(&DataType::UInt32, n),
+        new_null_array(&DataType::UInt32, n),
     ];
     // The checksum is computed when a row is written to a file (`ModelWriter::write`), off the kernel path.
     RecordBatch::try_new(schema, columns).map_err(|e| QuantError::column("*", e))
+}
+
+/// `batch` with every row marked as chunk row `chunk` of its tensor (docs/FORMAT.md, "Chunk rows").
+pub fn with_chunk(batch: RecordBatch, chunk: u32) -> Result<RecordBatch> {
+    let index = batch
+        .schema()
+        .index_of(super::schema::col::CHUNK)
+        .map_err(|e| QuantError::column(super::schema::col::CHUNK, e))?;
+    let mut columns = batch.columns().to_vec();
+    columns[index] = Arc::new(UInt32Array::from(vec![chunk; batch.num_rows()]));
+    RecordBatch::try_new(batch.schema(), columns)
+        .map_err(|e| QuantError::column(super::schema::col::CHUNK, e))
 }
 
 /// Quantizes `layers` with one config, in parallel, and lays the results out as one result batch (the packed

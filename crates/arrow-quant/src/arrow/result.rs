@@ -2,6 +2,7 @@
 //! encoding is parsed by name through the encoding table and its buffers validated by the encoding's codec.
 
 use super::buffers::{offsets, split_mut};
+use super::checksum::Checksum;
 use super::output::{RowEncoding, RowMeta};
 use super::schema::col;
 use crate::codec::{Encoding, Family};
@@ -37,8 +38,12 @@ pub struct ResultRow<'a> {
     pub payload: Option<PayloadRef<'a>>,
     /// Activation-aware channel scales, one per input channel (None for rows quantized without them).
     pub channel_scales: Option<&'a [f32]>,
-    /// Stored fidelity figures.
+    /// Stored fidelity figures (of the whole tensor, for a chunk row).
     pub quality: Quality,
+    /// Index of a chunk row within its tensor (docs/FORMAT.md, "Chunk rows"); `None` for a tensor in one row.
+    pub chunk: Option<u32>,
+    /// Whether the row's checksum was checked (it is always verified when present).
+    pub checksum: Checksum,
 }
 
 impl ResultRow<'_> {
@@ -130,6 +135,72 @@ impl ResultRow<'_> {
                 ),
             )),
         }
+    }
+
+    /// Elements per window of [`ResultRow::dequantize_window`]: about 4M (16 MB of f32), a whole number of the
+    /// codec's dequantization chunks.
+    pub fn window_elements(&self) -> usize {
+        const WINDOW: usize = 1 << 22;
+        match self.view() {
+            Ok(view) => {
+                let chunk = view.chunk_elements();
+                (WINDOW / chunk).max(1) * chunk
+            }
+            Err(_) => WINDOW,
+        }
+    }
+
+    /// Writes the row's values `start .. start + out.len()` as f32 into `out`, `start` a multiple of
+    /// [`ResultRow::window_elements`]: how validate and export read a row with a bounded buffer.
+    pub fn dequantize_window(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let expected: usize = self.shape.iter().product();
+        let end = start.saturating_add(out.len());
+        if end > expected {
+            return Err(QuantError::corrupt(
+                self.name,
+                format!("elements {start}..{end} asked of {expected}"),
+            ));
+        }
+        let per = match self.encoding {
+            RowEncoding::Quantized { .. } => return self.view()?.dequantize_range_into(start, out),
+            RowEncoding::Plain {
+                encoding: "f32", ..
+            } => 4,
+            RowEncoding::Plain {
+                encoding: "f16" | "bf16",
+                ..
+            } => 2,
+            _ => return self.dequantize_into(out), // no float values: the error of the whole row
+        };
+        if self.data.len() != expected * per {
+            return Err(QuantError::corrupt(
+                self.name,
+                format!(
+                    "{} data bytes for {expected} values of {per} bytes",
+                    self.data.len()
+                ),
+            ));
+        }
+        let bytes = &self.data[start * per..end * per];
+        match self.encoding.name() {
+            "f32" => out
+                .iter_mut()
+                .zip(bytes.chunks_exact(4))
+                .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            "f16" => out
+                .iter_mut()
+                .zip(bytes.chunks_exact(2))
+                .for_each(|(o, b)| {
+                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }),
+            _ => out
+                .iter_mut()
+                .zip(bytes.chunks_exact(2))
+                .for_each(|(o, b)| {
+                    *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }),
+        }
+        Ok(())
     }
 
     /// An owned copy of a quantized row as a quantized tensor (its method reads as unknown: files do not store
@@ -263,6 +334,7 @@ struct Columns<'a> {
     scales: &'a ListArray,
     zeros: &'a ListArray,
     channel_scales: Option<&'a ListArray>,
+    chunk: Option<&'a PrimitiveArray<UInt32Type>>,
     cosine: &'a Float64Array,
     rel_mse: &'a Float64Array,
 }
@@ -302,6 +374,16 @@ impl<'a> Columns<'a> {
             )?
             .as_list::<i32>(),
             channel_scales: channel_scales_column(batch)?,
+            // Absent in files written before chunk rows existed: every row is a whole tensor.
+            chunk: match batch.column_by_name(col::CHUNK) {
+                None => None,
+                Some(c) => Some(c.as_primitive_opt::<UInt32Type>().ok_or_else(|| {
+                    QuantError::column(
+                        col::CHUNK,
+                        format!("found {}, expected uint32", c.data_type()),
+                    )
+                })?),
+            },
             cosine: column(batch, col::COSINE, "float64", is(DataType::Float64))?
                 .as_primitive::<Float64Type>(),
             rel_mse: column(batch, col::REL_MSE, "float64", is(DataType::Float64))?
@@ -310,7 +392,7 @@ impl<'a> Columns<'a> {
     }
 
     /// Row `r` (`at` is its index over all batches, for messages).
-    fn row(&self, r: usize, at: usize) -> Result<ResultRow<'a>> {
+    fn row(&self, r: usize, at: usize, checksum: Checksum) -> Result<ResultRow<'a>> {
         if self.names.is_null(r) {
             return Err(QuantError::column(
                 col::NAME,
@@ -364,6 +446,8 @@ impl<'a> Columns<'a> {
                 cosine: self.cosine.value(r),
                 rel_mse: self.rel_mse.value(r),
             },
+            chunk: self.chunk.filter(|c| !c.is_null(r)).map(|c| c.value(r)),
+            checksum,
         };
         if payload.is_some() {
             row.view()?.validate()?;
@@ -449,8 +533,8 @@ pub fn read_results(batches: &[RecordBatch]) -> Result<Vec<ResultRow<'_>>> {
     for batch in batches {
         let columns = Columns::of(batch)?;
         for r in 0..batch.num_rows() {
-            super::checksum::verify_row(batch, r)?;
-            rows.push(columns.row(r, rows.len())?);
+            let checksum = super::checksum::verify_row(batch, r)?;
+            rows.push(columns.row(r, rows.len(), checksum)?);
         }
     }
     Ok(rows)

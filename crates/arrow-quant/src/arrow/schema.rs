@@ -18,6 +18,7 @@
 //! | `cosine` | float64 | cosine similarity to the source |
 //! | `rel_mse` | float64 | relative squared error to the source |
 //! | `checksum` | uint32, null in in-memory results and old files | CRC-32 of the row's values, set when written to a model file (`checksum.rs`) |
+//! | `chunk` | uint32, null | index of a chunk row within its tensor (docs/FORMAT.md, "Chunk rows"); null for a tensor in one row |
 
 use crate::config::ScaleDtype;
 use arrow_schema::{DataType, Field, Fields, Schema};
@@ -58,6 +59,8 @@ pub mod col {
     pub const REL_MSE: &str = "rel_mse";
     /// CRC-32 of the row's values (see `arrow::checksum`).
     pub const CHECKSUM: &str = "checksum";
+    /// Index of a chunk row within its tensor (null for a tensor stored in one row).
+    pub const CHUNK: &str = "chunk";
 }
 
 /// Schema metadata key naming the format.
@@ -112,6 +115,7 @@ pub fn result_schema(scale_dtype: ScaleDtype) -> Schema {
         Field::new(col::COSINE, DataType::Float64, false),
         Field::new(col::REL_MSE, DataType::Float64, false),
         Field::new(col::CHECKSUM, DataType::UInt32, true),
+        Field::new(col::CHUNK, DataType::UInt32, true),
     ];
     let metadata = HashMap::from([
         (FORMAT_KEY.to_string(), FORMAT_NAME.to_string()),

@@ -247,6 +247,9 @@ impl SafetensorsFile {
 
     /// Asks the kernel to read a tensor's pages ahead.
     pub fn prefetch(&self, entry: &TensorEntry) {
+        #[cfg(not(unix))]
+        let _ = entry; // no advice off Unix: pages stay until the map is dropped
+        #[cfg(unix)]
         let _ = self.map.advise_range(
             memmap2::Advice::WillNeed,
             self.data_start + entry.begin,
@@ -254,10 +257,46 @@ impl SafetensorsFile {
         );
     }
 
+    /// Asks the kernel to read the bytes `range` (relative to the tensor's data) of a tensor ahead.
+    pub fn prefetch_range(&self, entry: &TensorEntry, range: std::ops::Range<usize>) {
+        #[cfg(not(unix))]
+        let _ = (entry, range);
+        #[cfg(unix)]
+        let _ = self.map.advise_range(
+            memmap2::Advice::WillNeed,
+            self.data_start + entry.begin + range.start,
+            range.len(),
+        );
+    }
+
+    /// Drops the pages of the bytes `range` (relative to the tensor's data) of a tensor from this process once
+    /// they are processed, so a tensor read in parts keeps about one part resident. Pages are whole, so the
+    /// pages at the ends of `range` are dropped too (they are read back from the file if touched again).
+    pub fn release_range(&self, entry: &TensorEntry, range: std::ops::Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        #[cfg(not(unix))]
+        let _ = entry;
+        // SAFETY: as for `release`: a read-only file mapping, clean pages only; this process holds no borrow of
+        // these bytes across the call that relies on their staying resident.
+        #[cfg(unix)]
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.data_start + entry.begin + range.start,
+                range.len(),
+            )
+        };
+    }
+
     /// Drops a tensor's pages from this process once it is processed, so resident memory stays near one tensor.
     pub fn release(&self, entry: &TensorEntry) {
+        #[cfg(not(unix))]
+        let _ = entry;
         // SAFETY: the map is a read-only file mapping; MADV_DONTNEED only drops clean pages, which are read back
         // from the file if touched again. Nothing else in this process borrows these bytes any more.
+        #[cfg(unix)]
         let _ = unsafe {
             self.map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,

@@ -27,14 +27,26 @@ impl QualitySums {
     /// Sums over the pairs of `x` (source) and `y` (reconstruction).
     pub fn of(x: &[f32], y: &[f32]) -> Self {
         let mut s = Self::default();
-        for (&a, &b) in x.iter().zip(y) {
-            let (a, b) = (f64::from(a), f64::from(b));
-            s.xx += a * a;
-            s.ee += (a - b) * (a - b);
-            s.xy += a * b;
-            s.yy += b * b;
-        }
+        s.add_pairs(x, y);
         s
+    }
+
+    /// Adds the pairs of `x` and `y` one by one, in order: over consecutive pieces of two buffers the sums are
+    /// exactly [`QualitySums::of`] the whole buffers.
+    pub fn add_pairs(&mut self, x: &[f32], y: &[f32]) {
+        for (&a, &b) in x.iter().zip(y) {
+            self.add_pair(a, b);
+        }
+    }
+
+    /// Adds one pair.
+    #[inline(always)]
+    pub fn add_pair(&mut self, x: f32, y: f32) {
+        let (a, b) = (f64::from(x), f64::from(y));
+        self.xx += a * a;
+        self.ee += (a - b) * (a - b);
+        self.xy += a * b;
+        self.yy += b * b;
     }
 
     /// Adds another set of sums.

@@ -10,12 +10,14 @@ pub(crate) mod driver;
 pub(crate) mod flat;
 pub(crate) mod two_level;
 
+use crate::codec::driver::QualitySums;
 use crate::config::{BitWidth, FlatLayout, Layout, Method, QuantConfig};
 use crate::error::{QuantError, Result};
 use crate::importance::ChannelWeights;
 use crate::quantized::{QuantizedTensor, QuantizedView};
 use crate::tensor::TensorView;
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
 /// A stored encoding of a quantized tensor; its name is the `encoding` column of model files.
@@ -186,14 +188,27 @@ pub(crate) trait Codec: Sync {
     /// True when the encoding stays near its nominal size on a 2-D view of `cols` columns.
     fn fits(&self, cols: usize) -> bool;
 
-    /// Quantizes `tensor` as `plan` says (its encoding is this codec's), weighting the search's squared error
-    /// by `weights`.
+    /// Quantizes the rows `rows` of `tensor`'s 2-D view as `plan` says (its encoding is this codec's),
+    /// weighting the search's squared error by `weights`: a tensor of shape `[rows.len(), shape[1..]]` and the
+    /// raw quality sums of those rows (add them up over the parts, then [`Codec::finish_sums`]). `rows` starts
+    /// at a multiple of [`Codec::part_rows`] and ends at one or at the last row: the parallel chunks are those
+    /// of the whole tensor, so every part's codes, parameters and sums are exactly the whole tensor's.
     fn quantize(
         &self,
         tensor: &TensorView<'_>,
         plan: &Plan,
         weights: &ChannelWeights,
-    ) -> Result<QuantizedTensor>;
+        rows: Range<usize>,
+    ) -> Result<(QuantizedTensor, QualitySums)>;
+
+    /// The rows (of the 2-D view of `shape`) that every part of a partial quantization but the last must be a
+    /// multiple of: whole parallel chunks, whole super-blocks, whole bytes of packed codes.
+    fn part_rows(&self, shape: &[usize], plan: &Plan) -> usize;
+
+    /// The quality sums of a whole tensor from the sums of its parts (two-level derives `xy` at the end).
+    fn finish_sums(&self, sums: QualitySums) -> QualitySums {
+        sums
+    }
 
     /// Checks that the buffers of `view` have the sizes its shape implies and hold valid values.
     fn validate(&self, view: &QuantizedView<'_>) -> Result<()>;
@@ -210,6 +225,33 @@ pub(crate) trait Codec: Sync {
         codes: &mut Vec<u8>,
         out: &mut [f32],
     );
+}
+
+/// The shape of `rows` rows of a tensor of `shape` (along its first axis; a tensor of fewer than 2 axes is one
+/// row, so a part of it is the whole).
+pub(crate) fn part_shape(shape: &[usize], rows: usize) -> Vec<usize> {
+    match shape {
+        [_, rest @ ..] if !rest.is_empty() => {
+            std::iter::once(rows).chain(rest.iter().copied()).collect()
+        }
+        _ => shape.to_vec(),
+    }
+}
+
+/// The fewest rows of `cols` elements that make a whole number of chunks of `chunk` elements.
+pub(crate) fn rows_of_whole_chunks(chunk: usize, cols: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    if chunk == 0 || cols == 0 {
+        1
+    } else {
+        chunk / gcd(chunk, cols)
+    }
 }
 
 /// The settings of one tensor once `auto` is resolved: its encoding, and for a flat one the group layout and the

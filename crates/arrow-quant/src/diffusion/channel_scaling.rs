@@ -669,7 +669,7 @@ mod tests {
             writer.write(&tensor_batch(q.clone()).unwrap()).unwrap();
             writer.finish(Vec::new()).unwrap();
             let model = ModelFile::open(&path).unwrap();
-            let batch = model.read(0).unwrap();
+            let batch = model.read_row(0).unwrap();
             let rows = read_results(std::slice::from_ref(&batch)).unwrap();
             assert_eq!(rows[0].channel_scales, q.channel_scales.as_deref());
             let mut out = vec![0f32; want.len()];

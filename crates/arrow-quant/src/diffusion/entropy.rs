@@ -18,23 +18,42 @@ pub const BINS: usize = 256;
 /// deterministic: 256 samples per bin on average.
 pub const MAX_SAMPLE: usize = 1 << 16;
 
-/// Every `stride`-th value of `data` as f32.
-fn sample(data: &TensorData<'_>, stride: usize) -> Vec<f32> {
+/// The sampling stride of a tensor of `len` elements: at most [`MAX_SAMPLE`] samples.
+pub(crate) fn sample_stride(len: usize) -> usize {
+    len.div_ceil(MAX_SAMPLE).max(1)
+}
+
+/// Appends the samples of `data` whose flat index lies in `range` (every `stride`-th element of the tensor) to
+/// `out`: over consecutive ranges, the samples of the whole tensor in order.
+pub(crate) fn sample_range(
+    data: &TensorData<'_>,
+    stride: usize,
+    range: std::ops::Range<usize>,
+    out: &mut Vec<f32>,
+) {
+    let first = range.start.div_ceil(stride) * stride;
+    let end = range.end.min(data.len());
+    if first >= end {
+        return;
+    }
     match data {
-        TensorData::F32(x) => x.iter().step_by(stride).copied().collect(),
-        TensorData::F16(x) => x.iter().step_by(stride).map(|v| v.to_f32()).collect(),
-        TensorData::BF16(x) => x.iter().step_by(stride).map(|v| v.to_f32()).collect(),
+        TensorData::F32(x) => out.extend(x[first..end].iter().step_by(stride).copied()),
+        TensorData::F16(x) => out.extend(x[first..end].iter().step_by(stride).map(|v| v.to_f32())),
+        TensorData::BF16(x) => out.extend(x[first..end].iter().step_by(stride).map(|v| v.to_f32())),
     }
 }
 
 /// The entropy in bits of `data`'s values over [`BINS`] bins (0.0 for an empty or constant tensor), from at most
 /// [`MAX_SAMPLE`] evenly strided elements. Non-finite values are skipped.
 pub fn weight_entropy(data: &TensorData<'_>) -> f64 {
-    let stride = data.len().div_ceil(MAX_SAMPLE).max(1);
-    let values: Vec<f32> = sample(data, stride)
-        .into_iter()
-        .filter(|v| v.is_finite())
-        .collect();
+    let mut values = Vec::new();
+    sample_range(data, sample_stride(data.len()), 0..data.len(), &mut values);
+    entropy_of_samples(values)
+}
+
+/// [`weight_entropy`] of the samples it takes (see [`sample_range`]).
+pub(crate) fn entropy_of_samples(values: Vec<f32>) -> f64 {
+    let values: Vec<f32> = values.into_iter().filter(|v| v.is_finite()).collect();
     let (lo, hi) = values
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
@@ -89,6 +108,25 @@ mod tests {
         assert!(weight_entropy(&TensorData::F32(&spiky)) < flat / 4.0);
         let halves: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
         assert!((weight_entropy(&TensorData::F16(&halves)) - flat).abs() < 0.05);
+    }
+
+    #[test]
+    fn samples_taken_range_by_range_are_the_whole_tensor_samples() {
+        let w: Vec<f32> = (0..3 * MAX_SAMPLE + 17).map(|i| (i % 97) as f32).collect();
+        let data = TensorData::F32(&w);
+        let stride = sample_stride(w.len());
+        let mut pieces = Vec::new();
+        for start in (0..w.len()).step_by(1000) {
+            sample_range(
+                &data,
+                stride,
+                start..(start + 1000).min(w.len()),
+                &mut pieces,
+            );
+        }
+        let whole: Vec<f32> = w.iter().step_by(stride).copied().collect();
+        assert_eq!(pieces, whole);
+        assert_eq!(entropy_of_samples(pieces), weight_entropy(&data));
     }
 
     #[test]

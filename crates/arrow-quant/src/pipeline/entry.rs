@@ -1,6 +1,9 @@
 //! One checkpoint entry of a run to its row batch and report line: quantized (with the quality floor and
 //! fallback, channel scaling and time-aware parameters from calibration), kept in 16-bit, or carried through raw.
 
+use super::chunked::{
+    entropy_in_parts, in_parts, keep_in_parts, quantize_in_parts, raw_in_parts, Emit,
+};
 use super::config::PipelineConfig;
 use super::layer_quant::{quantize_with_fallback, Ladder};
 use super::policy::{layer_quant, Decision};
@@ -228,70 +231,112 @@ fn raw_row(
     plain_row(entry, dtype, ("raw", bits), bytes, exact, layer, config)
 }
 
-/// Turns one checkpoint entry into its row batch (time groups attached) and its report line.
+/// Turns one checkpoint entry into its row batches (time groups attached), handed to `emit` in order, and its
+/// report line: one row, or for a tensor larger than the part size its chunk rows (`chunked`).
 pub(crate) fn entry_batch(
     file: &SafetensorsFile,
     entry: &TensorEntry,
     plan: &EntryPlan<'_>,
     config: &PipelineConfig,
-) -> Result<(RecordBatch, LayerReport)> {
+    emit: &mut Emit<'_>,
+) -> Result<LayerReport> {
     let dtype = entry.dtype.name().to_lowercase();
     let mut layer = LayerReport::new(entry, &dtype);
-    let batch = match plan.decision {
+    let mut out = |batch: RecordBatch| match plan.time {
+        Some(t) => emit(with_time_groups(batch, &[Some(&t.groups)])?),
+        None => emit(batch),
+    };
+    let parts = in_parts(entry);
+    match plan.decision {
         Decision::Quantize => {
             let values = float_values(file, entry)
                 .ok_or_else(|| QuantError::schema(&entry.name, "not a float tensor"))?;
-            layer.entropy = Some(weight_entropy(&values.data()));
+            layer.entropy = Some(if parts {
+                entropy_in_parts(file, entry, &values.data())
+            } else {
+                weight_entropy(&values.data())
+            });
             let view = TensorView::new(&entry.name, &entry.shape, values.data())?;
-            let ladder = match plan.first {
-                Some(_)
-                    if entry.dtype == Dtype::F64
-                        && float64_beyond_f32(file.bytes(entry)).is_some() =>
-                {
-                    Ladder {
-                        kept: Some("float64 values beyond the float32 range".into()),
-                        ..Ladder::default()
+            if parts && plan.channel_absmax.is_none() {
+                let written = match plan.first {
+                    Some(bits) => {
+                        let quant = layer_quant(config, &entry.name, entry.shape.len());
+                        quantize_in_parts(
+                            file, entry, &view, config, &quant, bits, &mut layer, &mut out,
+                        )?
                     }
-                }
-                Some(bits) => {
-                    let quant = layer_quant(config, &entry.name, entry.shape.len());
-                    quantize_with_fallback(&view, config, &quant, bits, plan.channel_absmax)?
-                }
-                None => Ladder::default(),
-            };
-            layer.fallback = ladder.fallback;
-            layer.kept = ladder.kept;
-            match ladder.layer {
-                Some(mut q) => {
-                    if entry.dtype == Dtype::F64 {
-                        q.tensor.source_dtype = SourceDtype::F64;
-                    }
-                    layer.set_quantized(&q.tensor);
-                    layer.channel_alpha = q.alpha;
-                    layer.weighted_error = q.weighted_error;
-                    tensor_batch(q.tensor)?
-                }
-                None => {
+                    None => false,
+                };
+                if !written {
                     if plan.first.is_none() && layer.kept.is_none() {
                         layer.kept = Some("mixed precision: 16-bit".into());
                     }
-                    keep_row(file, entry, &dtype, &mut layer, config)?
+                    keep_in_parts(file, entry, config.quality_floor, &mut layer, &mut out)?;
                 }
+            } else {
+                out(quantize_whole(
+                    file, entry, plan, config, &view, &dtype, &mut layer,
+                )?)?;
             }
         }
         Decision::Keep(reason) => {
             layer.kept = Some(reason.clone());
-            keep_row(file, entry, &dtype, &mut layer, config)?
+            if parts {
+                keep_in_parts(file, entry, config.quality_floor, &mut layer, &mut out)?;
+            } else {
+                out(keep_row(file, entry, &dtype, &mut layer, config)?)?;
+            }
         }
-        Decision::Raw => raw_row(file, entry, &dtype, &mut layer, config)?,
-    };
-    let batch = match plan.time {
-        Some(t) => {
-            layer.time_groups = Some(t.groups.clone());
-            layer.time_spread = Some(t.spread);
-            with_time_groups(batch, &[Some(&t.groups)])?
+        Decision::Raw if parts => raw_in_parts(file, entry, &mut layer, &mut out)?,
+        Decision::Raw => out(raw_row(file, entry, &dtype, &mut layer, config)?)?,
+    }
+    if let Some(t) = plan.time {
+        layer.time_groups = Some(t.groups.clone());
+        layer.time_spread = Some(t.spread);
+    }
+    Ok(layer)
+}
+
+/// The one row of a tensor quantized whole (with the quality floor and fallback, channel scaling), or kept.
+fn quantize_whole(
+    file: &SafetensorsFile,
+    entry: &TensorEntry,
+    plan: &EntryPlan<'_>,
+    config: &PipelineConfig,
+    view: &TensorView<'_>,
+    dtype: &str,
+    layer: &mut LayerReport,
+) -> Result<RecordBatch> {
+    let ladder = match plan.first {
+        Some(_) if entry.dtype == Dtype::F64 && float64_beyond_f32(file.bytes(entry)).is_some() => {
+            Ladder {
+                kept: Some("float64 values beyond the float32 range".into()),
+                ..Ladder::default()
+            }
         }
-        None => batch,
+        Some(bits) => {
+            let quant = layer_quant(config, &entry.name, entry.shape.len());
+            quantize_with_fallback(view, config, &quant, bits, plan.channel_absmax)?
+        }
+        None => Ladder::default(),
     };
-    Ok((batch, layer))
+    layer.fallback = ladder.fallback;
+    layer.kept = ladder.kept;
+    match ladder.layer {
+        Some(mut q) => {
+            if entry.dtype == Dtype::F64 {
+                q.tensor.source_dtype = SourceDtype::F64;
+            }
+            layer.set_quantized(&q.tensor);
+            layer.channel_alpha = q.alpha;
+            layer.weighted_error = q.weighted_error;
+            tensor_batch(q.tensor)
+        }
+        None => {
+            if plan.first.is_none() && layer.kept.is_none() {
+                layer.kept = Some("mixed precision: 16-bit".into());
+            }
+            keep_row(file, entry, dtype, layer, config)
+        }
+    }
 }

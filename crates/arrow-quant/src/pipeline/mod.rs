@@ -4,6 +4,7 @@
 //! processes (`units`: plan from the headers, one tensor to a staging file, staged units assembled).
 
 pub(crate) mod atomic_file;
+mod chunked;
 mod config;
 mod entry;
 mod layer_quant;
@@ -14,11 +15,13 @@ pub mod policy;
 mod report;
 mod row_sample;
 mod run;
+mod stored_tensor;
 mod tools;
 mod unit_plan;
 mod units;
 mod writer;
 
+pub use chunked::{PART_BYTES, TEST_PART_BYTES_VAR};
 pub use config::{
     Budget, OutputFormat, PipelineConfig, AUTO_PLAN_BITS_PER_WEIGHT, DEFAULT_KEEP_PATTERNS,
     DEFAULT_UNCLIPPED_PATTERNS,
@@ -28,6 +31,7 @@ pub use output_path::{check_export_extension, check_output, model_format, same_f
 pub use plan::MixedPrecision;
 pub use report::{LayerReport, Report};
 pub use run::{quantize_model, quantize_model_with, Progress};
+pub use stored_tensor::StoredTensor;
 pub use tools::{export_safetensors, validate_model, ExportDtype, Validation};
 pub use unit_plan::{estimate_unit, plan_from_estimates};
 pub use units::{

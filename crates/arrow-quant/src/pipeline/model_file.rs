@@ -30,7 +30,8 @@ pub const SOURCE_KEY: &str = "arrow_quant.source";
 pub const CONFIG_KEY: &str = "arrow_quant.config";
 /// Metadata key: the quality report summary (JSON).
 pub const REPORT_KEY: &str = "arrow_quant.report";
-/// Metadata key: the tensor names in file order (JSON list), so readers need not scan the file.
+/// Metadata key: the name of every row in file order (JSON list; a chunked tensor's once per chunk row), so
+/// readers need not scan the file.
 pub const TENSORS_KEY: &str = "arrow_quant.tensors";
 
 enum Sink {
@@ -91,8 +92,8 @@ impl ModelWriter {
         })
     }
 
-    /// Writes one tensor's row (a one-row batch of the result schema) as its own row group / batch, with its
-    /// checksum computed.
+    /// Writes one row (a one-row batch of the result schema: a tensor, or one chunk row of a large tensor) as its
+    /// own row group / batch, with its checksum computed.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let path = self.path.clone();
         let batch = &with_checksums(batch.clone())?;
@@ -160,8 +161,10 @@ pub struct ModelFile {
     source: Source,
     /// Footer metadata (format, config, report, tensors).
     pub metadata: HashMap<String, String>,
-    /// Tensor names in file order.
+    /// Tensor names in file order (each once, however many chunk rows it has).
     pub names: Vec<String>,
+    /// The rows of each tensor of `names`: one, or its chunk rows.
+    rows: Vec<std::ops::Range<usize>>,
 }
 
 impl ModelFile {
@@ -225,7 +228,7 @@ impl ModelFile {
                 format!("no '{FORMAT_KEY} = {FORMAT_NAME}' metadata: not an arrow-quant model"),
             ));
         }
-        let names: Vec<String> = metadata
+        let row_names: Vec<String> = metadata
             .get(TENSORS_KEY)
             .and_then(|t| serde_json::from_str(t).ok())
             .ok_or_else(|| {
@@ -234,20 +237,33 @@ impl ModelFile {
                     format!("metadata '{TENSORS_KEY}' is missing or not a JSON list"),
                 )
             })?;
+        // Consecutive rows of one name are the chunk rows of one tensor.
+        let mut names: Vec<String> = Vec::new();
+        let mut rows: Vec<std::ops::Range<usize>> = Vec::new();
+        for (r, name) in row_names.iter().enumerate() {
+            match (names.last(), rows.last_mut()) {
+                (Some(last), Some(range)) if last == name => range.end = r + 1,
+                _ => {
+                    names.push(name.clone());
+                    rows.push(r..r + 1);
+                }
+            }
+        }
         let model = Self {
             path: path.to_path_buf(),
             source,
             metadata,
             names,
+            rows,
         };
         let stored = match &model.source {
             Source::Parquet { meta, .. } => meta.metadata().num_row_groups(),
             Source::Ipc(r) => r.lock().map_or(0, |r| r.num_batches()),
         };
-        if stored != model.names.len() {
+        if stored != row_names.len() {
             return Err(QuantError::format(
                 path,
-                format!("{} tensors listed but {stored} stored", model.names.len()),
+                format!("{} rows listed but {stored} stored", row_names.len()),
             ));
         }
         Ok(model)
@@ -258,18 +274,28 @@ impl ModelFile {
         &self.path
     }
 
-    /// The one-row batch of tensor `index`.
-    pub fn read(&self, index: usize) -> Result<RecordBatch> {
+    /// The stored rows of tensor `index` (of `names`): one, or its chunk rows in order.
+    pub fn rows_of(&self, index: usize) -> std::ops::Range<usize> {
+        self.rows.get(index).cloned().unwrap_or(0..0)
+    }
+
+    /// Rows stored in the file (tensors plus the extra chunk rows of chunked ones).
+    pub fn num_rows(&self) -> usize {
+        self.rows.last().map_or(0, |r| r.end)
+    }
+
+    /// The one-row batch of stored row `index` (a tensor, or one chunk row of one, see [`ModelFile::rows_of`];
+    /// [`ModelFile::for_each_row`] reads a whole tensor).
+    pub fn read_row(&self, index: usize) -> Result<RecordBatch> {
         catch_reader_panic(
             || self.read_unguarded(index),
-            |message| QuantError::format(&self.path, format!("tensor {index}: {message}")),
+            |message| QuantError::format(&self.path, format!("row {index}: {message}")),
         )
     }
 
     fn read_unguarded(&self, index: usize) -> Result<RecordBatch> {
-        let bad = |e: &dyn std::fmt::Display| {
-            QuantError::format(&self.path, format!("tensor {index}: {e}"))
-        };
+        let bad =
+            |e: &dyn std::fmt::Display| QuantError::format(&self.path, format!("row {index}: {e}"));
         match &self.source {
             Source::Parquet { file, meta } => {
                 let file = file
@@ -322,8 +348,8 @@ mod fuzz {
     /// Opens, reads and dequantizes every tensor; any error is fine, a panic is not.
     fn read_everything(path: &Path) -> Result<()> {
         let model = ModelFile::open(path)?;
-        for i in 0..model.names.len() {
-            let batch = model.read(i)?;
+        for i in 0..model.num_rows() {
+            let batch = model.read_row(i)?;
             for row in read_results(std::slice::from_ref(&batch))? {
                 if let Ok(view) = row.view() {
                     view.dequantize()?;

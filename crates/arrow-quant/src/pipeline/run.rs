@@ -146,10 +146,12 @@ pub fn quantize_model_with(
                     tensor: entry.name.clone(),
                 });
             }
-            let (batch, layer) = units.quantize(i, config)?;
-            if to_writer.send(batch).is_err() {
-                break; // the writer failed: its error is reported by write_while
-            }
+            // A failed send means the writer failed: write_while reports its error before this one.
+            let layer = units.quantize(i, config, &mut |batch| {
+                to_writer.send(batch).map_err(|_| QuantError::Cancelled {
+                    tensor: entry.name.clone(),
+                })
+            })?;
             bytes_done += entry.end - entry.begin;
             report.push(layer);
             on_progress(Progress {

@@ -1,13 +1,13 @@
 //! Working with a finished model file: validate it against its source checkpoint, export it back to
-//! `.safetensors` (dequantized), both one tensor at a time.
+//! `.safetensors` (dequantized), both one row at a time (a large tensor's chunk rows one by one) and each row
+//! window by window, so memory stays near one chunk row whatever the model.
 
 use super::atomic_file::AtomicFile;
-use super::entry::{values_f32, PLAIN_FLOOR};
+use super::entry::PLAIN_FLOOR;
 use super::model_file::{ModelFile, CONFIG_KEY};
 use super::output_path::{check_export_extension, check_output};
 use crate::arrow::output::RowEncoding;
-use crate::arrow::result::read_results;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{float_values, Checkpoint};
 use crate::codec::driver::QualitySums;
 use crate::error::{QuantError, Result};
 use crate::quantized::Quality;
@@ -47,7 +47,9 @@ impl Validation {
 
 /// Re-reads the source checkpoint and the model file and measures every tensor again. A quantized layer passes
 /// when its measured cosine reaches the stored quality floor and agrees with the stored figure; a kept or raw
-/// tensor passes when it matches its source.
+/// tensor passes when it matches its source. Tensors are read row by row (a chunked tensor chunk row by chunk
+/// row) and each row window by window, with the source pages dropped once compared, so memory stays near one
+/// chunk row whatever the tensor size.
 pub fn validate_model(original: &Path, quantized: &Path) -> Result<Validation> {
     let checkpoint = Checkpoint::open(original)?;
     let model = ModelFile::open(quantized)?;
@@ -62,13 +64,9 @@ pub fn validate_model(original: &Path, quantized: &Path) -> Result<Validation> {
         .map(|(f, t)| (t.name.as_str(), (f, t)))
         .collect();
     let mut layers = Vec::new();
+    let (mut restored, mut source) = (Vec::new(), Vec::new());
     for (i, name) in model.names.iter().enumerate() {
-        let batch = model.read(i)?;
-        let rows = read_results(std::slice::from_ref(&batch))?;
-        let row = rows
-            .first()
-            .ok_or_else(|| QuantError::format(quantized, format!("tensor '{name}' has no row")))?;
-        let (file, entry) = sources.get(name.as_str()).ok_or_else(|| {
+        let &(file, entry) = sources.get(name.as_str()).ok_or_else(|| {
             QuantError::format(
                 quantized,
                 format!(
@@ -77,45 +75,82 @@ pub fn validate_model(original: &Path, quantized: &Path) -> Result<Validation> {
                 ),
             )
         })?;
-        let (measured, passed) = match row.encoding {
-            RowEncoding::Plain {
-                encoding: "raw", ..
-            } => {
-                let same = row.data == file.bytes(entry);
-                (
-                    Quality {
-                        cosine: if same { 1.0 } else { 0.0 },
-                        rel_mse: if same { 0.0 } else { 1.0 },
-                    },
-                    same,
-                )
+        let values = float_values(file, entry);
+        let bytes = file.bytes(entry);
+        let size = entry.dtype.size();
+        let mut sums = QualitySums::default();
+        let mut raw_same: Option<bool> = None;
+        let stored = model.for_each_row(i, |row, first| {
+            let n: usize = row.shape.iter().product();
+            if first + n > entry.len() {
+                return Err(QuantError::format(
+                    quantized,
+                    format!(
+                        "tensor '{name}' has more elements than its source {:?}",
+                        entry.shape
+                    ),
+                ));
             }
-            encoding => {
-                let source = values_f32(file, entry).ok_or_else(|| {
+            if let RowEncoding::Plain {
+                encoding: "raw", ..
+            } = row.encoding
+            {
+                let same = bytes.get(first * size..first * size + row.data.len()) == Some(row.data);
+                raw_same = Some(raw_same.unwrap_or(true) && same);
+            } else {
+                let values = values.as_ref().ok_or_else(|| {
                     QuantError::format(
                         quantized,
                         format!("tensor '{name}' is not a float tensor in the source"),
                     )
                 })?;
-                let mut restored = vec![0f32; source.len()];
-                row.dequantize_into(&mut restored)?;
-                let q = QualitySums::of(&source, &restored).quality();
-                let ok = match encoding {
-                    RowEncoding::Quantized { .. } => {
-                        q.cosine >= floor && (q.cosine - row.quality.cosine).abs() < 1e-6
-                    }
-                    RowEncoding::Plain { .. } => q.cosine >= PLAIN_FLOOR,
+                let window = row.window_elements();
+                restored.resize(window.min(n), 0.0);
+                source.resize(window.min(n), 0.0);
+                for start in (0..n).step_by(window) {
+                    let len = window.min(n - start);
+                    row.dequantize_window(start, &mut restored[..len])?;
+                    values.data().copy_to_f32(first + start, &mut source[..len]);
+                    sums.add_pairs(&source[..len], &restored[..len]);
+                }
+            }
+            // Drop the source pages again so validating a large model stays near one chunk of memory.
+            file.release_range(entry, first * size..(first + n) * size);
+            Ok(())
+        })?;
+        file.release(entry);
+        if stored.shape != entry.shape {
+            return Err(QuantError::format(
+                quantized,
+                format!(
+                    "tensor '{name}' is stored as {:?} but its source is {:?}",
+                    stored.shape, entry.shape
+                ),
+            ));
+        }
+        let (measured, passed) = match raw_same {
+            Some(same) => (
+                Quality {
+                    cosine: if same { 1.0 } else { 0.0 },
+                    rel_mse: if same { 0.0 } else { 1.0 },
+                },
+                same,
+            ),
+            None => {
+                let q = sums.quality();
+                let ok = if stored.encoding.starts_with("int") {
+                    q.cosine >= floor && (q.cosine - stored.quality.cosine).abs() < 1e-6
+                } else {
+                    q.cosine >= PLAIN_FLOOR
                 };
                 (q, ok)
             }
         };
-        // Drop the source pages again so validating a large model stays near one tensor of memory.
-        file.release(entry);
         layers.push((
             name.clone(),
-            row.encoding.name().to_string(),
+            stored.encoding,
             measured,
-            row.quality,
+            stored.quality,
             passed,
         ));
     }
@@ -187,16 +222,24 @@ impl ExportDtype {
         }
     }
 
-    /// The values as little-endian bytes of this dtype; a finite value that becomes infinite is an error
+    /// Appends the values as little-endian bytes of this dtype to `out` (cleared first; `first` is the flat
+    /// index of `values[0]` in the tensor, for messages); a finite value that becomes infinite is an error
     /// naming the tensor and the element.
-    fn encode(self, tensor: &str, values: &[f32]) -> Result<Vec<u8>> {
+    fn encode_into(
+        self,
+        tensor: &str,
+        values: &[f32],
+        first: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let overflow = |i: usize| {
             QuantError::schema(
                 tensor,
                 format!(
-                    "value {} at element {i} overflows {} (becomes inf); export with a wider dtype \
+                    "value {} at element {} overflows {} (becomes inf); export with a wider dtype \
                      (f32), or leave the dtype unset to keep each tensor's source dtype",
                     values[i],
+                    first + i,
                     self.name()
                 ),
             )
@@ -208,27 +251,20 @@ impl ExportDtype {
             Some(i) => Err(overflow(i)),
             None => Ok(()),
         };
-        Ok(match self {
-            Self::F64 => values
-                .iter()
-                .flat_map(|&v| f64::from(v).to_le_bytes())
-                .collect(),
-            Self::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        out.clear();
+        match self {
+            Self::F64 => out.extend(values.iter().flat_map(|&v| f64::from(v).to_le_bytes())),
+            Self::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
             Self::F16 => {
                 check(&|v| f16::from_f32(v).is_infinite())?;
-                values
-                    .iter()
-                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-                    .collect()
+                out.extend(values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()));
             }
             Self::BF16 => {
                 check(&|v| bf16::from_f32(v).is_infinite())?;
-                values
-                    .iter()
-                    .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                    .collect()
+                out.extend(values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()));
             }
-        })
+        }
+        Ok(())
     }
 }
 
@@ -244,32 +280,29 @@ pub fn export_safetensors(
     check_export_extension(output)?;
     check_output(output, &[("the model file", quantized)])?;
     let file = AtomicFile::create(output)?;
-    // First pass over the metadata only: names, shapes and sizes for the header.
+    // First pass over the rows for the header: names, whole shapes and sizes (a row at a time).
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     let mut plan = Vec::with_capacity(model.names.len());
     for i in 0..model.names.len() {
-        let batch = model.read(i)?;
-        let rows = read_results(std::slice::from_ref(&batch))?;
-        let row = rows
-            .first()
-            .ok_or_else(|| QuantError::format(quantized, format!("tensor {i} has no row")))?;
-        let (name, bytes, as_dtype) = match row.encoding {
-            RowEncoding::Plain {
-                encoding: "raw", ..
-            } => (row.dtype.to_uppercase(), row.data.len(), None),
-            _ => {
-                let d = dtype.unwrap_or_else(|| ExportDtype::of_source(row.dtype));
-                (
-                    d.header_name().to_string(),
-                    row.shape.iter().product::<usize>() * d.size(),
-                    Some(d),
-                )
-            }
+        let mut raw_bytes = 0usize;
+        let stored = model.for_each_row(i, |row, _| {
+            raw_bytes += row.data.len();
+            Ok(())
+        })?;
+        let (name, bytes, as_dtype) = if stored.encoding == "raw" {
+            (stored.dtype.to_uppercase(), raw_bytes, None)
+        } else {
+            let d = dtype.unwrap_or_else(|| ExportDtype::of_source(&stored.dtype));
+            (
+                d.header_name().to_string(),
+                stored.shape.iter().product::<usize>() * d.size(),
+                Some(d),
+            )
         };
         header.insert(
-            row.name.to_string(),
-            serde_json::json!({"dtype": name, "shape": row.shape, "data_offsets": [offset, offset + bytes]}),
+            stored.name.clone(),
+            serde_json::json!({"dtype": name, "shape": stored.shape, "data_offsets": [offset, offset + bytes]}),
         );
         plan.push((bytes, as_dtype));
         offset += bytes;
@@ -287,21 +320,36 @@ pub fn export_safetensors(
     out.write_all(&(text.len() as u64).to_le_bytes())
         .map_err(io)?;
     out.write_all(&text).map_err(io)?;
+    // Second pass: each row window by window through two reused buffers.
+    let (mut values, mut encoded) = (Vec::new(), Vec::new());
     for (i, &(planned, as_dtype)) in plan.iter().enumerate() {
-        let batch = model.read(i)?;
-        let rows = read_results(std::slice::from_ref(&batch))?;
-        let row = rows
-            .first()
-            .ok_or_else(|| QuantError::format(quantized, format!("tensor {i} has no row")))?;
-        let Some(as_dtype) = as_dtype else {
-            out.write_all(row.data).map_err(io)?;
-            continue;
-        };
-        let mut values = vec![0f32; row.shape.iter().product()];
-        row.dequantize_into(&mut values)?;
-        let bytes = as_dtype.encode(row.name, &values)?;
-        debug_assert_eq!(bytes.len(), planned);
-        out.write_all(&bytes).map_err(io)?;
+        let mut written = 0usize;
+        model.for_each_row(i, |row, first| {
+            let Some(as_dtype) = as_dtype else {
+                written += row.data.len();
+                return out.write_all(row.data).map_err(io);
+            };
+            let n: usize = row.shape.iter().product();
+            let window = row.window_elements();
+            values.resize(window.min(n), 0.0);
+            for start in (0..n).step_by(window) {
+                let len = window.min(n - start);
+                row.dequantize_window(start, &mut values[..len])?;
+                as_dtype.encode_into(row.name, &values[..len], first + start, &mut encoded)?;
+                written += encoded.len();
+                out.write_all(&encoded).map_err(io)?;
+            }
+            Ok(())
+        })?;
+        if written != planned {
+            return Err(QuantError::format(
+                quantized,
+                format!(
+                    "tensor '{}' changed between the two passes ({written} bytes, {planned} planned)",
+                    model.names[i]
+                ),
+            ));
+        }
     }
     out.flush().map_err(io)?;
     drop(out);

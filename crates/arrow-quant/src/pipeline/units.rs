@@ -11,6 +11,7 @@
 //! the distributed entry points ([`check_distributable`]).
 
 use super::atomic_file::AtomicFile;
+use super::chunked::{in_parts, Emit};
 use super::config::PipelineConfig;
 use super::entry::{entry_batch, EntryPlan};
 use super::model_file::{ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY};
@@ -60,14 +61,18 @@ impl<'c> Units<'c> {
         })
     }
 
-    /// Quantizes tensor `i` to its row batch and report line, exactly as every run does.
+    /// Quantizes tensor `i` to its row batches (one, or its chunk rows), handed to `emit` in order, and its
+    /// report line, exactly as every run does.
     pub fn quantize(
         &self,
         i: usize,
         config: &PipelineConfig,
-    ) -> Result<(RecordBatch, LayerReport)> {
+        emit: &mut Emit<'_>,
+    ) -> Result<LayerReport> {
         let (file, entry) = self.tensors[i];
-        file.prefetch(entry);
+        if !in_parts(entry) {
+            file.prefetch(entry); // a tensor in parts reads each part ahead in turn
+        }
         let plan = EntryPlan {
             decision: &self.decisions[i],
             first: self
@@ -77,7 +82,7 @@ impl<'c> Units<'c> {
             channel_absmax: self.calibrated.channel_absmax[i].as_deref(),
             time: self.calibrated.time[i].as_ref(),
         };
-        let out = entry_batch(file, entry, &plan, config);
+        let out = entry_batch(file, entry, &plan, config, emit);
         file.release(entry);
         out
     }
@@ -232,42 +237,63 @@ pub fn quantize_unit(
             ),
         ));
     }
-    let (batch, layer) = units.quantize(index, config)?;
     let file = AtomicFile::create(staged)?;
     let bad = |e: arrow_schema::ArrowError| {
         QuantError::format(staged, format!("writing the staged unit failed: {e}"))
     };
+    // Every row batch of a run has the result schema of its scale type.
+    let schema = crate::arrow::schema::result_schema(config.quant.scale_dtype());
     let mut writer =
-        arrow_ipc::writer::FileWriter::try_new(file.handle()?, &batch.schema()).map_err(bad)?;
+        arrow_ipc::writer::FileWriter::try_new(file.handle()?, &schema).map_err(bad)?;
+    // Each row (a tensor's, or one of its chunk rows) is written as it comes, so a unit needs one chunk of memory.
+    let layer = units.quantize(index, config, &mut |batch| {
+        writer.write(&batch).map_err(bad)
+    })?;
     writer.write_metadata(LAYER_KEY, layer.to_json().to_string());
-    writer.write(&batch).map_err(bad)?;
     writer.finish().map_err(bad)?;
     drop(writer);
     file.commit()?;
     Ok(layer)
 }
 
-/// Reads a staging file written by [`quantize_unit`]: the row batch and the report line.
-fn read_staged(path: &Path) -> Result<(RecordBatch, LayerReport)> {
+/// Reads a staging file written by [`quantize_unit`]: hands its row batches (one, or a tensor's chunk rows) to
+/// `write` in order, one at a time, and returns the report line.
+fn read_staged(
+    path: &Path,
+    name: &str,
+    mut write: impl FnMut(&RecordBatch) -> Result<()>,
+) -> Result<LayerReport> {
     let file = std::fs::File::open(path).map_err(|e| QuantError::io(path, &e))?;
     let bad = |e: &dyn std::fmt::Display| {
         QuantError::format(path, format!("not a readable staged unit: {e}"))
     };
-    let mut reader = crate::arrow::ipc_file::open_ipc_file(file).map_err(|e| bad(&e))?;
+    let reader = crate::arrow::ipc_file::open_ipc_file(file).map_err(|e| bad(&e))?;
     let layer: serde_json::Value = reader
         .custom_metadata()
         .get(LAYER_KEY)
         .and_then(|t| serde_json::from_str(t).ok())
         .ok_or_else(|| bad(&format!("no '{LAYER_KEY}' metadata")))?;
     let layer = LayerReport::from_json(&layer, path)?;
-    let batch = reader
-        .next()
-        .ok_or_else(|| bad(&"no row batch"))?
-        .map_err(|e| bad(&e))?;
-    if reader.next().is_some() || batch.num_rows() != 1 {
-        return Err(bad(&"more than one row"));
+    if layer.name != name {
+        return Err(QuantError::format(
+            path,
+            format!(
+                "staged unit holds '{}' where the checkpoint has '{name}'",
+                layer.name
+            ),
+        ));
     }
-    Ok((batch, layer))
+    if reader.num_batches() == 0 {
+        return Err(bad(&"no row batch"));
+    }
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(&e))?;
+        if batch.num_rows() != 1 {
+            return Err(bad(&format!("a batch of {} rows", batch.num_rows())));
+        }
+        write(&batch)?;
+    }
+    Ok(layer)
 }
 
 /// Writes the model file `output` of the checkpoint at `input` from its staged units (`staged[i]` holds tensor
@@ -304,17 +330,7 @@ pub fn assemble_units(
     };
     let mut writer = ModelWriter::create(output, config.format, config.quant.scale_dtype())?;
     for (path, name) in staged.iter().zip(&names) {
-        let (batch, layer) = read_staged(path)?;
-        if layer.name != *name {
-            return Err(QuantError::format(
-                path,
-                format!(
-                    "staged unit holds '{}' where the checkpoint has '{name}'",
-                    layer.name
-                ),
-            ));
-        }
-        writer.write(&batch)?;
+        let layer = read_staged(path, name, |batch| writer.write(batch))?;
         report.push(layer);
     }
     writer.finish(file_metadata(input, config, &report))?;

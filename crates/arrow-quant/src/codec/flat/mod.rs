@@ -7,7 +7,7 @@ pub(crate) mod layout;
 mod mse;
 
 use super::driver::{run_chunks, Chunk, ChunkFailure, QualitySums};
-use super::{Codec, Encoding, Plan};
+use super::{part_shape, rows_of_whole_chunks, Codec, Encoding, Plan};
 use crate::config::{BitWidth, Method, ScaleDtype};
 use crate::error::{QuantError, Result};
 use crate::importance::ChannelWeights;
@@ -16,9 +16,10 @@ use crate::quantized::{
     FlatParams, ParamBuffer, ParamSlice, Payload, PayloadRef, QuantizedTensor, QuantizedView,
 };
 use crate::simd::multiversion;
-use crate::tensor::TensorView;
+use crate::tensor::{rows_cols, TensorView};
 use group::{GroupParams, GroupRule, GroupSums};
 use layout::GroupLayout;
+use std::ops::Range;
 
 /// The codec of the flat encoding of one width.
 pub(crate) struct FlatCodec {
@@ -130,11 +131,15 @@ impl Codec for FlatCodec {
         tensor: &TensorView<'_>,
         plan: &Plan,
         weights: &ChannelWeights,
-    ) -> Result<QuantizedTensor> {
+        rows: Range<usize>,
+    ) -> Result<(QuantizedTensor, QualitySums)> {
         let flat = plan.flat;
         let view_cols = tensor.rows_cols().1;
+        // The chunks are the whole tensor's; the part takes those of its rows.
         let layout = GroupLayout::new(tensor.shape, flat.group_size);
-        let n = layout.len();
+        let shape = part_shape(tensor.shape, rows.len());
+        let part = GroupLayout::new(&shape, flat.group_size);
+        let (first, n) = (rows.start * view_cols, part.len());
         let bits = self.bits;
         let rule = GroupRule {
             bits,
@@ -144,11 +149,13 @@ impl Codec for FlatCodec {
             dtype: flat.scale_dtype,
         };
         let mut data = vec![0u8; bits.packed_len(n)];
-        let mut scales = vec![0f32; layout.num_groups()];
-        let mut zeros = vec![0f32; layout.num_groups()];
+        let mut scales = vec![0f32; part.num_groups()];
+        let mut zeros = vec![0f32; part.num_groups()];
         let chunk_rows = layout.chunk_rows();
         let chunk_elems = chunk_rows * layout.cols;
         let chunk_groups = chunk_rows * layout.groups_per_row;
+        debug_assert!(chunk_elems == 0 || first % chunk_elems == 0);
+        let first_chunk = first / chunk_elems.max(1);
         let chunks: Vec<_> = if n == 0 {
             Vec::new()
         } else {
@@ -156,11 +163,12 @@ impl Codec for FlatCodec {
                 .zip(scales.chunks_mut(chunk_groups))
                 .zip(zeros.chunks_mut(chunk_groups))
                 .enumerate()
-                .map(|(ci, ((packed, sc), zp))| {
+                .map(|(i, ((packed, sc), zp))| {
+                    let ci = first_chunk + i;
                     let start = ci * chunk_elems;
                     Chunk {
                         start,
-                        len: chunk_elems.min(n - start),
+                        len: chunk_elems.min(first + n - start),
                         out: (ci, packed, sc, zp),
                     }
                 })
@@ -179,9 +187,9 @@ impl Codec for FlatCodec {
             };
             quantize_chunk(x, rule, codes, packed, sc, zp, cols)
         })?;
-        Ok(QuantizedTensor {
+        let tensor = QuantizedTensor {
             name: tensor.name.to_string(),
-            shape: tensor.shape.to_vec(),
+            shape,
             source_dtype: tensor.data.dtype(),
             encoding: Encoding::flat(bits),
             method: Some(plan.method),
@@ -194,7 +202,13 @@ impl Codec for FlatCodec {
             }),
             channel_scales: None,
             quality: sums.quality(),
-        })
+        };
+        Ok((tensor, sums))
+    }
+
+    fn part_rows(&self, shape: &[usize], plan: &Plan) -> usize {
+        let layout = GroupLayout::new(shape, plan.flat.group_size);
+        rows_of_whole_chunks(layout.chunk_rows() * layout.cols, rows_cols(shape).1)
     }
 
     fn validate(&self, view: &QuantizedView<'_>) -> Result<()> {

@@ -8,7 +8,7 @@ mod search;
 
 use super::driver::{first_non_finite, run_chunks, Chunk, ChunkFailure, QualitySums};
 use super::flat::group::{LANES, TINY_SUM};
-use super::{Codec, Encoding, Plan};
+use super::{part_shape, rows_of_whole_chunks, Codec, Encoding, Plan};
 use crate::config::BitWidth;
 use crate::error::{QuantError, Result};
 use crate::importance::ChannelWeights;
@@ -20,6 +20,7 @@ pub(crate) use format::SUPER_BLOCK;
 use format::{decode_super_block, SuperBlockParams, TwoLevelSpec};
 use layout::SuperLayout;
 use search::{search_tile, Tile};
+use std::ops::Range;
 
 /// The codec of the two-level encoding of one width.
 pub(crate) struct TwoLevelCodec {
@@ -245,15 +246,22 @@ impl Codec for TwoLevelCodec {
         tensor: &TensorView<'_>,
         _plan: &Plan,
         weights: &ChannelWeights,
-    ) -> Result<QuantizedTensor> {
+        rows: Range<usize>,
+    ) -> Result<(QuantizedTensor, QualitySums)> {
+        // The chunks are the whole tensor's; the part takes those of its rows.
         let lay = SuperLayout::new(tensor.shape, self.spec.bits);
+        let shape = part_shape(tensor.shape, rows.len());
+        let part = SuperLayout::new(&shape, self.spec.bits);
         let spec = lay.spec;
-        let n = lay.len();
+        let (first, n) = (rows.start * lay.view_cols, part.len());
         let bits = spec.bits;
         let rb = spec.record_bytes();
         let mut data = vec![0u8; bits.packed_len(n)];
-        let mut params = vec![0u8; lay.num_supers() * rb];
+        let mut params = vec![0u8; part.num_supers() * rb];
         let chunk_supers = lay.chunk_supers();
+        let chunk_elements = lay.chunk_elements().max(1);
+        debug_assert_eq!(first % chunk_elements, 0);
+        let first_chunk = first / chunk_elements;
         let chunk_bytes = lay.chunk_elements() * bits.bits() as usize / 8;
         let chunks: Vec<_> = if n == 0 {
             Vec::new()
@@ -261,7 +269,8 @@ impl Codec for TwoLevelCodec {
             data.chunks_mut(chunk_bytes.max(1))
                 .zip(params.chunks_mut(chunk_supers * rb))
                 .enumerate()
-                .map(|(ci, (packed, par))| {
+                .map(|(i, (packed, par))| {
+                    let ci = first_chunk + i;
                     let (start, len) = lay.chunk_range(ci);
                     Chunk {
                         start,
@@ -271,25 +280,35 @@ impl Codec for TwoLevelCodec {
                 })
                 .collect()
         };
-        let mut sums = run_chunks(tensor, chunks, |x, start, codes, (ci, packed, par)| {
+        let sums = run_chunks(tensor, chunks, |x, start, codes, (ci, packed, par)| {
             codes.resize(x.len(), 0);
             let r = quantize_chunk(&lay, x, start, ci * chunk_supers, weights, codes, par)?;
             pack_codes(codes, bits, packed);
             Ok(r)
         })?;
-        // x.y from ||x - y||^2 = ||x||^2 - 2 x.y + ||y||^2.
-        sums.xy = 0.5 * (sums.xx + sums.yy - sums.ee);
-        Ok(QuantizedTensor {
+        let tensor = QuantizedTensor {
             name: tensor.name.to_string(),
-            shape: tensor.shape.to_vec(),
+            shape,
             source_dtype: tensor.data.dtype(),
             encoding: Encoding::two_level(bits),
             method: None,
             data,
             payload: Payload::Blocks(params),
             channel_scales: None,
-            quality: sums.quality(),
-        })
+            quality: self.finish_sums(sums).quality(),
+        };
+        Ok((tensor, sums))
+    }
+
+    fn part_rows(&self, shape: &[usize], _plan: &Plan) -> usize {
+        let lay = SuperLayout::new(shape, self.spec.bits);
+        rows_of_whole_chunks(lay.chunk_elements(), lay.view_cols)
+    }
+
+    fn finish_sums(&self, mut sums: QualitySums) -> QualitySums {
+        // x.y from ||x - y||^2 = ||x||^2 - 2 x.y + ||y||^2.
+        sums.xy = 0.5 * (sums.xx + sums.yy - sums.ee);
+        sums
     }
 
     fn validate(&self, view: &QuantizedView<'_>) -> Result<()> {
