@@ -146,7 +146,8 @@ def test_a_chunked_run_stores_exactly_the_whole_run_in_chunk_rows(ckpt, tmp_path
 
 def test_the_reference_reader_decodes_chunk_rows(ckpt, tmp_path):
     out = tmp_path / "m.parquet"
-    quantize(ckpt, out, "--profile", "local")
+    # One width, so that the layers are int4_2l (the automatic plan may give them 8 bits).
+    quantize(ckpt, out, "--profile", "local", "--no-auto-mixed-precision")
     rows = read_rows(out)
     assert all(r["checksum"] is not None and row_crc(r) == r["checksum"] for r in rows)
     model = aq.load_quantized(out)
@@ -230,10 +231,16 @@ config = aq.DiffusionQuantConfig.from_profile("local")
 local = work / "local.parquet"
 aq.ArrowQuantV2().quantize_diffusion_model(source, str(local), config)
 units = _core.plan_units(source, config)
+# The local profile plans its INT4 widths: estimate units, then the plan, which every unit reads.
+estimates = [str(work / f"est{u['index']}.json") for u in units if u["estimate"]]
+for u, f in zip([u for u in units if u["estimate"]], estimates):
+    _core.estimate_unit(source, u["index"], f, config)
+plan = str(work / "plan.json")
+_core.plan_from_estimates(source, estimates, plan, config)
 staged = [str(work / f"unit{i}.arrow") for i in range(len(units))]
 for i in range(len(units)):
-    _core.quantize_unit(source, i, staged[i], config)
-_core.assemble_units(source, staged, str(work / "assembled.parquet"), config)
+    _core.quantize_unit(source, i, staged[i], config, plan)
+_core.assemble_units(source, staged, str(work / "assembled.parquet"), config, plan)
 """
 
 
