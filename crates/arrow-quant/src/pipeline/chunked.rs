@@ -12,7 +12,7 @@
 
 use super::config::PipelineConfig;
 use super::entry::PLAIN_FLOOR;
-use super::layer_quant::{fallback_chain, MAX_SHARE_OF_16_BIT};
+use super::layer_quant::{walk_fallback_chain, Attempt};
 use super::report::LayerReport;
 use crate::arrow::output::{plain_batch, tensor_batch, with_chunk, RowEncoding, RowMeta};
 use crate::checkpoint::{Dtype, SafetensorsFile, TensorEntry};
@@ -156,60 +156,47 @@ pub(crate) fn quantize_in_parts(
     layer: &mut LayerReport,
     emit: &mut Emit<'_>,
 ) -> Result<bool> {
-    let mut misses: Vec<String> = Vec::new();
-    let joined = |misses: &[String]| (!misses.is_empty()).then(|| misses.join("; "));
-    let sixteen_bit = view.data.len() * 2;
-    let limit = sixteen_bit as f64 * MAX_SHARE_OF_16_BIT;
     let (rows, n) = (rows_cols(&entry.shape).0, view.data.len());
-    for bits in fallback_chain(first) {
+    let walk = walk_fallback_chain(view.name, n, config, first, |bits| {
         let parts = Parts::new(view, &QuantConfig { bits, ..*quant }, None)?;
         let ranges = part_ranges(rows, row_bytes(entry), parts.granule(), part_bytes());
-        let miss = match measure(file, entry, &parts, &ranges) {
-            Ok(m) if m.quality.cosine >= config.quality_floor => {
-                let bpw = if n == 0 {
-                    0.0
-                } else {
-                    m.stored as f64 * 8.0 / n as f64
-                };
-                layer.fallback = joined(&misses);
-                if m.stored as f64 > limit {
-                    layer.kept = Some(format!(
-                        "{} would take {} bytes ({bpw:.1} bits per weight), too close to the {sixteen_bit} \
-                         of 16-bit: kept in 16-bit",
-                        m.encoding, m.stored
-                    ));
-                    return Ok(false);
-                }
-                each_part(file, entry, &ranges, |k, rows| {
-                    let (mut q, _) = parts.quantize(rows.clone())?;
-                    q.quality = m.quality;
-                    emit(mark(entry, tensor_batch(q)?, k, ranges.len())?)
-                })?;
-                layer.encoding = m.encoding.to_string();
-                layer.bits = bits.bits() as u8;
-                layer.bits_per_weight = bpw;
-                layer.quality = m.quality;
-                layer.bytes_out = m.stored;
-                return Ok(true);
-            }
-            Ok(m) => format!(
-                "cosine {:.4} < floor {:.4} at {}",
-                m.quality.cosine, config.quality_floor, m.encoding
-            ),
-            Err(QuantError::Range { problem, .. }) => problem,
-            Err(e) => return Err(e),
-        };
-        if config.fail_fast {
-            return Err(QuantError::Quality {
-                tensor: view.name.to_string(),
-                problem: miss,
-            });
-        }
-        misses.push(miss);
+        let m = measure(file, entry, &parts, &ranges)?;
+        Ok(Attempt {
+            cosine: m.quality.cosine,
+            stored: m.stored,
+            encoding: m.encoding.to_string(),
+            value: (m, parts, ranges),
+        })
+    })?;
+    layer.fallback = walk.fallback;
+    if walk.kept.is_some() {
+        layer.kept = walk.kept;
     }
-    misses.push("kept unquantized".into());
-    layer.fallback = joined(&misses);
-    Ok(false)
+    let Some((
+        bits,
+        Attempt {
+            value: (m, parts, ranges),
+            ..
+        },
+    )) = walk.accepted
+    else {
+        return Ok(false);
+    };
+    each_part(file, entry, &ranges, |k, rows| {
+        let (mut q, _) = parts.quantize(rows.clone())?;
+        q.quality = m.quality;
+        emit(mark(entry, tensor_batch(q)?, k, ranges.len())?)
+    })?;
+    layer.encoding = m.encoding.to_string();
+    layer.bits = bits.bits() as u8;
+    layer.bits_per_weight = if n == 0 {
+        0.0
+    } else {
+        m.stored as f64 * 8.0 / n as f64
+    };
+    layer.quality = m.quality;
+    layer.bytes_out = m.stored;
+    Ok(true)
 }
 
 /// What the measuring pass found: the whole tensor's quality, its stored bytes and encoding.

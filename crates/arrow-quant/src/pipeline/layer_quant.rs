@@ -128,11 +128,94 @@ pub(crate) struct Ladder {
     pub kept: Option<String>,
 }
 
-/// Quantizes at the first width, then the next ones while the cosine misses the floor or the encoding cannot
-/// represent the layer's range ([`QuantError::Range`]); past int8 the layer is kept (16-bit, or 32-bit when
-/// 16-bit would miss the floor). An accepted width whose stored form (codes, parameters and channel scales)
-/// would take more than [`MAX_SHARE_OF_16_BIT`] of the 16-bit form is not used either (wider widths only take
-/// more): the layer is kept in 16-bit and the report says why.
+/// One width tried on the fallback chain: what the ladder judges it by, and what the caller keeps if it is used.
+pub(crate) struct Attempt<T> {
+    /// Cosine against the source.
+    pub cosine: f64,
+    /// Stored bytes: codes, parameters and channel scales.
+    pub stored: usize,
+    /// Encoding name, for the report.
+    pub encoding: String,
+    /// The caller's result of the attempt.
+    pub value: T,
+}
+
+/// Where the fallback chain stopped: the accepted attempt, or `None` (keep the layer), with the reasons.
+pub(crate) struct Walk<T> {
+    /// The width used and its attempt.
+    pub accepted: Option<(BitWidth, Attempt<T>)>,
+    /// Why a wider encoding than the first was used (each miss), or why the layer is kept unquantized.
+    pub fallback: Option<String>,
+    /// Why the layer is kept although a width met the floor (its quantized form is not smaller).
+    pub kept: Option<String>,
+}
+
+/// Tries `attempt` at the first width, then the next ones while the cosine misses the floor or the encoding
+/// cannot represent the layer's range ([`QuantError::Range`]); past int8 the layer is kept. An accepted width
+/// whose stored form would take more than [`MAX_SHARE_OF_16_BIT`] of the 16-bit form of `elements` values is not
+/// used either (wider widths only take more): the layer is kept in 16-bit and `kept` says why. With `fail_fast`
+/// the first miss is a [`QuantError::Quality`] naming `name`. The one ladder of whole-tensor and chunked runs.
+pub(crate) fn walk_fallback_chain<T>(
+    name: &str,
+    elements: usize,
+    config: &PipelineConfig,
+    first: BitWidth,
+    mut attempt: impl FnMut(BitWidth) -> Result<Attempt<T>>,
+) -> Result<Walk<T>> {
+    let mut misses = Vec::new();
+    let joined = |misses: &[String]| (!misses.is_empty()).then(|| misses.join("; "));
+    let sixteen_bit = elements * 2;
+    let limit = sixteen_bit as f64 * MAX_SHARE_OF_16_BIT;
+    for bits in fallback_chain(first) {
+        let miss = match attempt(bits) {
+            Ok(a) if a.cosine >= config.quality_floor => {
+                if a.stored as f64 > limit {
+                    let bpw = if elements == 0 {
+                        0.0
+                    } else {
+                        a.stored as f64 * 8.0 / elements as f64
+                    };
+                    return Ok(Walk {
+                        accepted: None,
+                        fallback: joined(&misses),
+                        kept: Some(format!(
+                            "{} would take {} bytes ({bpw:.1} bits per weight), too close to the {sixteen_bit} \
+                             of 16-bit: kept in 16-bit",
+                            a.encoding, a.stored
+                        )),
+                    });
+                }
+                return Ok(Walk {
+                    accepted: Some((bits, a)),
+                    fallback: joined(&misses),
+                    kept: None,
+                });
+            }
+            Ok(a) => format!(
+                "cosine {:.4} < floor {:.4} at {}",
+                a.cosine, config.quality_floor, a.encoding
+            ),
+            Err(QuantError::Range { problem, .. }) => problem,
+            Err(e) => return Err(e),
+        };
+        if config.fail_fast {
+            return Err(QuantError::Quality {
+                tensor: name.to_string(),
+                problem: miss,
+            });
+        }
+        misses.push(miss);
+    }
+    misses.push("kept unquantized".into());
+    Ok(Walk {
+        accepted: None,
+        fallback: joined(&misses),
+        kept: None,
+    })
+}
+
+/// Quantizes `view` along the fallback chain ([`walk_fallback_chain`]); past int8, or when the accepted form is
+/// not smaller, the layer is kept (16-bit, or 32-bit when 16-bit would miss the floor).
 pub(crate) fn quantize_with_fallback(
     view: &TensorView<'_>,
     config: &PipelineConfig,
@@ -140,53 +223,18 @@ pub(crate) fn quantize_with_fallback(
     first: BitWidth,
     channel_absmax: Option<&[f32]>,
 ) -> Result<Ladder> {
-    let mut misses = Vec::new();
-    let joined = |misses: &[String]| (!misses.is_empty()).then(|| misses.join("; "));
-    let sixteen_bit = view.data.len() * 2;
-    let limit = sixteen_bit as f64 * MAX_SHARE_OF_16_BIT;
-    for bits in fallback_chain(first) {
-        let miss = match quantize_layer(view, &QuantConfig { bits, ..*quant }, channel_absmax) {
-            Ok(q) if q.tensor.quality.cosine >= config.quality_floor => {
-                let stored = q.tensor.nbytes();
-                if stored as f64 > limit {
-                    return Ok(Ladder {
-                        layer: None,
-                        fallback: joined(&misses),
-                        kept: Some(format!(
-                            "{} would take {stored} bytes ({:.1} bits per weight), too close to the {sixteen_bit} \
-                             of 16-bit: kept in 16-bit",
-                            q.tensor.encoding_name(),
-                            q.tensor.bits_per_weight()
-                        )),
-                    });
-                }
-                return Ok(Ladder {
-                    layer: Some(q),
-                    fallback: joined(&misses),
-                    kept: None,
-                });
-            }
-            Ok(q) => format!(
-                "cosine {:.4} < floor {:.4} at {}",
-                q.tensor.quality.cosine,
-                config.quality_floor,
-                q.tensor.encoding_name()
-            ),
-            Err(QuantError::Range { problem, .. }) => problem,
-            Err(e) => return Err(e),
-        };
-        if config.fail_fast {
-            return Err(QuantError::Quality {
-                tensor: view.name.to_string(),
-                problem: miss,
-            });
-        }
-        misses.push(miss);
-    }
-    misses.push("kept unquantized".into());
+    let walk = walk_fallback_chain(view.name, view.data.len(), config, first, |bits| {
+        let q = quantize_layer(view, &QuantConfig { bits, ..*quant }, channel_absmax)?;
+        Ok(Attempt {
+            cosine: q.tensor.quality.cosine,
+            stored: q.tensor.nbytes(),
+            encoding: q.tensor.encoding_name().to_string(),
+            value: q,
+        })
+    })?;
     Ok(Ladder {
-        layer: None,
-        fallback: joined(&misses),
-        kept: None,
+        layer: walk.accepted.map(|(_, a)| a.value),
+        fallback: walk.fallback,
+        kept: walk.kept,
     })
 }
