@@ -247,14 +247,7 @@ impl SafetensorsFile {
 
     /// Asks the kernel to read a tensor's pages ahead.
     pub fn prefetch(&self, entry: &TensorEntry) {
-        #[cfg(not(unix))]
-        let _ = entry; // no advice off Unix: pages stay until the map is dropped
-        #[cfg(unix)]
-        let _ = self.map.advise_range(
-            memmap2::Advice::WillNeed,
-            self.data_start + entry.begin,
-            entry.end - entry.begin,
-        );
+        self.prefetch_range(entry, 0..entry.end - entry.begin);
     }
 
     /// Asks the kernel to read the bytes `range` (relative to the tensor's data) of a tensor ahead.
@@ -278,8 +271,9 @@ impl SafetensorsFile {
         }
         #[cfg(not(unix))]
         let _ = entry;
-        // SAFETY: as for `release`: a read-only file mapping, clean pages only; this process holds no borrow of
-        // these bytes across the call that relies on their staying resident.
+        // SAFETY: the map is a read-only file mapping; MADV_DONTNEED only drops clean pages, which are read back
+        // from the file if touched again. This process holds no borrow of these bytes across the call that relies
+        // on their staying resident.
         #[cfg(unix)]
         let _ = unsafe {
             self.map.unchecked_advise_range(
@@ -292,18 +286,7 @@ impl SafetensorsFile {
 
     /// Drops a tensor's pages from this process once it is processed, so resident memory stays near one tensor.
     pub fn release(&self, entry: &TensorEntry) {
-        #[cfg(not(unix))]
-        let _ = entry;
-        // SAFETY: the map is a read-only file mapping; MADV_DONTNEED only drops clean pages, which are read back
-        // from the file if touched again. Nothing else in this process borrows these bytes any more.
-        #[cfg(unix)]
-        let _ = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                self.data_start + entry.begin,
-                entry.end - entry.begin,
-            )
-        };
+        self.release_range(entry, 0..entry.end - entry.begin);
     }
 }
 
