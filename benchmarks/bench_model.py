@@ -286,6 +286,24 @@ def quantize_case(cli: Path, ckpt: Path, out: Path, extra: list[str], tmp: Path,
     }
 
 
+def compare_case(ckpt: Path, out: Path, extra: list[str], tmp: Path, args: argparse.Namespace) -> dict:
+    """This build against --baseline-cli on one case: runs alternate (baseline, this, baseline, ...), so both see
+    the same machine load; the fastest run of each is compared."""
+    walls: dict[str, list[float]] = {"baseline": [], "this": []}
+    for _ in range(args.repeats):
+        for name, cli in (("baseline", args.baseline_cli), ("this", args.cli)):
+            out.unlink(missing_ok=True)
+            warm_read(ckpt)
+            cmd = [str(cli), "quantize", str(ckpt), str(out), *extra, "--json", "--quiet"]
+            walls[name].append(run_measured(cmd, tmp, args.use_time_v)["wall_s"])
+    return {
+        "baseline_cli": str(args.baseline_cli),
+        "wall_s_baseline": walls["baseline"],
+        "wall_s_this": walls["this"],
+        "throughput_ratio": min(walls["baseline"]) / min(walls["this"]),
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # report
 
@@ -317,6 +335,12 @@ def print_report(res: dict) -> None:
               f"{c['output_bytes'] / MB:>8.1f} {t['compression_ratio']:>6.2f} {t['bits_per_weight']:>6.2f} "
               f"{t['worst_cosine']:>9.5f} {t['fallbacks']:>6} {'yes' if ok else 'NO':>3}")
     for key, label, _, _ in CASES:
+        b = res["cases"][key].get("baseline")
+        if b:
+            print(f"{label}: this build / baseline throughput {b['throughput_ratio']:.3f} (alternating; wall s "
+                  f"this {', '.join(f'{w:.2f}' for w in b['wall_s_this'])}; baseline "
+                  f"{', '.join(f'{w:.2f}' for w in b['wall_s_baseline'])})")
+    for key, label, _, _ in CASES:
         lay = res["cases"][key]["layers"]
         kept = ", ".join(f"{k}: {v}" for k, v in sorted(lay["kept_by_reason"].items())) or "none"
         q = ", ".join(f"INT{k}: {v}" for k, v in sorted(lay["quantized_by_bits"].items())) or "none"
@@ -341,6 +365,9 @@ def main() -> None:
                         help="folder for the checkpoint and outputs (default: a new folder under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint and outputs")
     parser.add_argument("--cli", type=Path, default=DEFAULT_CLI, help="the arrow-quant binary")
+    parser.add_argument("--baseline-cli", type=Path, default=None,
+                        help="an older arrow-quant binary: each case also runs it, alternating with --cli "
+                             "(--repeats runs each), and reports the throughput ratio of this build to it")
     parser.add_argument("--rusage", action="store_true",
                         help="measure peak RSS with getrusage in a helper interpreter even if /usr/bin/time exists")
     parser.add_argument("--seed", type=int, default=0)
@@ -356,6 +383,8 @@ def main() -> None:
     args.use_time_v = TIME_V.is_file() and os.access(TIME_V, os.X_OK) and not args.rusage
     if not args.cli.is_file():
         sys.exit(f"error: {args.cli} not found; build it with `cargo build --release -p arrow-quant-cli`")
+    if args.baseline_cli and not args.baseline_cli.is_file():
+        sys.exit(f"error: --baseline-cli {args.baseline_cli} not found")
 
     load = load_before_run()
 
@@ -400,6 +429,8 @@ def run(args: argparse.Namespace, work: Path, load: float) -> dict:
         print(f"quantizing: {label} ...", file=sys.stderr, flush=True)
         out = work / f"{key}.parquet"
         cases[key] = quantize_case(args.cli, ckpt, out, extra, work, args)
+        if args.baseline_cli:
+            cases[key]["baseline"] = compare_case(ckpt, out, extra, work, args)
         if key != CASES[-1][0]:
             out.unlink(missing_ok=True)
 

@@ -27,6 +27,7 @@ mod config;
 mod dequantize;
 pub mod diffusion;
 mod error;
+pub mod gguf;
 mod importance;
 mod output;
 mod packing;
