@@ -123,6 +123,20 @@ impl GgmlType {
         (info.block_bytes * 8) as f64 / info.block_len as f64
     }
 
+    /// Bits of each element's code (or value, for the float types).
+    pub fn code_bits(self) -> u8 {
+        match self {
+            Self::F32 => 32,
+            Self::F16 | Self::BF16 => 16,
+            Self::Q8_0 => 8,
+            Self::Q6_K => 6,
+            Self::Q5_0 | Self::Q5_1 | Self::Q5_K => 5,
+            Self::Q4_0 | Self::Q4_1 | Self::Q4_K | Self::IQ4_NL | Self::IQ4_XS => 4,
+            Self::Q3_K => 3,
+            Self::Q2_K => 2,
+        }
+    }
+
     /// True for F32, F16 and BF16 (no blocks).
     pub fn is_float(self) -> bool {
         matches!(self, Self::F32 | Self::F16 | Self::BF16)

@@ -13,31 +13,36 @@ pub enum OutputFormat {
     Parquet,
     /// Arrow IPC file (memory-mappable).
     ArrowIpc,
+    /// GGUF v3 (llama.cpp's format, read by ComfyUI-GGUF, diffusers and stable-diffusion.cpp): every tensor
+    /// as a ggml type (`PipelineConfig::gguf`).
+    Gguf,
 }
 
 impl OutputFormat {
-    /// Parses `parquet` or `arrow`.
+    /// Parses `parquet`, `arrow` or `gguf`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "parquet" => Ok(Self::Parquet),
             "arrow" | "ipc" | "arrow_ipc" => Ok(Self::ArrowIpc),
+            "gguf" => Ok(Self::Gguf),
             other => Err(QuantError::config(
                 "format",
                 format!("{other:?}"),
-                "\"parquet\" or \"arrow\"",
+                "\"parquet\", \"arrow\" or \"gguf\"",
             )),
         }
     }
 
-    /// `parquet` or `arrow`.
+    /// `parquet`, `arrow` or `gguf`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Parquet => "parquet",
             Self::ArrowIpc => "arrow",
+            Self::Gguf => "gguf",
         }
     }
 
-    /// The file extension of the format, without the dot: `parquet` or `arrow`.
+    /// The file extension of the format, without the dot: `parquet`, `arrow` or `gguf`.
     pub fn extension(self) -> &'static str {
         self.name()
     }

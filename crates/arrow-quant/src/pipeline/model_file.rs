@@ -60,6 +60,13 @@ impl ModelWriter {
         scale_dtype: ScaleDtype,
     ) -> Result<Self> {
         let format = super::output_path::model_format(path, format)?;
+        if format == OutputFormat::Gguf {
+            return Err(QuantError::output_path(
+                path,
+                "GGUF files are written by local `quantize` runs only (not by distributed runs or staged \
+                 units yet); name this output .parquet or .arrow",
+            ));
+        }
         let file = AtomicFile::create(path)?;
         let schema = std::sync::Arc::new(result_schema(scale_dtype));
         let handle = file.handle()?;
@@ -80,7 +87,7 @@ impl ModelWriter {
                         .map_err(|e| parquet_err(path, e))?,
                 )
             }
-            OutputFormat::ArrowIpc => {
+            OutputFormat::ArrowIpc | OutputFormat::Gguf => {
                 Sink::Ipc(FileWriter::try_new(handle, &schema).map_err(|e| parquet_err(path, e))?)
             }
         };

@@ -71,7 +71,7 @@ pub(crate) fn check_target(target: &Path) -> Result<()> {
 }
 
 /// The format a model file at `output` is written in: `explicit` if given, else the one its extension names
-/// (`.parquet` / `.pq`, `.arrow` / `.ipc` / `.feather`), else Parquet. An extension that names another format
+/// (`.parquet` / `.pq`, `.arrow` / `.ipc` / `.feather`, `.gguf`), else Parquet. An extension that names another format
 /// (a given format that disagrees, Arrow IPC streams `.arrows`, `.safetensors`) is an error.
 pub fn model_format(output: &Path, explicit: Option<OutputFormat>) -> Result<OutputFormat> {
     let ext = output
@@ -80,6 +80,7 @@ pub fn model_format(output: &Path, explicit: Option<OutputFormat>) -> Result<Out
     let implied = match ext.as_deref() {
         Some("parquet" | "pq") => Some(OutputFormat::Parquet),
         Some("arrow" | "ipc" | "feather") => Some(OutputFormat::ArrowIpc),
+        Some("gguf") => Some(OutputFormat::Gguf),
         Some("arrows") => {
             return Err(QuantError::output_path(
                 output,
@@ -87,14 +88,11 @@ pub fn model_format(output: &Path, explicit: Option<OutputFormat>) -> Result<Out
                  (Arrow IPC file) or .parquet",
             ))
         }
-        Some("safetensors" | "gguf") => {
+        Some("safetensors") => {
             return Err(QuantError::output_path(
                 output,
-                format!(
-                    "a model file is Parquet or Arrow IPC, not .{}; name the output .parquet or .arrow \
-                     (export writes .safetensors)",
-                    ext.as_deref().unwrap_or_default()
-                ),
+                "a model file is Parquet, Arrow IPC or GGUF, not .safetensors; name the output .parquet, \
+                 .arrow or .gguf (export writes .safetensors)",
             ))
         }
         _ => None,
@@ -122,7 +120,7 @@ pub fn check_export_extension(output: &Path) -> Result<()> {
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     match ext.as_deref() {
-        Some(e @ ("parquet" | "pq" | "arrow" | "arrows" | "ipc" | "feather")) => {
+        Some(e @ ("parquet" | "pq" | "arrow" | "arrows" | "ipc" | "feather" | "gguf")) => {
             Err(QuantError::output_path(
                 output,
                 format!("export writes .safetensors, not .{e}; name the output .safetensors"),
@@ -206,6 +204,7 @@ mod tests {
             OutputFormat::Parquet
         );
         assert_eq!(model_format(p("x"), None).unwrap(), OutputFormat::Parquet);
+        assert_eq!(model_format(p("m-Q4_K_M.GGUF"), None).unwrap(), OutputFormat::Gguf);
         assert_eq!(
             model_format(p("x.bin"), Some(OutputFormat::ArrowIpc)).unwrap(),
             OutputFormat::ArrowIpc
@@ -215,11 +214,13 @@ mod tests {
             ("x.parquet", Some(OutputFormat::ArrowIpc)),
             ("x.arrows", None),
             ("x.safetensors", None),
+            ("x.gguf", Some(OutputFormat::Parquet)),
         ] {
             let e = model_format(p(path), explicit).unwrap_err();
             assert!(matches!(e, QuantError::OutputPath { .. }), "{path}: {e}");
         }
         assert!(check_export_extension(p("x.feather")).is_err());
+        assert!(check_export_extension(p("x.gguf")).is_err());
         assert!(check_export_extension(p("x.safetensors")).is_ok());
     }
 }

@@ -91,9 +91,12 @@ impl LayerReport {
         self.bytes_out = bytes;
     }
 
-    /// True when the layer is stored as integer codes.
+    /// True when the layer is stored as integer codes (an `int*` encoding, or a ggml block type in a GGUF run).
     pub fn is_quantized(&self) -> bool {
-        self.encoding.starts_with("int")
+        !matches!(
+            self.encoding.as_str(),
+            "f16" | "bf16" | "f32" | "raw" | "F16" | "BF16" | "F32" | ""
+        )
     }
 
     /// The layer as JSON (the `layers` entries of [`Report::to_json`]).

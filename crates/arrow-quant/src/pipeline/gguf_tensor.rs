@@ -1,0 +1,217 @@
+//! One tensor of a GGUF run to its ggml blocks: the chosen type, or the next wider one while the quality floor is
+//! missed or a scale would not be finite, part by part (whole ggml rows, a bounded amount of source each) so that
+//! a tensor of any size needs a bounded amount of memory.
+
+use super::chunked::part_bytes;
+use crate::codec::driver::QualitySums;
+use crate::error::{QuantError, Result};
+use crate::gguf::{ggml_row_len, quantize_rows, GgmlType};
+use crate::quantized::Quality;
+use crate::tensor::{TensorData, TensorView};
+use std::ops::Range;
+
+/// The next wider type to try after `ty` for rows of `cols` elements (its block must fit them), or `None` past
+/// F32. The ladder keeps a family where it can (K-quants up the K-quants, block-32 types up the block-32 types),
+/// then Q8_0, F16 and F32.
+pub(crate) fn wider_type(ty: GgmlType, cols: usize) -> Option<GgmlType> {
+    use GgmlType::*;
+    let mut next = ty;
+    loop {
+        next = match next {
+            Q2_K => Q3_K,
+            Q3_K => Q4_K,
+            Q4_K | IQ4_XS => Q5_K,
+            Q5_K => Q6_K,
+            Q4_0 | IQ4_NL => Q5_0,
+            Q4_1 => Q5_1,
+            Q5_0 | Q5_1 | Q6_K => Q8_0,
+            Q8_0 => F16,
+            F16 | BF16 => F32,
+            F32 => return None,
+        };
+        if next.fits_row(cols) {
+            return Some(next);
+        }
+    }
+}
+
+/// How a tensor was stored.
+pub(crate) struct Encoded {
+    /// The type written.
+    pub ty: GgmlType,
+    /// Its quality.
+    pub quality: Quality,
+    /// Why a wider type than the chosen one was written, if one was.
+    pub fallback: Option<String>,
+}
+
+/// The ranges of whole ggml rows (of `cols` elements, `elem_bytes` each in the source) that make the parts of a
+/// tensor of `n` elements.
+fn parts(n: usize, cols: usize, elem_bytes: usize) -> Vec<Range<usize>> {
+    let rows = n.checked_div(cols).unwrap_or(0);
+    let per = (part_bytes() / (cols.max(1) * elem_bytes)).max(1);
+    (0..rows)
+        .step_by(per)
+        .map(|r| r..(r + per).min(rows))
+        .collect()
+}
+
+/// Rows `rows` of `tensor` (ggml rows, along its last axis) as a tensor of their own.
+fn rows_view<'a>(tensor: &TensorView<'a>, shape: &'a [usize], rows: &Range<usize>) -> TensorView<'a> {
+    let cols = ggml_row_len(tensor.shape);
+    let r = rows.start * cols..rows.end * cols;
+    let data = match tensor.data {
+        TensorData::F32(x) => TensorData::F32(&x[r]),
+        TensorData::F16(x) => TensorData::F16(&x[r]),
+        TensorData::BF16(x) => TensorData::BF16(&x[r]),
+    };
+    TensorView {
+        name: tensor.name,
+        shape,
+        data,
+    }
+}
+
+/// Quantizes `tensor` to `first` (or wider, see [`wider_type`]) and hands its bytes to `write` in order: first
+/// the type (`begin`), then the blocks part by part. `importance` has one weight per element of a ggml row.
+/// Below `floor` (cosine) the next wider type is tried, or with `fail_fast` the run stops with a quality error.
+/// A tensor of one part is quantized once; a larger one is measured part by part first and written in a second
+/// pass, so that memory stays bounded.
+pub(crate) fn encode_tensor(
+    tensor: &TensorView<'_>,
+    first: GgmlType,
+    importance: Option<&[f32]>,
+    floor: f64,
+    fail_fast: bool,
+    begin: &mut dyn FnMut(GgmlType) -> Result<()>,
+    write: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<Encoded> {
+    let cols = ggml_row_len(tensor.shape);
+    let ranges = parts(tensor.data.len(), cols, tensor.data.dtype().size());
+    let part_shapes: Vec<Vec<usize>> = ranges
+        .iter()
+        .map(|r| {
+            // ggml rows of a tensor of several axes: the part is [rows, cols]; a 1-D tensor is one row.
+            if tensor.shape.len() < 2 {
+                tensor.shape.to_vec()
+            } else {
+                vec![r.len(), cols]
+            }
+        })
+        .collect();
+    let mut ty = first;
+    let mut fallback: Option<String> = None;
+    loop {
+        let attempt = measure(tensor, ty, importance, &ranges, &part_shapes);
+        let why = match attempt {
+            Ok((sums, single)) => {
+                let quality = sums.quality();
+                if quality.cosine >= floor || ty == GgmlType::F32 {
+                    begin(ty)?;
+                    match single {
+                        Some(bytes) => write(&bytes)?,
+                        None => {
+                            for (r, shape) in ranges.iter().zip(&part_shapes) {
+                                let (bytes, _) =
+                                    quantize_rows(&rows_view(tensor, shape, r), ty, importance)?;
+                                write(&bytes)?;
+                            }
+                        }
+                    }
+                    return Ok(Encoded {
+                        ty,
+                        quality,
+                        fallback,
+                    });
+                }
+                if fail_fast {
+                    return Err(QuantError::Quality {
+                        tensor: tensor.name.to_string(),
+                        problem: format!(
+                            "{} reaches cosine {:.6}, below the floor {floor}; lower the floor, choose a \
+                             wider type, or drop --fail-fast to fall back to one",
+                            ty.name(),
+                            quality.cosine
+                        ),
+                    });
+                }
+                format!("{} cosine {:.4} below the floor {floor}", ty.name(), quality.cosine)
+            }
+            Err(QuantError::Range { problem, .. }) => format!("{}: {problem}", ty.name()),
+            Err(e) => return Err(e),
+        };
+        let Some(next) = wider_type(ty, cols) else {
+            return Err(QuantError::Range {
+                tensor: tensor.name.to_string(),
+                problem: why,
+            });
+        };
+        fallback = Some(match fallback {
+            None => format!("{why}; wrote {}", next.name()),
+            Some(f) => format!("{f}; {why}; wrote {}", next.name()),
+        });
+        ty = next;
+    }
+}
+
+/// The quality sums of `tensor` at `ty` over its parts, and its bytes when it is one part.
+fn measure(
+    tensor: &TensorView<'_>,
+    ty: GgmlType,
+    importance: Option<&[f32]>,
+    ranges: &[Range<usize>],
+    shapes: &[Vec<usize>],
+) -> Result<(QualitySums, Option<Vec<u8>>)> {
+    if ranges.len() <= 1 {
+        let (bytes, sums) = quantize_rows(tensor, ty, importance)?;
+        return Ok((sums, Some(bytes)));
+    }
+    let mut sums = QualitySums::default();
+    for (r, shape) in ranges.iter().zip(shapes) {
+        let (_, s) = quantize_rows(&rows_view(tensor, shape, r), ty, importance)?;
+        sums.add(s);
+    }
+    Ok((sums, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ladder_skips_types_whose_block_does_not_fit() {
+        assert_eq!(wider_type(GgmlType::Q2_K, 256), Some(GgmlType::Q3_K));
+        assert_eq!(wider_type(GgmlType::Q6_K, 256), Some(GgmlType::Q8_0));
+        // rows of 320: no K-quant fits, Q8_0 does
+        assert_eq!(wider_type(GgmlType::Q4_K, 320), Some(GgmlType::Q8_0));
+        assert_eq!(wider_type(GgmlType::Q8_0, 3), Some(GgmlType::F16));
+        assert_eq!(wider_type(GgmlType::F32, 3), None);
+    }
+
+    #[test]
+    fn float16_overflow_falls_back_to_f32_and_says_why() {
+        let x = vec![1.0f32, 2.0e5, 3.0, 4.0];
+        let t = TensorView::new("big", &[2, 2], TensorData::F32(&x)).unwrap();
+        let mut written = Vec::new();
+        let mut types = Vec::new();
+        let e = encode_tensor(
+            &t,
+            GgmlType::F16,
+            None,
+            0.9,
+            false,
+            &mut |ty| {
+                types.push(ty);
+                Ok(())
+            },
+            &mut |b| {
+                written.extend_from_slice(b);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!((e.ty, types), (GgmlType::F32, vec![GgmlType::F32]));
+        assert_eq!(written.len(), 16);
+        assert!(e.fallback.unwrap().contains("F16"));
+    }
+}
