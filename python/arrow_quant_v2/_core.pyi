@@ -43,7 +43,10 @@ __all__ = [
 _GroupSize: TypeAlias = int | Literal["per_channel"]
 _Method: TypeAlias = Literal["auto", "rtn", "mse", "hqq"]
 _Layout: TypeAlias = Literal["auto", "flat", "two_level"]
-_Encoding: TypeAlias = Literal["int8", "int4", "int2", "int8_2l", "int4_2l", "int2_2l"]
+_GgmlBlockType: TypeAlias = Literal[
+    "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"
+]
+_Encoding: TypeAlias = Literal["int8", "int4", "int2", "int8_2l", "int4_2l", "int2_2l"] | _GgmlBlockType
 _ScaleDtype: TypeAlias = Literal["float16", "float32"]
 # Any Arrow producer: an object with __arrow_c_stream__ or __arrow_c_array__ (pyarrow, polars, arro3, nanoarrow).
 _ArrowInput: TypeAlias = Any
@@ -124,6 +127,7 @@ class ArrowQuantV2:
         importance: npt.NDArray[np.float32] | None = None,
         channel_absmax: npt.ArrayLike | None = None,
         layout: _Layout | None = None,
+        encoding: str | None = None,
     ) -> QuantizedTensor: ...
     def quantize_batch(
         self,
@@ -213,7 +217,7 @@ class DiffusionQuantConfig:
         keep_patterns: list[str] | None = None,
         unclipped_patterns: list[str] | None = None,
         keep_first_last: bool | None = None,
-        format: Literal["parquet", "arrow"] | None = None,
+        format: Literal["parquet", "arrow", "gguf"] | None = None,
         calibration_path: str | PathLike[str] | None = None,
         enable_time_aware: bool | None = None,
         num_time_groups: int | None = None,
@@ -224,6 +228,9 @@ class DiffusionQuantConfig:
         enable_spatial: bool | None = None,
         target_bits_per_weight: float | None = None,
         auto_mixed_precision: bool | None = None,
+        gguf_type: str | None = None,
+        tensor_types: list[str] | None = None,
+        gguf_arch: str | None = None,
     ) -> DiffusionQuantConfig: ...
     @staticmethod
     def from_profile(name: Literal["edge", "local", "cloud"], **overrides: Any) -> DiffusionQuantConfig: ...
@@ -254,7 +261,7 @@ class DiffusionQuantConfig:
     @property
     def keep_first_last(self) -> bool: ...
     @property
-    def format(self) -> Literal["parquet", "arrow"] | None: ...
+    def format(self) -> Literal["parquet", "arrow", "gguf"] | None: ...
     @property
     def calibration_path(self) -> Path | None: ...
     @property
@@ -275,6 +282,12 @@ class DiffusionQuantConfig:
     def target_bits_per_weight(self) -> float | None: ...
     @property
     def auto_mixed_precision(self) -> bool: ...
+    @property
+    def gguf_type(self) -> str | None: ...
+    @property
+    def tensor_types(self) -> list[str]: ...
+    @property
+    def gguf_arch(self) -> str | None: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 @final

@@ -66,6 +66,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
             floor,
             fail_fast,
             format,
+            gguf_type,
+            tensor_type,
+            arch,
             json,
             quiet,
             diffusion,
@@ -77,6 +80,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
             }
             config.fail_fast = fail_fast;
             config.format = format.as_deref().map(OutputFormat::parse).transpose()?;
+            config.gguf_type = gguf_type;
+            config.tensor_types = tensor_type;
+            config.gguf_arch = arch;
             apply_diffusion(&mut config, diffusion)?;
             let reporter = Reporter::new(quiet || json);
             let cancel = AtomicBool::new(false);

@@ -43,10 +43,22 @@ enum Command {
         /// Stop with exit code 1 when a layer misses the floor instead of falling back to more bits
         #[arg(long)]
         fail_fast: bool,
-        /// Output format: parquet or arrow (Arrow IPC file). Unset: from the output's extension (.arrow, .ipc:
-        /// arrow; otherwise parquet); a format that contradicts the extension is an error
+        /// Output format: parquet, arrow (Arrow IPC file) or gguf. Unset: from the output's extension (.arrow,
+        /// .ipc: arrow; .gguf: gguf; otherwise parquet); a format that contradicts the extension is an error
         #[arg(long)]
         format: Option<String>,
+        /// GGUF output: the type preset, e.g. Q4_K_M (the default), Q8_0, Q6_K, Q5_K_M, Q4_0, Q3_K_M, Q2_K, IQ4_XS
+        /// (docs/GGUF.md lists them all)
+        #[arg(long = "type", value_name = "TYPE")]
+        gguf_type: Option<String>,
+        /// GGUF output: REGEX=TYPE gives the tensors whose name matches REGEX that type (repeatable; the first
+        /// match wins)
+        #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
+        tensor_type: Vec<String>,
+        /// GGUF output: the general.architecture to write (flux, sd1, sdxl, sd3, wan, ...) instead of the one
+        /// detected from the tensor names
+        #[arg(long)]
+        arch: Option<String>,
         /// Print the report as JSON instead of a table
         #[arg(long)]
         json: bool,

@@ -31,7 +31,8 @@ impl PyDiffusionQuantConfig {
                         enable_time_aware = None, num_time_groups = None, time_grouping = None,
                         activation_bits = None, boundary_smoothing = None, smoothing_window = None,
                         enable_spatial = None, target_bits_per_weight = None,
-                        auto_mixed_precision = None))]
+                        auto_mixed_precision = None, gguf_type = None, tensor_types = None,
+                        gguf_arch = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         profile: Option<&str>,
@@ -58,6 +59,9 @@ impl PyDiffusionQuantConfig {
         enable_spatial: Option<bool>,
         target_bits_per_weight: Option<f64>,
         auto_mixed_precision: Option<bool>,
+        gguf_type: Option<String>,
+        tensor_types: Option<Vec<String>>,
+        gguf_arch: Option<String>,
     ) -> Result<Self> {
         // The settings start from a profile ("local" unless named), and record it, as the CLI does.
         let mut inner = PipelineConfig::profile(profile.unwrap_or("local"))?;
@@ -122,6 +126,9 @@ impl PyDiffusionQuantConfig {
         if let Some(a) = auto_mixed_precision {
             inner.auto_mixed_precision = a;
         }
+        inner.gguf_type = gguf_type;
+        inner.tensor_types = tensor_types.unwrap_or_default();
+        inner.gguf_arch = gguf_arch;
         inner.validate()?;
         Ok(Self { inner })
     }
@@ -290,6 +297,24 @@ impl PyDiffusionQuantConfig {
     #[getter]
     fn auto_mixed_precision(&self) -> bool {
         self.inner.auto_mixed_precision
+    }
+
+    /// GGUF output: the type preset ("Q4_K_M", "Q8_0", ...), or None for the default (Q4_K_M).
+    #[getter]
+    fn gguf_type(&self) -> Option<String> {
+        self.inner.gguf_type.clone()
+    }
+
+    /// GGUF output: "REGEX=TYPE" overrides of the preset's type, first match wins.
+    #[getter]
+    fn tensor_types(&self) -> Vec<String> {
+        self.inner.tensor_types.clone()
+    }
+
+    /// GGUF output: the general.architecture to write, or None to detect it from the tensor names.
+    #[getter]
+    fn gguf_arch(&self) -> Option<String> {
+        self.inner.gguf_arch.clone()
     }
 
     /// The settings as a dict (as stored in the model file).

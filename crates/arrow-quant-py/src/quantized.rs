@@ -224,7 +224,7 @@ impl PyQuantizedTensor {
     /// Bits per code (2, 4 or 8).
     #[getter]
     fn bits(&self) -> u32 {
-        self.encoding.bits().bits()
+        u32::from(self.encoding.code_bits())
     }
 
     /// Elements per group, or "per_channel" (a two-level tensor's sub-block length).

@@ -18,6 +18,7 @@ use arrow_quant::arrow::{
 };
 use arrow_quant::diffusion::calibration::Calibration;
 use arrow_quant::diffusion::channel_scaling::quantize_channel_scaled;
+use arrow_quant::gguf::GgmlType;
 use arrow_quant::pipeline::Report;
 use arrow_quant::{quantize_batch, OnError, QuantConfig, QuantError, QuantizedTensor, TensorView};
 use pyo3::prelude::*;
@@ -285,9 +286,14 @@ impl ArrowQuantV2 {
     /// on activation-aware channel scaling: columns are scaled by `a^alpha` (alpha searched on 0, 0.1, ..., 1.0
     /// to minimise the activation-weighted error), the scales are stored in `channel_scales` and undone by
     /// `dequantize`. It replaces `importance` (which it derives), so the two cannot be combined.
+    /// `encoding` names a ggml block type of GGUF files ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K" ...
+    /// "Q6_K", "IQ4_NL", "IQ4_XS", case-insensitive): `data` is then exactly that type's blocks, row by row along
+    /// the last axis (which must be a whole number of its blocks). The type fixes width, layout and search, so
+    /// `bit_width` (other than the default), `layout`, `group_size`, `symmetric`, `scale_dtype`, `method` (other
+    /// than "auto") and `channel_absmax` cannot be combined with it; `importance` can.
     #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = None, method = "auto",
                         scale_dtype = None, name = "weights", importance = None,
-                        channel_absmax = None, layout = None))]
+                        channel_absmax = None, layout = None, encoding = None))]
     #[allow(clippy::too_many_arguments)]
     fn quantize<'py>(
         &self,
@@ -302,7 +308,37 @@ impl ArrowQuantV2 {
         importance: Option<&Bound<'py, PyAny>>,
         channel_absmax: Option<&Bound<'py, PyAny>>,
         layout: Option<&str>,
+        encoding: Option<&str>,
     ) -> Result<PyQuantizedTensor> {
+        if let Some(encoding) = encoding {
+            let ty: GgmlType = encoding.parse()?;
+            let given = [
+                (bit_width != 4, "bit_width"),
+                (layout.is_some(), "layout"),
+                (group_size.is_some(), "group_size"),
+                (symmetric.is_some(), "symmetric"),
+                (scale_dtype.is_some(), "scale_dtype"),
+                (method != "auto", "method"),
+                (channel_absmax.is_some(), "channel_absmax"),
+            ];
+            if let Some((_, option)) = given.iter().find(|(g, _)| *g) {
+                return Err(QuantError::config(
+                    option,
+                    format!("given together with encoding={encoding:?}"),
+                    format!("no {option}: a ggml type fixes its own width, layout and search"),
+                )
+                .into());
+            }
+            let layer = LayerInput::from_py(name.to_string(), weights)?;
+            let view = layer.view()?;
+            let importance = importance.map(|i| read_importance(name, i)).transpose()?;
+            let importance = importance
+                .as_ref()
+                .map(|a| a.as_slice().map_err(|e| schema(name, e)))
+                .transpose()?;
+            let q = without_gil(py, || arrow_quant::quantize_ggml(&view, ty, importance))?;
+            return Ok(PyQuantizedTensor::from_core(py, q));
+        }
         let config = Overrides::new(
             Some(bit_width),
             layout,

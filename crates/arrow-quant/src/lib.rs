@@ -48,7 +48,7 @@ pub use config::{
 pub use dequantize::DequantOutput;
 pub use error::{QuantError, Result};
 pub use packing::{pack_codes, unpack_codes};
-pub use quantize::{quantize_tensor, quantize_tensor_with};
+pub use quantize::{quantize_ggml, quantize_tensor, quantize_tensor_with};
 pub use quantized::{
     channel_geometry, FlatParams, ParamBuffer, ParamSlice, Payload, PayloadRef, Quality,
     QuantizedTensor, QuantizedView,

@@ -34,6 +34,40 @@ pub fn quantize_tensor_with(
     Ok(q)
 }
 
+/// Quantizes one tensor to the ggml block type `ty` (`Q4_K`, `IQ4_XS`, ...): the result's `data` is exactly that
+/// type's blocks, row by row along the tensor's last axis, as a GGUF file stores them. `importance` (one value
+/// per column of the 2-D view, like [`quantize_tensor_with`]) weights the parameter search.
+///
+/// Errors: a float type (F32 / F16 / BF16 are not quantized), rows that are not a whole number of the type's
+/// blocks ([`crate::QuantError::Schema`]), non-finite elements, a scale beyond float16
+/// ([`crate::QuantError::Range`]).
+pub fn quantize_ggml(
+    tensor: &TensorView<'_>,
+    ty: crate::gguf::GgmlType,
+    importance: Option<&[f32]>,
+) -> Result<QuantizedTensor> {
+    let Some(encoding) = crate::codec::Encoding::ggml(ty) else {
+        return Err(crate::QuantError::config(
+            "encoding",
+            ty.name(),
+            "a ggml block type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K ... Q6_K, IQ4_NL, IQ4_XS); F32 / F16 / BF16 \
+             are not quantized",
+        ));
+    };
+    let cols = tensor.rows_cols().1;
+    let parts = Parts {
+        tensor,
+        plan: Plan {
+            encoding,
+            flat: crate::config::FlatLayout::default(),
+            method: crate::config::Method::Auto,
+        },
+        weights: ChannelWeights::new(tensor.name, importance, cols)?,
+    };
+    let (q, _) = parts.quantize(0..tensor.rows_cols().0)?;
+    Ok(q)
+}
+
 /// One tensor quantized part by part: each part a run of whole rows of the 2-D view, quantized on its own to
 /// exactly the codes, parameters and quality sums the whole tensor has in those rows (the streaming path of
 /// large tensors, `pipeline::chunked`).
@@ -99,6 +133,15 @@ mod tests {
         granules_per_part: usize,
     ) -> (QuantizedTensor, usize) {
         let parts = Parts::new(tensor, config, importance).unwrap();
+        join_parts(tensor, &parts, granules_per_part)
+    }
+
+    /// Quantizes `tensor` through `parts` in parts of `granules_per_part` granules and joins their buffers.
+    fn join_parts(
+        tensor: &TensorView<'_>,
+        parts: &Parts<'_, '_>,
+        granules_per_part: usize,
+    ) -> (QuantizedTensor, usize) {
         let rows = tensor.rows_cols().0;
         let per = parts.granule() * granules_per_part;
         let mut sums = QualitySums::default();
@@ -200,6 +243,34 @@ mod tests {
                         "{shape:?} {config:?} importance {}",
                         imp.is_some()
                     );
+                }
+            }
+        }
+        // The ggml block types, on the shapes whose rows (last axis) fit their blocks.
+        for &ty in &crate::codec::ggml::BLOCK_TYPES {
+            for shape in [[600usize, 256], [40, 32 * 40]] {
+                if !ty.fits_row(shape[1]) {
+                    continue;
+                }
+                let n = shape[0] * shape[1];
+                let w: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+                let view = TensorView::new("g", &shape, TensorData::F32(&w)).unwrap();
+                let importance: Vec<f32> = (0..shape[1]).map(|c| 0.5 + (c % 7) as f32).collect();
+                for imp in [None, Some(importance.as_slice())] {
+                    let whole = quantize_ggml(&view, ty, imp).unwrap();
+                    encodings.insert(whole.encoding);
+                    let parts = Parts {
+                        tensor: &view,
+                        plan: Plan {
+                            encoding: whole.encoding,
+                            flat: FlatLayout::default(),
+                            method: Method::Auto,
+                        },
+                        weights: ChannelWeights::new("g", imp, shape[1]).unwrap(),
+                    };
+                    let (joined, count) = join_parts(&view, &parts, 1);
+                    assert!(count > 1, "{ty}: one part only");
+                    assert_eq!(joined, whole, "{ty} {shape:?}");
                 }
             }
         }

@@ -68,7 +68,7 @@ impl RowEncoding {
 
     fn bits(&self) -> u8 {
         match self {
-            Self::Quantized { encoding, .. } => encoding.bits().bits() as u8,
+            Self::Quantized { encoding, .. } => encoding.code_bits(),
             Self::Plain { bits, .. } => *bits,
         }
     }

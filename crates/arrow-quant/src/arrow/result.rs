@@ -467,7 +467,7 @@ impl<'a> Columns<'a> {
             QuantError::column(col::ENCODING, format!("tensor '{name}': {e}"))
         })?;
         let bits = self.bits.value(r);
-        if u32::from(bits) != encoding.bits().bits() {
+        if bits != encoding.code_bits() {
             return Err(QuantError::column(
                 col::BITS,
                 format!("tensor '{name}': {bits} bits does not match encoding {encoding_name:?}"),

@@ -2,17 +2,20 @@
 //! the [`Codec`] that quantizes, validates and dequantizes it.
 //!
 //! Families live in their own folders: [`flat`] (one scale and zero point per group of a row, searched by `rtn`,
-//! `mse` or `hqq`) and [`two_level`] (super-blocks of quantized sub-block scales and minima). The parallel chunk
+//! `mse` or `hqq`) and [`two_level`] (super-blocks of quantized sub-block scales and minima); the ggml block types
+//! of GGUF files are encodings too ([`ggml`], over the block codecs of `crate::gguf`). The parallel chunk
 //! loop they share is [`driver`]. Adding an encoding: a variant of [`Encoding`], its row in [`TABLE`], and a
 //! codec file implementing [`Codec`] (see docs/ARCHITECTURE.md).
 
 pub(crate) mod driver;
 pub(crate) mod flat;
+pub(crate) mod ggml;
 pub(crate) mod two_level;
 
 use crate::codec::driver::QualitySums;
 use crate::config::{BitWidth, FlatLayout, Layout, Method, QuantConfig};
 use crate::error::{QuantError, Result};
+use crate::gguf::GgmlType;
 use crate::importance::ChannelWeights;
 use crate::quantized::{QuantizedTensor, QuantizedView};
 use crate::tensor::TensorView;
@@ -35,6 +38,9 @@ pub enum Encoding {
     Int4TwoLevel,
     /// Two-level 2-bit: 16-element sub-blocks with 4-bit scales and minima in 256-element super-blocks.
     Int2TwoLevel,
+    /// A ggml block type (`Q8_0` ... `IQ4_XS`, not the float types): `data` holds llama.cpp's blocks of every
+    /// ggml row (the last axis) in order, codes and parameters together; `params` is empty.
+    Ggml(GgmlType),
 }
 
 /// How an encoding keeps its parameters.
@@ -52,8 +58,10 @@ pub struct EncodingInfo {
     pub encoding: Encoding,
     /// Name in files and reports.
     pub name: &'static str,
-    /// Code width.
+    /// Code width of the fallback ladder and planner (a ggml type's nearest of 2 / 4 / 8 at or above its codes).
     pub bits: BitWidth,
+    /// Bits of each element's code (`bits` for the native encodings; 3, 5 or 6 for some ggml types).
+    pub code_bits: u8,
     /// Where the parameters live.
     pub family: Family,
     /// Elements sharing one scale: the sub-block length of a block encoding, 0 for flat (set per tensor).
@@ -73,15 +81,46 @@ const TWO_LEVEL8: two_level::TwoLevelCodec = two_level::TwoLevelCodec::new(BitWi
 const TWO_LEVEL4: two_level::TwoLevelCodec = two_level::TwoLevelCodec::new(BitWidth::Int4);
 const TWO_LEVEL2: two_level::TwoLevelCodec = two_level::TwoLevelCodec::new(BitWidth::Int2);
 
-/// Every encoding, in the order of [`Encoding`]'s variants.
-pub static TABLE: [EncodingInfo; 6] = [
+/// Rows of [`TABLE`] before the ggml block types.
+const NATIVE_ROWS: usize = 6;
+
+/// Every encoding, in the order of [`Encoding`]'s variants (the ggml block types in [`GgmlType`]'s order).
+pub static TABLE: [EncodingInfo; NATIVE_ROWS + ggml::BLOCK_TYPES.len()] = [
     flat_row(Encoding::Int8, "int8", BitWidth::Int8, &FLAT8),
     flat_row(Encoding::Int4, "int4", BitWidth::Int4, &FLAT4),
     flat_row(Encoding::Int2, "int2", BitWidth::Int2, &FLAT2),
     two_level_row(Encoding::Int8TwoLevel, "int8_2l", &TWO_LEVEL8, 8.5),
     two_level_row(Encoding::Int4TwoLevel, "int4_2l", &TWO_LEVEL4, 4.5),
     two_level_row(Encoding::Int2TwoLevel, "int2_2l", &TWO_LEVEL2, 2.625),
+    ggml_row(&ggml::CODECS[0]),
+    ggml_row(&ggml::CODECS[1]),
+    ggml_row(&ggml::CODECS[2]),
+    ggml_row(&ggml::CODECS[3]),
+    ggml_row(&ggml::CODECS[4]),
+    ggml_row(&ggml::CODECS[5]),
+    ggml_row(&ggml::CODECS[6]),
+    ggml_row(&ggml::CODECS[7]),
+    ggml_row(&ggml::CODECS[8]),
+    ggml_row(&ggml::CODECS[9]),
+    ggml_row(&ggml::CODECS[10]),
+    ggml_row(&ggml::CODECS[11]),
 ];
+
+const fn ggml_row(codec: &'static ggml::GgmlCodec) -> EncodingInfo {
+    let ty = codec.ty;
+    let info = ty.const_info();
+    EncodingInfo {
+        encoding: Encoding::Ggml(ty),
+        name: info.name,
+        bits: ggml::nominal_width(ty),
+        code_bits: ty.code_bits(),
+        family: Family::Blocks,
+        block_len: info.block_len,
+        record_len: info.block_len,
+        bits_per_weight: Some((info.block_bytes * 8) as f64 / info.block_len as f64),
+        codec,
+    }
+}
 
 const fn flat_row(
     encoding: Encoding,
@@ -93,6 +132,7 @@ const fn flat_row(
         encoding,
         name,
         bits,
+        code_bits: bits.bits() as u8,
         family: Family::Flat,
         block_len: 0,
         record_len: 0,
@@ -111,6 +151,7 @@ const fn two_level_row(
         encoding,
         name,
         bits: codec.spec.bits,
+        code_bits: codec.spec.bits.bits() as u8,
         family: Family::Blocks,
         block_len: codec.spec.sub_len,
         record_len: two_level::SUPER_BLOCK,
@@ -122,7 +163,34 @@ const fn two_level_row(
 impl Encoding {
     /// Its row of [`TABLE`].
     pub fn info(self) -> &'static EncodingInfo {
-        &TABLE[self as usize]
+        let row = match self {
+            Self::Int8 => 0,
+            Self::Int4 => 1,
+            Self::Int2 => 2,
+            Self::Int8TwoLevel => 3,
+            Self::Int4TwoLevel => 4,
+            Self::Int2TwoLevel => 5,
+            Self::Ggml(ty) => NATIVE_ROWS + ggml::index(ty).unwrap_or(0),
+        };
+        &TABLE[row]
+    }
+
+    /// The encoding of a ggml block type (`None` for F32 / F16 / BF16, which are not quantized).
+    pub fn ggml(ty: GgmlType) -> Option<Self> {
+        ggml::index(ty).map(|_| Self::Ggml(ty))
+    }
+
+    /// The ggml type of a ggml encoding.
+    pub fn ggml_type(self) -> Option<GgmlType> {
+        match self {
+            Self::Ggml(ty) => Some(ty),
+            _ => None,
+        }
+    }
+
+    /// Bits of each element's code.
+    pub fn code_bits(self) -> u8 {
+        self.info().code_bits
     }
 
     /// Name in files and reports (`int4`, `int4_2l`, ...).
@@ -310,10 +378,14 @@ mod tests {
     #[test]
     fn the_table_is_in_variant_order_and_names_parse_back() {
         for (i, row) in TABLE.iter().enumerate() {
-            assert_eq!(row.encoding as usize, i);
+            assert!(std::ptr::eq(row.encoding.info(), row), "row {i}");
             assert_eq!(row.name.parse::<Encoding>().unwrap(), row.encoding);
             assert_eq!(row.encoding.to_string(), row.name);
         }
+        assert_eq!("Q4_K".parse::<Encoding>().unwrap(), Encoding::Ggml(GgmlType::Q4_K));
+        assert_eq!(Encoding::ggml(GgmlType::F16), None);
+        assert_eq!(Encoding::Ggml(GgmlType::Q6_K).code_bits(), 6);
+        assert_eq!(Encoding::Ggml(GgmlType::Q6_K).bits(), BitWidth::Int8);
         assert!("q4_k".parse::<Encoding>().is_err());
     }
 

@@ -97,6 +97,11 @@ impl GgmlType {
         &GGML_TYPES[self as usize]
     }
 
+    /// Its row, in a `const` context.
+    pub const fn const_info(self) -> &'static GgmlTypeInfo {
+        &GGML_TYPES[self as usize]
+    }
+
     /// Name as llama.cpp spells it.
     pub fn name(self) -> &'static str {
         self.info().name
@@ -124,7 +129,7 @@ impl GgmlType {
     }
 
     /// Bits of each element's code (or value, for the float types).
-    pub fn code_bits(self) -> u8 {
+    pub const fn code_bits(self) -> u8 {
         match self {
             Self::F32 => 32,
             Self::F16 | Self::BF16 => 16,

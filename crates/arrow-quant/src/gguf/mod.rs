@@ -10,4 +10,5 @@ pub mod ggml_type;
 mod rows;
 
 pub use ggml_type::{GgmlType, GgmlTypeInfo, GGML_TYPES};
-pub use rows::{dequantize_rows, ggml_row_len, quantize_rows, unfit_reason};
+pub(crate) use rows::{quantize_rows_with, RowWeights};
+pub use rows::{dequantize_rows, ggml_row_len, quantize_rows, sum_granule_rows, unfit_reason};

@@ -1,10 +1,11 @@
 //! One tensor to and from a ggml type's blocks: ggml rows are the last axis of the tensor (its `ne0`), quantized
 //! in parallel, each row's quality sums added up in row order (so the figures do not depend on the threads).
 
-use crate::codec::driver::QualitySums;
+use crate::codec::driver::{QualitySums, CHUNK_ELEMENTS};
 use crate::error::{QuantError, Result};
 use crate::gguf::blocks::block_codec;
 use crate::gguf::GgmlType;
+use crate::importance::ChannelWeights;
 use crate::tensor::{TensorData, TensorView};
 use rayon::prelude::*;
 
@@ -25,6 +26,24 @@ pub fn unfit_reason(ty: GgmlType, shape: &[usize]) -> Option<String> {
     })
 }
 
+/// Where the importance of each element of a ggml row comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum RowWeights<'a> {
+    /// Unit weights.
+    None,
+    /// One weight per element of a ggml row, the same for every row.
+    Row(&'a [f32]),
+    /// Normalised weights per column of the tensor's 2-D view (all axes but the first): a ggml row takes the
+    /// columns it lies in.
+    Columns(&'a ChannelWeights),
+}
+
+/// Rows of one sum granule: each granule's quality sums are added row by row, then the granules' in order, so
+/// that parts made of whole granules add up to a whole-tensor run's sums.
+pub fn sum_granule_rows(cols: usize) -> usize {
+    (CHUNK_ELEMENTS / cols.max(1)).max(1)
+}
+
 /// Quantizes `tensor` to `ty`'s blocks, row by row along its last axis, weighting each row's search by
 /// `importance` (one weight per element of a row) when given. Returns the blocks of all rows in order and the
 /// quality sums of the reconstruction.
@@ -34,15 +53,6 @@ pub fn quantize_rows(
     importance: Option<&[f32]>,
 ) -> Result<(Vec<u8>, QualitySums)> {
     let cols = ggml_row_len(tensor.shape);
-    if let Some(reason) = unfit_reason(ty, tensor.shape) {
-        return Err(QuantError::schema(
-            tensor.name,
-            format!(
-                "cannot be {}: {reason}; choose a type whose block fits",
-                ty.name()
-            ),
-        ));
-    }
     if let Some(w) = importance {
         if w.len() != cols {
             return Err(QuantError::schema(
@@ -56,54 +66,81 @@ pub fn quantize_rows(
         if let Some(i) = w.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
             return Err(QuantError::schema(
                 tensor.name,
-                format!(
-                    "importance weight {i} is {}; weights must be finite and >= 0",
-                    w[i]
-                ),
+                format!("importance weight {i} is {}; weights must be finite and >= 0", w[i]),
             ));
         }
     }
-    let codec = block_codec(ty)
-        .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?;
+    let weights = importance.map_or(RowWeights::None, RowWeights::Row);
+    quantize_rows_with(tensor, ty, weights)
+}
+
+/// [`quantize_rows`] with the weights given as [`RowWeights`].
+pub(crate) fn quantize_rows_with(
+    tensor: &TensorView<'_>,
+    ty: GgmlType,
+    weights: RowWeights<'_>,
+) -> Result<(Vec<u8>, QualitySums)> {
+    let cols = ggml_row_len(tensor.shape);
+    if let Some(reason) = unfit_reason(ty, tensor.shape) {
+        return Err(QuantError::schema(
+            tensor.name,
+            format!("cannot be {}: {reason}; choose a type whose block fits", ty.name()),
+        ));
+    }
+    let codec = block_codec(ty).ok_or_else(|| {
+        QuantError::config("GGUF tensor type", ty.name(), "a type with a codec")
+    })?;
+    let view_cols = tensor.rows_cols().1.max(1);
     let row_bytes = ty.row_bytes(cols).unwrap_or(0);
     let n = tensor.data.len();
     let rows = n.checked_div(cols).unwrap_or(0);
+    let granule = sum_granule_rows(cols);
     let mut out = vec![0u8; rows * row_bytes];
-    let per_row: Vec<std::result::Result<QualitySums, QuantError>> = out
-        .par_chunks_mut(row_bytes.max(1))
+    let per_granule: Vec<std::result::Result<QualitySums, QuantError>> = out
+        .par_chunks_mut((granule * row_bytes).max(1))
         .enumerate()
         .map_init(
             || (vec![0f32; cols], vec![0f32; cols]),
-            |(x, back), (r, blocks)| {
-                let start = r * cols;
-                match tensor.data {
-                    TensorData::F32(all) => x.copy_from_slice(&all[start..start + cols]),
-                    _ => tensor.data.copy_to_f32(start, x),
-                }
-                if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                    return Err(QuantError::NonFinite {
-                        tensor: tensor.name.to_string(),
-                        index: start + i,
-                        value: x[i].to_string(),
-                    });
-                }
-                codec.quantize_row(x, importance, blocks).map_err(|e| {
-                    QuantError::Range {
-                        tensor: tensor.name.to_string(),
-                        problem: format!(
-                            "row {r}, block {}: a {} scale would not be finite; use a wider type or F32",
-                            e.block,
-                            ty.name()
-                        ),
+            |(x, back), (g, blocks)| {
+                let mut sums = QualitySums::default();
+                for (k, row_blocks) in blocks.chunks_mut(row_bytes.max(1)).enumerate() {
+                    let r = g * granule + k;
+                    let start = r * cols;
+                    match tensor.data {
+                        TensorData::F32(all) => x.copy_from_slice(&all[start..start + cols]),
+                        _ => tensor.data.copy_to_f32(start, x),
                     }
-                })?;
-                codec.dequantize_row(blocks, back);
-                Ok(QualitySums::of(x, back))
+                    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                        return Err(QuantError::NonFinite {
+                            tensor: tensor.name.to_string(),
+                            index: start + i,
+                            value: x[i].to_string(),
+                        });
+                    }
+                    let importance = match weights {
+                        RowWeights::None => None,
+                        RowWeights::Row(w) => Some(w),
+                        RowWeights::Columns(w) => w.slice(start % view_cols, cols),
+                    };
+                    codec.quantize_row(x, importance, row_blocks).map_err(|e| {
+                        QuantError::Range {
+                            tensor: tensor.name.to_string(),
+                            problem: format!(
+                                "row {r}, block {}: a {} scale would not be finite; use a wider type or F32",
+                                e.block,
+                                ty.name()
+                            ),
+                        }
+                    })?;
+                    codec.dequantize_row(row_blocks, back);
+                    sums.add_pairs(x, back);
+                }
+                Ok(sums)
             },
         )
         .collect();
     let mut sums = QualitySums::default();
-    for s in per_row {
+    for s in per_granule {
         sums.add(s?);
     }
     Ok((out, sums))

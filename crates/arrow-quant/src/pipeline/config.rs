@@ -121,7 +121,16 @@ pub struct PipelineConfig {
     /// with the bits moved to the layers whose error costs the most (docs/DIFFUSION.md, "Mixed precision").
     /// `false`: every layer at `quant.bits` (the fallback chain still applies).
     pub auto_mixed_precision: bool,
+    /// GGUF output only: the type preset (`Q4_K_M`, `Q8_0`, `IQ4_XS`, ...; `None`: [`DEFAULT_GGUF_TYPE`]).
+    pub gguf_type: Option<String>,
+    /// GGUF output only: `REGEX=TYPE` overrides of the preset's type per tensor name, first match wins.
+    pub tensor_types: Vec<String>,
+    /// GGUF output only: the `general.architecture` to write instead of the one detected from tensor names.
+    pub gguf_arch: Option<String>,
 }
+
+/// The type preset of a GGUF run that names none.
+pub const DEFAULT_GGUF_TYPE: &str = "Q4_K_M";
 
 /// The bits per weight over the quantized layers that the automatic INT4 plan spends: the size of the uniform
 /// INT4 layouts it replaces (`int4_2l` and symmetric flat groups of 32 both store 4.5).
@@ -194,6 +203,9 @@ impl PipelineConfig {
             enable_spatial: true,
             target_bits_per_weight: None,
             auto_mixed_precision: true,
+            gguf_type: None,
+            tensor_types: Vec::new(),
+            gguf_arch: None,
         })
     }
 
@@ -300,6 +312,21 @@ impl PipelineConfig {
     /// unset (an error when they contradict), so the stored config says what was written.
     pub fn for_output(&self, output: &std::path::Path) -> Result<Self> {
         let format = super::output_path::model_format(output, self.format)?;
+        let gguf_option = [
+            self.gguf_type.as_ref().map(|_| "gguf_type (--type)"),
+            (!self.tensor_types.is_empty()).then_some("tensor_types (--tensor-type)"),
+            self.gguf_arch.as_ref().map(|_| "gguf_arch (--arch)"),
+        ]
+        .into_iter()
+        .flatten()
+        .next();
+        if let (Some(option), false) = (gguf_option, format == OutputFormat::Gguf) {
+            return Err(QuantError::config(
+                "output",
+                format!("a {} file with {option} set", format.name()),
+                format!("a .gguf output: {option} applies to GGUF files only; name the output .gguf or drop it"),
+            ));
+        }
         Ok(Self {
             format: Some(format),
             ..self.clone()
@@ -329,6 +356,11 @@ impl PipelineConfig {
             "target_bits_per_weight": self.target_bits_per_weight,
             "auto_mixed_precision": self.auto_mixed_precision,
         });
+        if self.format == Some(OutputFormat::Gguf) {
+            v["gguf_type"] = self.gguf_type.as_deref().unwrap_or(DEFAULT_GGUF_TYPE).into();
+            v["tensor_types"] = self.tensor_types.clone().into();
+            v["gguf_arch"] = self.gguf_arch.clone().into();
+        }
         if let (Some(v), serde_json::Value::Object(quant)) =
             (v.as_object_mut(), self.quant.to_json())
         {

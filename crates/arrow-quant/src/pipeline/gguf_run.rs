@@ -7,7 +7,7 @@ use super::config::PipelineConfig;
 use super::gguf_tensor::encode_tensor;
 use super::policy::{decide, Decision};
 use super::report::{LayerReport, Report};
-use super::run::{check_run_output, Progress};
+use super::run::Progress;
 use super::units::CalibratedLayers;
 use crate::checkpoint::{float_values, Checkpoint, TensorEntry};
 use crate::diffusion::calibration::Calibration;
@@ -45,17 +45,17 @@ struct Planned<'c> {
 }
 
 /// Quantizes the checkpoint at `input` into the GGUF file `output` (see [`super::quantize_model`]).
+/// The checkpoint is open and the output checked (`run::quantize_model_with`); `start` is when the run began.
 pub(crate) fn quantize_model_gguf(
-    input: &Path,
+    checkpoint: &Checkpoint,
     output: &Path,
     config: &PipelineConfig,
     calibration: Option<&Calibration>,
     cancel: &AtomicBool,
     on_progress: &(dyn Fn(Progress) + Sync),
+    start: Instant,
 ) -> Result<Report> {
-    let start = Instant::now();
-    let checkpoint = Checkpoint::open(input)?;
-    check_run_output(output, &checkpoint, config.calibration_path.as_deref(), &[])?;
+    let input = checkpoint.path.as_path();
     let tensors: Vec<_> = checkpoint.tensors().collect();
     let entries: Vec<&TensorEntry> = tensors.iter().map(|(_, e)| *e).collect();
     let decisions = decide(config, &entries);

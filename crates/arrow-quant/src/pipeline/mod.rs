@@ -7,6 +7,8 @@ pub(crate) mod atomic_file;
 mod chunked;
 mod config;
 mod entry;
+mod gguf_run;
+mod gguf_tensor;
 mod layer_quant;
 mod model_file;
 mod output_path;
@@ -23,7 +25,7 @@ mod writer;
 
 pub use chunked::{PART_BYTES, TEST_PART_BYTES_VAR};
 pub use config::{
-    Budget, OutputFormat, PipelineConfig, AUTO_PLAN_BITS_PER_WEIGHT, DEFAULT_KEEP_PATTERNS,
+    Budget, OutputFormat, PipelineConfig, AUTO_PLAN_BITS_PER_WEIGHT, DEFAULT_GGUF_TYPE, DEFAULT_KEEP_PATTERNS,
     DEFAULT_UNCLIPPED_PATTERNS,
 };
 pub use model_file::{ModelFile, ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY, TENSORS_KEY};

@@ -72,7 +72,7 @@ impl LayerReport {
 
     pub(crate) fn set_quantized(&mut self, q: &QuantizedTensor) {
         self.encoding = q.encoding_name().to_string();
-        self.bits = q.encoding.bits().bits() as u8;
+        self.bits = q.encoding.code_bits();
         self.bits_per_weight = q.bits_per_weight();
         self.quality = q.quality;
         self.bytes_out = q.nbytes();

@@ -87,6 +87,17 @@ pub fn quantize_model_with(
     let checkpoint = Checkpoint::open(input)?;
     check_run_output(output, &checkpoint, config.calibration_path.as_deref(), &[])?;
     let config = &config.for_output(output)?;
+    if config.format == Some(super::config::OutputFormat::Gguf) {
+        return super::gguf_run::quantize_model_gguf(
+            &checkpoint,
+            output,
+            config,
+            calibration,
+            cancel,
+            on_progress,
+            start,
+        );
+    }
     // The output file is opened before any work, so an unwritable target fails at once.
     let writer = ModelWriter::create(output, config.format, config.quant.scale_dtype())?;
     let mut units = Units::new(&checkpoint, config, calibration)?;

@@ -109,7 +109,7 @@ pub(crate) struct CalibratedLayers {
 }
 
 impl CalibratedLayers {
-    fn new(
+    pub(crate) fn new(
         calibration: Option<&Calibration>,
         entries: &[&TensorEntry],
         decisions: &[Decision],
