@@ -1,0 +1,295 @@
+"""GGUF types: our block codecs against llama.cpp's own C quantizers for the same type, in one run (issue 14).
+
+Sections:
+- `types`: for every ggml block type, on the standard tensor (shared/bench/weights.py, 4096 x 4096 float32) and on
+  the MiniLM tensors whose rows fit the type's block: weight rel-MSE and MB/s of float32 input of
+  `ArrowQuantV2().quantize(w, encoding=T)` on RAYON_NUM_THREADS=2 threads against llama.cpp's quantizer
+  (shared/bench/ggml_ref.py, one thread: its `ggml_quantize_chunk` is single-threaded) and the speed target
+  (ours >= k x 2 x llama.cpp 1-thread: k = 10 for Q2_K / Q4_K / Q5_K / Q6_K / IQ4_NL / IQ4_XS, 2 for Q3_K, 1 for the
+  block-32 types); best of `--repeats` runs each.
+- `e2e`: for every type, the output error of the terrain UNet and the MiniLM embedding error when the tensors the
+  type applies to (2-D view [shape[0], prod(shape[1:])] rows a whole number of its blocks, as the e2e bench's
+  peers see them) are replaced by ours / by llama.cpp's (the rest float32).
+- `files`: whole-model GGUF files: the terrain UNet through `arrow-quant quantize ... --type Q4_K_M`, read back with
+  gguf-py's GGUFReader and dequantizers and run, against "the llama.cpp way" (llama.cpp's Q4_K where rows fit,
+  float16 elsewhere: what llama-quantize does to a diffusion model) and llama.cpp's Q4_0 on the tensors our file
+  quantizes: file size and output rel-error.
+- `cli`: a whole-checkpoint CLI run at --type Q4_K_M on bench_model.py's DiT-like float16 checkpoint: GB/s of
+  float16 input (target >= 1 GB/s).
+
+Needs `make peers` (llama.cpp's library) and `make bench-e2e` (onnxruntime, the terrain package).
+
+    python benchmarks/bench_gguf.py                      # everything, writes benchmarks/results/bench_gguf.json
+    python benchmarks/bench_gguf.py --only types --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import REPO_ROOT, load_before_run, load_shared_weights, machine_info, output_path, write_json
+
+os.environ.setdefault("RAYON_NUM_THREADS", "2")
+
+NAME = "bench_gguf"
+CLI = REPO_ROOT / "target" / "release" / "arrow-quant"
+TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+SEARCHED = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"}  # llama.cpp searches these
+SPEED_FACTOR = {"Q2_K": 10, "Q4_K": 10, "Q5_K": 10, "Q6_K": 10, "IQ4_NL": 10, "IQ4_XS": 10, "Q3_K": 2}
+MB = 1e6
+
+
+def rel_mse(w: np.ndarray, w_hat: np.ndarray) -> float:
+    a = np.asarray(w, dtype=np.float64).ravel()
+    e = a - np.asarray(w_hat, dtype=np.float64).ravel()
+    return float(e @ e / (a @ a))
+
+
+def best_seconds(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def fits(ty: str, cols: int, g: Any) -> bool:
+    return cols % g.BLOCK[ty][0] == 0
+
+
+def type_section(g: Any, repeats: int) -> dict[str, Any]:
+    from _e2e_models import MiniLM
+
+    import arrow_quant_v2 as aq
+
+    q = aq.ArrowQuantV2()
+    std = load_shared_weights().standard_tensor()
+    minilm = {n: w for n, w in MiniLM.shared().weights().items() if w.ndim == 2}
+    rows = {}
+    for ty in TYPES:
+        ours_q = q.quantize(std, encoding=ty)
+        ours_s = best_seconds(lambda ty=ty: q.quantize(std, encoding=ty), repeats)
+        blob = g.quantize(std, ty)
+        peer_s = best_seconds(lambda ty=ty: g.quantize(std, ty), 1 if ty in SEARCHED else repeats)
+        peer_hat = g.dequantize(blob, ty, std.shape)
+        row = {
+            "ours_rel_mse": rel_mse(std, ours_q.dequantize()),
+            "llama_rel_mse": rel_mse(std, peer_hat),
+            "ours_mb_s_2t": std.nbytes / ours_s / MB,
+            "llama_mb_s_1t": std.nbytes / peer_s / MB,
+            "bits_per_weight": ours_q.nbytes * 8 / std.size,
+        }
+        row["speed_ratio_vs_2x_1t"] = row["ours_mb_s_2t"] / (2 * row["llama_mb_s_1t"])
+        row["speed_target"] = SPEED_FACTOR.get(ty, 1)
+        mini = []
+        for w in minilm.values():
+            if not fits(ty, w.shape[1], g):
+                continue
+            ours = q.quantize(w, encoding=ty).dequantize()
+            peer = g.dequantize(g.quantize(w, ty), ty, w.shape)
+            mini.append((rel_mse(w, ours), rel_mse(w, peer)))
+        row["minilm_tensors"] = len(mini)
+        if mini:
+            row["minilm_ours_rel_mse"] = float(np.mean([a for a, _ in mini]))
+            row["minilm_llama_rel_mse"] = float(np.mean([b for _, b in mini]))
+        row["weight_ok"] = (ty not in SEARCHED) or (
+            row["ours_rel_mse"] <= row["llama_rel_mse"]
+            and row.get("minilm_ours_rel_mse", 0.0) <= row.get("minilm_llama_rel_mse", 0.0))
+        row["speed_ok"] = row["speed_ratio_vs_2x_1t"] >= row["speed_target"]
+        rows[ty] = row
+        print(f"{ty:<7} ours {row['ours_rel_mse']:.3e} {row['ours_mb_s_2t']:8.0f} MB/s | llama.cpp "
+              f"{row['llama_rel_mse']:.3e} {row['llama_mb_s_1t']:7.0f} MB/s 1T | speed "
+              f"x{row['speed_ratio_vs_2x_1t']:.1f} (>= {row['speed_target']}) | MiniLM "
+              f"{row.get('minilm_ours_rel_mse', float('nan')):.3e} vs "
+              f"{row.get('minilm_llama_rel_mse', float('nan')):.3e} ({len(mini)} tensors)", flush=True)
+    return rows
+
+
+def e2e_section(g: Any) -> dict[str, Any]:
+    from _e2e_models import MiniLM, Terrain, output_metrics
+
+    import arrow_quant_v2 as aq
+
+    q = aq.ArrowQuantV2()
+    out: dict[str, Any] = {}
+    for model in (Terrain.shared(), MiniLM.shared()):
+        weights = model.weights()
+        ref = model.reference()
+        section = {}
+        for ty in TYPES:
+            names = [n for n, w in weights.items() if fits(ty, int(np.prod(w.shape[1:])), g)]
+            if not names:
+                continue
+            ours, peer = {}, {}
+            for n in names:
+                w2 = np.ascontiguousarray(weights[n].reshape(weights[n].shape[0], -1))
+                ours[n] = q.quantize(w2, encoding=ty).dequantize().reshape(weights[n].shape)
+                peer[n] = g.dequantize(g.quantize(w2, ty), ty, w2.shape).reshape(weights[n].shape)
+            if model.name == "terrain":
+                a = output_metrics(ref, model.run(ours))["rel_error"]
+                b = output_metrics(ref, model.run(peer))["rel_error"]
+                metric = "output rel-error"
+            else:
+                a, b = model.cos_error(ours), model.cos_error(peer)
+                metric = "1 - cos"
+            section[ty] = {"tensors": len(names), "weights": int(sum(weights[n].size for n in names)),
+                           "ours": a, "llama": b, "ratio": a / b if b else float("nan"), "ok": a <= b}
+            print(f"[{model.name}] {ty:<7} {len(names):>3} tensors: {metric} ours {a:.4e} llama.cpp {b:.4e} "
+                  f"ratio {section[ty]['ratio']:.3f}", flush=True)
+        out[model.name] = section
+    return out
+
+
+def read_gguf(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str], str]:
+    """Every tensor of a GGUF file dequantized by gguf-py (shaped as the source: ggml dims reversed, or the
+    `comfy.gguf.orig_shape.<name>` key), its type names and general.architecture."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    arch_field = reader.get_field("general.architecture")
+    arch = arch_field.contents() if arch_field is not None else ""
+    out, types = {}, {}
+    for t in reader.tensors:
+        shape = tuple(int(v) for v in reversed(t.shape))
+        orig = reader.get_field(f"comfy.gguf.orig_shape.{t.name}")
+        if orig is not None:
+            shape = tuple(int(v) for v in orig.contents())
+        out[t.name] = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        types[t.name] = t.tensor_type.name
+    return out, types, arch
+
+
+def files_section(g: Any, preset: str) -> dict[str, Any]:
+    from _e2e_models import Terrain, output_metrics
+
+    model = Terrain.shared()
+    weights = model.weights()
+    ref = model.reference()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gguf-"))
+    try:
+        src = model.safetensors_path()
+        dst = tmp / f"terrain-{preset}.gguf"
+        t = time.perf_counter()
+        proc = subprocess.run([str(CLI), "quantize", str(src), str(dst), "--type", preset, "--json", "--quiet"],
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"arrow-quant quantize --type {preset} failed: {proc.stderr.strip()}")
+        report = json.loads(proc.stdout)
+        back, types, arch = read_gguf(dst)
+        ours = {n: back[n] for n in weights}
+        ours_err = output_metrics(ref, model.run(ours))["rel_error"]
+        quantized = [n for n in weights if types[n] not in ("F16", "F32", "BF16")]
+        # the llama.cpp way: Q4_K where the rows fit, float16 elsewhere (and its size as a GGUF of these tensors)
+        way, way_bytes = {}, 0
+        q40, q40_names = {}, []
+        for n, w in weights.items():
+            w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+            if fits("Q4_K", w2.shape[1], g):
+                blob = g.quantize(w2, "Q4_K")
+                way[n] = g.dequantize(blob, "Q4_K", w2.shape).reshape(w.shape)
+                way_bytes += blob.nbytes
+            else:
+                way[n] = w.astype(np.float16).astype(np.float32)
+                way_bytes += 2 * w.size
+            if n in quantized and fits("Q4_0", w2.shape[1], g):
+                q40[n] = g.dequantize(g.quantize(w2, "Q4_0"), "Q4_0", w2.shape).reshape(w.shape)
+                q40_names.append(n)
+        ours_on_q40 = {n: back[n] for n in q40_names}
+        way_err = output_metrics(ref, model.run(way))["rel_error"]
+        q40_err = output_metrics(ref, model.run(q40))["rel_error"]
+        ours_q40_set_err = output_metrics(ref, model.run(ours_on_q40))["rel_error"]
+        ours_bytes = sum(layer["bytes_out"] for layer in report["layers"] if layer["name"] in weights)
+        res = {
+            "preset": preset, "architecture": arch, "file_bytes": dst.stat().st_size, "seconds": seconds,
+            "tensor_bytes_ours": ours_bytes, "tensor_bytes_llama_way": way_bytes,
+            "output_rel_error_ours": ours_err, "output_rel_error_llama_way": way_err,
+            "types": {k: sum(1 for v in types.values() if v == k) for k in sorted(set(types.values()))},
+            "q4_0_tensors": len(q40_names), "output_rel_error_llama_q4_0_same_tensors": q40_err,
+            "output_rel_error_ours_same_tensors": ours_q40_set_err,
+            "fallbacks": sum(1 for layer in report["layers"] if layer.get("fallback")),
+        }
+        res["ok"] = (ours_bytes < way_bytes and ours_err < way_err and ours_q40_set_err <= q40_err)
+        print(f"[files] terrain {preset}: {arch or '(no arch)'}; tensors {ours_bytes / MB:.2f} MB vs llama.cpp way "
+              f"{way_bytes / MB:.2f} MB; output rel-error {ours_err:.4e} vs {way_err:.4e}; on the {len(q40_names)} "
+              f"tensors we quantize: ours {ours_q40_set_err:.4e} vs llama.cpp Q4_0 {q40_err:.4e}; types "
+              f"{res['types']}", flush=True)
+        return res
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cli_section(target_gb: float) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_model import blocks_for, dit_layout, warm_read, write_checkpoint
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gguf-cli-"))
+    try:
+        ckpt = tmp / "dit.safetensors"
+        layout = dit_layout(blocks_for(target_gb * 1e9))
+        write_checkpoint(ckpt, layout, 0)
+        out = tmp / "dit-Q4_K_M.gguf"
+        walls = []
+        for _ in range(2):
+            out.unlink(missing_ok=True)
+            warm_read(ckpt)
+            t = time.perf_counter()
+            proc = subprocess.run([str(CLI), "quantize", str(ckpt), str(out), "--type", "Q4_K_M", "--json",
+                                   "--quiet"], capture_output=True, text=True)
+            walls.append(time.perf_counter() - t)
+            if proc.returncode != 0:
+                raise SystemExit(f"CLI failed: {proc.stderr.strip()}")
+        report = json.loads(proc.stdout)
+        bytes_in = report["totals"]["bytes_in"]
+        res = {"bytes_in": bytes_in, "wall_s": min(walls), "gb_per_s": bytes_in / min(walls) / 1e9,
+               "output_bytes": out.stat().st_size, "target_gb_per_s": 1.0}
+        res["ok"] = res["gb_per_s"] >= 1.0
+        print(f"[cli] DiT-like {bytes_in / 1e9:.2f} GB f16 -> Q4_K_M: {res['gb_per_s']:.3f} GB/s (>= 1.0)", flush=True)
+        return res
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", choices=["types", "e2e", "files", "cli"], default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--preset", default="Q4_K_M")
+    parser.add_argument("--cli-gb", type=float, default=1.0, help="size of the DiT-like checkpoint of `cli`")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    sections = args.only or ["types", "e2e", "files", "cli"]
+    load = load_before_run()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _e2e_models import ggml
+
+    g = ggml()
+    if g is None:
+        raise SystemExit("error: llama.cpp's library is not built; run `make peers`")
+    res: dict[str, Any] = {"benchmark": NAME, "rayon_threads": os.environ.get("RAYON_NUM_THREADS")}
+    if "types" in sections:
+        res["types"] = type_section(g, args.repeats)
+    if "e2e" in sections:
+        res["e2e"] = e2e_section(g)
+    if "files" in sections:
+        res["files"] = files_section(g, args.preset)
+    if "cli" in sections:
+        res["cli"] = cli_section(args.cli_gb)
+    res["machine"] = machine_info(processor=True)
+    res["load_average_1min_before"] = load
+    write_json(output_path(NAME, False, args.output), res)
+
+
+if __name__ == "__main__":
+    main()
