@@ -29,6 +29,9 @@ pub const GGUF_CONFIG_KEY: &str = "arrow_quant.config";
 pub const GGUF_COSINE_KEY: &str = "arrow_quant.cosine";
 /// Metadata key of the relative MSE of every tensor (f32 array, tensor-info order).
 pub const GGUF_REL_MSE_KEY: &str = "arrow_quant.rel_mse";
+/// Metadata key of the source dtype of every tensor (`f32`, `f16`, `bf16`, `f64`; string array, tensor-info
+/// order): what `export` writes by default.
+pub const GGUF_SOURCE_DTYPES_KEY: &str = "arrow_quant.source_dtypes";
 
 /// What the run decided for one tensor before quantizing it.
 struct Planned<'c> {
@@ -120,6 +123,16 @@ pub(crate) fn quantize_model_gguf(
     metadata.push((
         GGUF_CONFIG_KEY.to_string(),
         MetaValue::String(config.to_json().to_string()),
+    ));
+    metadata.push((
+        GGUF_SOURCE_DTYPES_KEY.to_string(),
+        MetaValue::Array(MetaArray::String(
+            planned
+                .iter()
+                .filter(|p| p.ty.is_some())
+                .map(|p| p.entry.dtype.name().to_string())
+                .collect(),
+        )),
     ));
     let mut writer = GgufWriter::create(
         output,

@@ -8,6 +8,7 @@ mod chunked;
 mod config;
 mod entry;
 mod gguf_run;
+mod gguf_tools;
 mod gguf_tensor;
 mod layer_quant;
 mod model_file;

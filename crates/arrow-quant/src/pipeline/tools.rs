@@ -49,8 +49,11 @@ impl Validation {
 /// when its measured cosine reaches the stored quality floor and agrees with the stored figure; a kept or raw
 /// tensor passes when it matches its source. Tensors are read row by row (a chunked tensor chunk row by chunk
 /// row) and each row window by window, with the source pages dropped once compared, so memory stays near one
-/// chunk row whatever the tensor size.
+/// chunk row whatever the tensor size. A GGUF file (by its magic) is validated by `gguf_tools::validate_gguf`.
 pub fn validate_model(original: &Path, quantized: &Path) -> Result<Validation> {
+    if super::gguf_tools::is_gguf(quantized) {
+        return super::gguf_tools::validate_gguf(original, quantized);
+    }
     let checkpoint = Checkpoint::open(original)?;
     let model = ModelFile::open(quantized)?;
     let floor = model
@@ -187,7 +190,7 @@ impl ExportDtype {
     }
 
     /// The dtype a row recorded as its source (`f32`, `f16`, `bf16`, `f64`; anything else reads as f32).
-    fn of_source(dtype: &str) -> Self {
+    pub(super) fn of_source(dtype: &str) -> Self {
         match dtype {
             "f16" => Self::F16,
             "bf16" => Self::BF16,
@@ -196,7 +199,7 @@ impl ExportDtype {
         }
     }
 
-    fn header_name(self) -> &'static str {
+    pub(super) fn header_name(self) -> &'static str {
         match self {
             Self::F16 => "F16",
             Self::BF16 => "BF16",
@@ -214,7 +217,7 @@ impl ExportDtype {
         }
     }
 
-    fn size(self) -> usize {
+    pub(super) fn size(self) -> usize {
         match self {
             Self::F64 => 8,
             Self::F32 => 4,
@@ -225,7 +228,7 @@ impl ExportDtype {
     /// Appends the values as little-endian bytes of this dtype to `out` (cleared first; `first` is the flat
     /// index of `values[0]` in the tensor, for messages); a finite value that becomes infinite is an error
     /// naming the tensor and the element.
-    fn encode_into(
+    pub(super) fn encode_into(
         self,
         tensor: &str,
         values: &[f32],
@@ -276,6 +279,9 @@ pub fn export_safetensors(
     output: &Path,
     dtype: Option<ExportDtype>,
 ) -> Result<()> {
+    if super::gguf_tools::is_gguf(quantized) {
+        return super::gguf_tools::export_gguf(quantized, output, dtype);
+    }
     let model = ModelFile::open(quantized)?;
     check_export_extension(output)?;
     check_output(output, &[("the model file", quantized)])?;
