@@ -76,3 +76,125 @@ def test_encoding_errors_name_what_is_wrong(quantizer):
     bad[1, 3] = np.nan
     with pytest.raises(aq.InvalidWeightsError, match="non-finite"):
         quantizer.quantize(bad, encoding="Q8_0")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole checkpoints to GGUF files
+
+
+FLUX_STYLE = {
+    "double_blocks.0.img_attn.qkv.weight": (768, 256),
+    "double_blocks.0.img_attn.proj.weight": (256, 256),
+    "double_blocks.0.img_mlp.0.weight": (1024, 256),
+    "double_blocks.0.img_mlp.2.weight": (256, 1024),
+    "double_blocks.0.img_attn.norm.query_norm.scale": (128,),
+    "double_blocks.0.txt_attn.qkv.weight": (768, 256),
+    "single_blocks.0.linear1.weight": (1280, 256),
+    "single_blocks.0.linear2.weight": (256, 320),
+    "img_in.weight": (256, 64),
+    "final_layer.linear.weight": (64, 256),
+}
+
+
+def _checkpoint(path, layout, rng, dtype=np.float16):
+    tensors = {n: (rng.standard_normal(s) * 0.02).astype(dtype) for n, s in layout.items()}
+    save_file(tensors, str(path))
+    return tensors
+
+
+def _field(reader: GGUFReader, key: str):
+    f = reader.get_field(key)
+    return None if f is None else f.contents()
+
+
+@pytest.fixture()
+def flux_gguf(tmp_path, rng):
+    src = tmp_path / "flux.safetensors"
+    tensors = _checkpoint(src, FLUX_STYLE, rng)
+    out = tmp_path / "flux-Q4_K_M.gguf"
+    r = run_cli("quantize", src, out, "--type", "Q4_K_M", "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    return src, tensors, out, json.loads(r.stdout)
+
+
+def test_cli_writes_a_gguf_that_gguf_py_reads_bit_for_bit(quantizer, flux_gguf):
+    src, tensors, out, report = flux_gguf
+    reader = GGUFReader(str(out))
+    assert _field(reader, "general.architecture") == "flux"
+    assert _field(reader, "general.quantization_version") == 2
+    assert _field(reader, "general.alignment") == 32
+    assert _field(reader, "arrow_quant.source") == str(src)
+    layers = {entry["name"]: entry for entry in report["layers"]}
+    assert {t.name for t in reader.tensors} == set(tensors)
+    for t in reader.tensors:
+        w = tensors[t.name]
+        assert t.tensor_type.name == layers[t.name]["encoding"], t.name
+        assert tuple(int(v) for v in reversed(t.shape)) == w.shape, t.name
+        decoded = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(w.shape)
+        if t.tensor_type.name in ("F16", "F32", "BF16"):
+            np.testing.assert_array_equal(decoded, w.astype(np.float32))
+            continue
+        # the file's blocks are exactly what one array through quantize(encoding=T) gives
+        q = quantizer.quantize(w, encoding=t.tensor_type.name)
+        assert bytes(np.asarray(t.data).tobytes()) == bytes(q.data.tobytes()), t.name
+        np.testing.assert_array_equal(_bits(decoded), _bits(q.dequantize()))
+        assert layers[t.name]["cosine"] == pytest.approx(q.cosine, abs=1e-6)
+    # rows of 320 are no K-quant: the report says which type it fell back to and why
+    linear2 = layers["single_blocks.0.linear2.weight"]
+    assert linear2["encoding"] not in ("Q4_K", "F16", "F32") and "320" in linear2["fallback"]
+
+
+def test_validate_and_export_read_a_gguf(flux_gguf, tmp_path):
+    src, tensors, out, _ = flux_gguf
+    r = run_cli("validate", src, out, "--json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)
+    assert v["passed"] and len(v["layers"]) == len(tensors)
+    restored = tmp_path / "restored.safetensors"
+    r = run_cli("export", out, restored)
+    assert r.returncode == 0, r.stderr
+    from safetensors.numpy import load_file
+
+    back = load_file(str(restored))
+    reader = GGUFReader(str(out))
+    for t in reader.tensors:
+        w = tensors[t.name]
+        assert back[t.name].dtype == w.dtype and back[t.name].shape == w.shape
+        decoded = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(w.shape)
+        np.testing.assert_array_equal(back[t.name], decoded.astype(w.dtype))
+
+
+def test_gguf_options_need_a_gguf_output(tmp_path, rng):
+    src = tmp_path / "m.safetensors"
+    _checkpoint(src, {"a.weight": (64, 256)}, rng)
+    r = run_cli("quantize", src, tmp_path / "m.parquet", "--type", "Q4_K")
+    assert r.returncode == 2 and ".gguf" in r.stderr
+    assert not (tmp_path / "m.parquet").exists()
+    r = run_cli("quantize", src, tmp_path / "m.gguf", "--type", "Q9_K")
+    assert r.returncode == 2 and "Q9_K" in r.stderr
+    r = run_cli("quantize", src, tmp_path / "m.gguf", "--tensor-type", "([=Q4_K")
+    assert r.returncode == 2 and "([" in r.stderr
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_a_missed_floor_with_fail_fast_leaves_no_file(tmp_path, rng):
+    src = tmp_path / "m.safetensors"
+    _checkpoint(src, {"blocks.0.attn.weight": (64, 256), "blocks.1.attn.weight": (64, 256),
+                      "blocks.2.attn.weight": (64, 256)}, rng)
+    out = tmp_path / "m.gguf"
+    r = run_cli("quantize", src, out, "--type", "Q2_K", "--floor", "0.9999", "--fail-fast", "--arch", "flux")
+    assert r.returncode == 1, r.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_python_quantize_from_safetensors_writes_gguf(quantizer, tmp_path, rng):
+    src = tmp_path / "m.safetensors"
+    tensors = _checkpoint(src, FLUX_STYLE, rng)
+    out = tmp_path / "m.gguf"
+    report = quantizer.quantize_from_safetensors(str(src), str(out), aq.DiffusionQuantConfig(gguf_type="Q8_0"))
+    reader = GGUFReader(str(out))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["double_blocks.0.img_attn.proj.weight"] == "Q8_0"
+    assert {entry["name"] for entry in report["layers"]} == set(tensors)
+    cfg = aq.DiffusionQuantConfig(gguf_type="Q4_K_M", tensor_types=["img_mlp=Q6_K"], gguf_arch="flux")
+    assert (cfg.gguf_type, cfg.tensor_types, cfg.gguf_arch) == ("Q4_K_M", ["img_mlp=Q6_K"], "flux")

@@ -130,7 +130,7 @@ pub(crate) fn quantize_model_gguf(
             planned
                 .iter()
                 .filter(|p| p.ty.is_some())
-                .map(|p| p.entry.dtype.name().to_string())
+                .map(|p| p.entry.dtype.name().to_lowercase())
                 .collect(),
         )),
     ));
@@ -150,7 +150,7 @@ pub(crate) fn quantize_model_gguf(
                 tensor: p.entry.name.clone(),
             });
         }
-        let mut layer = LayerReport::new(p.entry, p.entry.dtype.name());
+        let mut layer = LayerReport::new(p.entry, &p.entry.dtype.name().to_lowercase());
         layer.kept = p.kept.clone();
         if let Some(first) = p.ty {
             let values = float_values(p.file, p.entry).ok_or_else(|| {
