@@ -3,12 +3,26 @@
 //! [`ggml_type`] is the table of the ggml tensor types we read and write (id, name, block geometry); [`blocks`]
 //! holds one block codec per type, whose bytes are exactly llama.cpp's block layout (`ggml-common.h`) and whose
 //! parameter search is our own. [`quantize_rows`] / [`dequantize_rows`] take a whole tensor to a type's blocks
-//! and back.
+//! and back. [`GgufWriter`] streams a GGUF v3 file (header and tensor infos first, then the data tensor by
+//! tensor) and [`GgufFile`] opens one, validated, memory-mapped; [`MetaValue`] is a metadata value.
 
 pub(crate) mod blocks;
+mod file_reader;
+mod file_writer;
 pub mod ggml_type;
+mod layout;
+mod metadata;
+#[cfg(test)]
+mod round_trip_tests;
 mod rows;
 
+pub use file_reader::{GgufFile, GgufTensorInfo};
+pub use file_writer::{GgufTensorSpec, GgufWriter};
 pub use ggml_type::{GgmlType, GgmlTypeInfo, GGML_TYPES};
+pub use layout::{
+    gguf_tensor_nbytes, ALIGNMENT_KEY, GGUF_ALIGNMENT, GGUF_MAX_DIMS, GGUF_MAX_NAME_BYTES,
+    GGUF_VERSION,
+};
+pub use metadata::{MetaArray, MetaValue};
 pub(crate) use rows::{quantize_rows_with, RowWeights};
 pub use rows::{dequantize_rows, ggml_row_len, quantize_rows, sum_granule_rows, unfit_reason};
