@@ -5,17 +5,26 @@
 //! parameter search is our own. [`quantize_rows`] / [`dequantize_rows`] take a whole tensor to a type's blocks
 //! and back. [`GgufWriter`] streams a GGUF v3 file (header and tensor infos first, then the data tensor by
 //! tensor) and [`GgufFile`] opens one, validated, memory-mapped; [`MetaValue`] is a metadata value.
+//! [`arch`] finds the model family from tensor names; [`TypePlan::choose`] gives each tensor its type and stored
+//! shape ([`preset`], [`overrides`], [`fallback`], [`stored_shape`]; docs/GGUF_TYPES.md).
 
+pub mod arch;
 pub(crate) mod blocks;
+pub mod fallback;
 mod file_reader;
 mod file_writer;
 pub mod ggml_type;
 mod layout;
 mod metadata;
+pub mod overrides;
+pub mod preset;
 #[cfg(test)]
 mod round_trip_tests;
 mod rows;
+pub mod stored_shape;
+pub mod type_choice;
 
+pub use arch::{detect_arch, resolve_arch, Arch};
 pub use file_reader::{GgufFile, GgufTensorInfo};
 pub use file_writer::{GgufTensorSpec, GgufWriter};
 pub use ggml_type::{GgmlType, GgmlTypeInfo, GGML_TYPES};
@@ -24,5 +33,9 @@ pub use layout::{
     GGUF_VERSION,
 };
 pub use metadata::{MetaArray, MetaValue};
+pub use overrides::{TypeOverride, TypeOverrides};
+pub use preset::{Preset, Role};
 pub(crate) use rows::{quantize_rows_with, RowWeights};
 pub use rows::{dequantize_rows, ggml_row_len, quantize_rows, sum_granule_rows, unfit_reason};
+pub use stored_shape::{orig_shape_key, StoredShape};
+pub use type_choice::{check_tensor_name, TypeChoice, TypePlan};

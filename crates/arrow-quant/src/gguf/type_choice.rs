@@ -1,0 +1,290 @@
+//! Which ggml type each tensor of a checkpoint gets in a GGUF file, and the shape it is stored under: a pure
+//! function of its name, shape and source dtype, the model family, the preset and the `--tensor-type`
+//! overrides. [`TypePlan::choose`] applies, in order (the first rule that decides, decides):
+//!
+//! 1. the loader rules, which nothing overrides (ComfyUI-GGUF's converter; its loader needs them): 1-D tensors,
+//!    tensors of at most 1024 elements, the family's `keys_hiprec` and 5-D kernels are stored exactly, F16 from
+//!    an F16 source and F32 otherwise ([`full_precision`]), in their own shape;
+//! 2. the first `--tensor-type REGEX=TYPE` override that matches;
+//! 3. the keep rules, 16-bit ([`sixteen_bit`]; a float preset's own type): the layer policy's `Decision::Keep`
+//!    (first / last layers, keep patterns, small tensors), the family's unquantized list (llama.cpp's patch for
+//!    ComfyUI-GGUF), and, in families that are not flattened, tensors of 3 or 4 dimensions (that patch and
+//!    ComfyUI-GGUF quantize 2-D tensors only);
+//! 4. the preset's type, bumped for the value / fused-qkv / ffn-down projections of the `_M` / `_L` mixes.
+//!
+//! A block type must then fit the stored rows (the last axis, `ne0`): when it does not, the tensor is flattened
+//! to rows of 256 when its family allows ComfyUI's shape fix and 256 divides its size; else it falls back to
+//! [`block_fallback`]'s type in its own shape, or flattened to rows of 32; else to [`sixteen_bit`]. Every choice
+//! other than the preset's plain type carries its reason, for the run report.
+
+use crate::checkpoint::Dtype;
+use crate::error::{QuantError, Result};
+use crate::gguf::arch::Arch;
+use crate::gguf::fallback::{block_fallback, full_precision, sixteen_bit};
+use crate::gguf::overrides::TypeOverrides;
+use crate::gguf::preset::{role_of, Preset, Role};
+use crate::gguf::stored_shape::StoredShape;
+use crate::gguf::GgmlType;
+
+/// Longest tensor name, in bytes (ComfyUI-GGUF's `MAX_TENSOR_NAME_LENGTH`; stable-diffusion.cpp builds ggml with
+/// `GGML_MAX_NAME` 128, terminator included).
+pub const MAX_TENSOR_NAME_BYTES: usize = 127;
+
+/// Tensors of at most this many elements are stored exactly (ComfyUI-GGUF's `QUANTIZATION_THRESHOLD`).
+pub const SMALL_TENSOR_ELEMENTS: usize = 1024;
+
+/// Row length of ComfyUI's shape fix (one K-quant super-block).
+const FLAT_ROW: usize = 256;
+/// Row length of a flattened tensor whose size 256 does not divide (one legacy block).
+const FLAT_ROW_SMALL: usize = 32;
+
+/// An error when `name` is longer than [`MAX_TENSOR_NAME_BYTES`], naming it.
+pub fn check_tensor_name(name: &str) -> Result<()> {
+    if name.len() <= MAX_TENSOR_NAME_BYTES {
+        return Ok(());
+    }
+    Err(QuantError::schema(
+        name,
+        format!(
+            "the name is {} bytes; GGUF runtimes take at most {MAX_TENSOR_NAME_BYTES} (ComfyUI-GGUF, \
+             stable-diffusion.cpp): rename the tensor in the checkpoint, or write .safetensors or .parquet output",
+            name.len()
+        ),
+    ))
+}
+
+/// Everything that decides the types of a run's tensors.
+#[derive(Debug, Clone)]
+pub struct TypePlan {
+    /// The model family ([`crate::gguf::resolve_arch`]).
+    pub arch: Arch,
+    /// The whole-model preset.
+    pub preset: Preset,
+    /// `--tensor-type` overrides.
+    pub overrides: TypeOverrides,
+    /// Flatten tensors whose rows no block fits, with `comfy.gguf.orig_shape.<name>`, in the families that
+    /// allow it ([`Arch::shape_fix`]: sd1, sdxl, unknown). On by default, as ComfyUI-GGUF's converter; off for
+    /// files stable-diffusion.cpp or diffusers must load (they read native shapes only).
+    pub shape_fix: bool,
+    /// Keep the family's unquantized tensors ([`Arch::keep_reason`]) in 16-bit. On by default.
+    pub family_keep: bool,
+}
+
+/// The type and layout of one tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeChoice {
+    /// The ggml type.
+    pub ty: GgmlType,
+    /// The shape it is stored under, and the own shape when flattened.
+    pub stored: StoredShape,
+    /// Why it is not the preset's base type in its own shape (a loader rule, an override, a keep rule, a mix's
+    /// bump, a fallback), or `None`.
+    pub reason: Option<String>,
+}
+
+impl TypePlan {
+    /// A plan with no overrides, the shape fix and the family keep rules on.
+    pub fn new(arch: Arch, preset: Preset) -> Self {
+        Self {
+            arch,
+            preset,
+            overrides: TypeOverrides::default(),
+            shape_fix: true,
+            family_keep: true,
+        }
+    }
+
+    /// The type of tensor `name` of `shape` and `source` dtype. `policy_keep` is the reason of the layer policy's
+    /// `Decision::Keep` for it, if any. Errors: a name longer than [`MAX_TENSOR_NAME_BYTES`], a source dtype that
+    /// is not F32 / F16 / BF16 / F64.
+    pub fn choose(
+        &self,
+        name: &str,
+        shape: &[usize],
+        source: Dtype,
+        policy_keep: Option<&str>,
+    ) -> Result<TypeChoice> {
+        check_tensor_name(name)?;
+        if !matches!(source, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
+            return Err(QuantError::schema(
+                name,
+                format!(
+                    "is {}; GGUF output takes F32, F16, BF16 and F64 tensors: convert it, or leave it out",
+                    source.name()
+                ),
+            ));
+        }
+        if let Some(reason) = self.loader_rule(name, shape) {
+            return Ok(self.finish(
+                full_precision(source),
+                StoredShape::native(shape),
+                vec![reason],
+            ));
+        }
+        let (ty, mut reasons) = self.wanted_type(name, shape, source, policy_keep);
+        let stored = self.fit(ty, shape, source, &mut reasons);
+        Ok(self.finish(stored.0, stored.1, reasons))
+    }
+
+    /// Rule 1: the tensors stored exactly, whatever else applies.
+    fn loader_rule(&self, name: &str, shape: &[usize]) -> Option<String> {
+        let n: usize = shape.iter().product();
+        if shape.len() <= 1 {
+            return Some(format!("{}-D tensor, stored exactly", shape.len()));
+        }
+        if n <= SMALL_TENSOR_ELEMENTS {
+            return Some(format!(
+                "at most {SMALL_TENSOR_ELEMENTS} elements, stored exactly"
+            ));
+        }
+        if let Some(key) = self.arch.keys_hiprec().iter().find(|k| name.contains(*k)) {
+            return Some(format!(
+                "{} keeps '{key}' in full precision (its loader takes it as a plain tensor)",
+                self.arch
+            ));
+        }
+        if shape.len() > 4 {
+            return Some(format!(
+                "{}-D tensor, stored exactly in its own shape (as ComfyUI-GGUF stores video kernels)",
+                shape.len()
+            ));
+        }
+        None
+    }
+
+    /// Rules 2 to 4: the type the tensor should have if its rows allowed.
+    fn wanted_type(
+        &self,
+        name: &str,
+        shape: &[usize],
+        source: Dtype,
+        policy_keep: Option<&str>,
+    ) -> (GgmlType, Vec<String>) {
+        if let Some(o) = self.overrides.find(name) {
+            return (o.ty, vec![format!("--tensor-type '{}'", o.arg)]);
+        }
+        let keep = |why: String| (self.keep_type(source), vec![why]);
+        if let Some(why) = policy_keep {
+            return keep(why.to_string());
+        }
+        if self.family_keep {
+            if let Some(why) = self.arch.keep_reason(name) {
+                return keep(why);
+            }
+        }
+        if !self.flattens() && shape.len() >= 3 {
+            return keep(format!(
+                "{}-D tensor of {}: ComfyUI-GGUF's loader and llama.cpp's patch quantize 2-D tensors only",
+                shape.len(),
+                self.arch
+            ));
+        }
+        let role = role_of(name);
+        let ty = self.preset.type_for(role);
+        let reasons = match role {
+            Some(role) if ty != self.preset.base() => vec![format!(
+                "{} projection: {} stores it one level up",
+                role_name(role),
+                self.preset
+            )],
+            _ => vec![],
+        };
+        (ty, reasons)
+    }
+
+    /// The 16-bit type of a kept tensor: a float preset's own type, else [`sixteen_bit`].
+    fn keep_type(&self, source: Dtype) -> GgmlType {
+        let base = self.preset.base();
+        if base.is_float() {
+            base
+        } else {
+            sixteen_bit(source)
+        }
+    }
+
+    fn flattens(&self) -> bool {
+        self.shape_fix && self.arch.shape_fix()
+    }
+
+    /// The type and layout that store `ty`'s intent: its own shape if its blocks fit, else flattened, else the
+    /// block fallback, else 16-bit.
+    fn fit(
+        &self,
+        ty: GgmlType,
+        shape: &[usize],
+        source: Dtype,
+        reasons: &mut Vec<String>,
+    ) -> (GgmlType, StoredShape) {
+        if ty.fits_row(ggml_row(shape)) {
+            return (ty, StoredShape::native(shape));
+        }
+        let cols = ggml_row(shape);
+        let flat = |row: usize| {
+            StoredShape::flattened(shape, row)
+                .filter(|_| self.flattens() && row % ty.block_len() == 0)
+        };
+        if let Some(stored) = flat(FLAT_ROW) {
+            reasons.push(format!(
+                "rows of {cols} do not fit {ty}'s {}-element blocks: stored as {:?} with its shape in \
+                 comfy.gguf.orig_shape",
+                ty.block_len(),
+                stored.shape
+            ));
+            return (ty, stored);
+        }
+        let fb = block_fallback(ty).unwrap_or(ty);
+        let why = |to: GgmlType, how: &str| {
+            format!(
+                "rows of {cols} do not fit {ty}'s {}-element blocks: {to}{how}",
+                ty.block_len()
+            )
+        };
+        if fb != ty && fb.fits_row(cols) {
+            reasons.push(why(fb, ""));
+            return (fb, StoredShape::native(shape));
+        }
+        if let Some(stored) = StoredShape::flattened(shape, FLAT_ROW_SMALL)
+            .filter(|_| self.flattens() && fb.block_len() == FLAT_ROW_SMALL)
+        {
+            reasons.push(why(
+                fb,
+                &format!(
+                    ", stored as {:?} with its shape in comfy.gguf.orig_shape",
+                    stored.shape
+                ),
+            ));
+            return (fb, stored);
+        }
+        let float = self.keep_type(source);
+        reasons.push(format!(
+            "rows of {cols} fit no block of {ty} or its fallbacks: {float}"
+        ));
+        (float, StoredShape::native(shape))
+    }
+
+    fn finish(&self, ty: GgmlType, stored: StoredShape, reasons: Vec<String>) -> TypeChoice {
+        let plain = ty == self.preset.base() && stored.orig_shape.is_none();
+        TypeChoice {
+            ty,
+            stored,
+            reason: (!plain && !reasons.is_empty()).then(|| reasons.join("; ")),
+        }
+    }
+}
+
+/// Elements of a ggml row of `shape`: its last axis.
+fn ggml_row(shape: &[usize]) -> usize {
+    shape.last().copied().unwrap_or(1)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Value => "value",
+        Role::FusedQkv => "fused qkv",
+        Role::FfnDown => "feed-forward down",
+    }
+}
+
+#[cfg(test)]
+#[path = "type_choice_tests.rs"]
+mod tests;
