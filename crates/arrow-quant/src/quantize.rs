@@ -253,7 +253,9 @@ mod tests {
                     continue;
                 }
                 let n = shape[0] * shape[1];
-                let w: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+                let w: Vec<f32> = (0..n)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                    .collect();
                 let view = TensorView::new("g", &shape, TensorData::F32(&w)).unwrap();
                 let importance: Vec<f32> = (0..shape[1]).map(|c| 0.5 + (c % 7) as f32).collect();
                 for imp in [None, Some(importance.as_slice())] {

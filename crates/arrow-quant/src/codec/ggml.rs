@@ -90,6 +90,7 @@ impl Codec for GgmlCodec {
     ) -> Result<(QuantizedTensor, QualitySums)> {
         let (_, view_cols) = tensor.rows_cols();
         let elements = rows.start * view_cols..rows.end * view_cols;
+        let offset = elements.start;
         let shape = part_shape(tensor.shape, rows.len());
         let data = match tensor.data {
             TensorData::F32(x) => TensorData::F32(&x[elements]),
@@ -101,7 +102,8 @@ impl Codec for GgmlCodec {
             shape: &shape,
             data,
         };
-        let (data, sums) = quantize_rows_with(&part, self.ty, RowWeights::Columns(weights))?;
+        let weights = RowWeights::columns(weights, view_cols, offset);
+        let (data, sums) = quantize_rows_with(&part, self.ty, weights)?;
         let q = QuantizedTensor {
             name: tensor.name.to_string(),
             shape,
@@ -128,13 +130,20 @@ impl Codec for GgmlCodec {
         let PayloadRef::Blocks(params) = view.payload else {
             return Err(QuantError::corrupt(
                 view.name,
-                format!("{} keeps its parameters inside its blocks (data), not per-group scales", self.ty),
+                format!(
+                    "{} keeps its parameters inside its blocks (data), not per-group scales",
+                    self.ty
+                ),
             ));
         };
         if !params.is_empty() {
             return Err(QuantError::corrupt(
                 view.name,
-                format!("{} has {} bytes of params; its parameters are inside the blocks", self.ty, params.len()),
+                format!(
+                    "{} has {} bytes of params; its parameters are inside the blocks",
+                    self.ty,
+                    params.len()
+                ),
             ));
         }
         let cols = ggml_row_len(view.shape);

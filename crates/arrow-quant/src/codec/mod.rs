@@ -382,7 +382,10 @@ mod tests {
             assert_eq!(row.name.parse::<Encoding>().unwrap(), row.encoding);
             assert_eq!(row.encoding.to_string(), row.name);
         }
-        assert_eq!("Q4_K".parse::<Encoding>().unwrap(), Encoding::Ggml(GgmlType::Q4_K));
+        assert_eq!(
+            "Q4_K".parse::<Encoding>().unwrap(),
+            Encoding::Ggml(GgmlType::Q4_K)
+        );
         assert_eq!(Encoding::ggml(GgmlType::F16), None);
         assert_eq!(Encoding::Ggml(GgmlType::Q6_K).code_bits(), 6);
         assert_eq!(Encoding::Ggml(GgmlType::Q6_K).bits(), BitWidth::Int8);

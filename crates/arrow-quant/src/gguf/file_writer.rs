@@ -85,10 +85,14 @@ struct Reserved {
     at: u64,
 }
 
-/// A tensor's size and how much of it has been written.
+/// A tensor's type, size and where its info's type id sits in the file (patched by `finish`, with its data
+/// offset, when [`GgufWriter::begin_tensor`] changed the type).
 struct Slot {
     name: String,
+    shape: Vec<usize>,
+    ty: GgmlType,
     nbytes: u64,
+    info_type_at: u64,
 }
 
 /// Writes one GGUF file in a single pass with bounded memory (the header is held once, the data is streamed).
@@ -104,6 +108,8 @@ pub struct GgufWriter {
     reserved: Vec<Reserved>,
     /// Set when a write failed part-way: the file is then in an unknown state and nothing more is accepted.
     broken: bool,
+    /// Set when [`GgufWriter::begin_tensor`] changed a type: `finish` rewrites every tensor info's type and offset.
+    retyped: bool,
 }
 
 fn check_keys(
@@ -138,7 +144,7 @@ fn header_bytes(
     metadata: &[(String, MetaValue)],
     reserved: &[(String, MetaValue)],
     tensors: &[(GgufTensorSpec, u64)],
-) -> (Vec<u8>, Vec<Reserved>) {
+) -> (Vec<u8>, Vec<Reserved>, Vec<u64>) {
     let align = u64::from(GGUF_ALIGNMENT);
     let mut out = Vec::new();
     out.extend_from_slice(&GGUF_MAGIC);
@@ -162,6 +168,7 @@ fn header_bytes(
         value.zeroed().encode(&mut out);
     }
     let mut offset = 0u64;
+    let mut type_at = Vec::with_capacity(tensors.len());
     for (spec, nbytes) in tensors {
         put_string(&mut out, &spec.name);
         out.extend((spec.shape.len() as u32).to_le_bytes());
@@ -169,13 +176,14 @@ fn header_bytes(
         for &d in spec.shape.iter().rev() {
             out.extend((d as u64).to_le_bytes());
         }
+        type_at.push(out.len() as u64);
         out.extend(spec.ty.id().to_le_bytes());
         out.extend(offset.to_le_bytes());
         offset += pad_to(*nbytes, align).unwrap_or(u64::MAX);
     }
     let end = pad_to(out.len() as u64, align).unwrap_or(0) as usize;
     out.resize(end, 0);
-    (out, patches)
+    (out, patches, type_at)
 }
 
 impl GgufWriter {
@@ -209,7 +217,7 @@ impl GgufWriter {
                 .ok_or_else(|| QuantError::format(path, "the tensors' data exceeds 2^64 bytes"))?;
             sized.push((spec, nbytes));
         }
-        let (header, reserved) = header_bytes(&metadata, &reserved, &sized);
+        let (header, reserved, type_at) = header_bytes(&metadata, &reserved, &sized);
         let file = AtomicFile::create(path)?;
         let mut out = BufWriter::with_capacity(1 << 20, file.handle()?);
         out.write_all(&header)
@@ -220,11 +228,16 @@ impl GgufWriter {
             out,
             tensors: sized
                 .into_iter()
-                .map(|(spec, nbytes)| Slot {
+                .zip(type_at)
+                .map(|((spec, nbytes), info_type_at)| Slot {
                     name: spec.name,
+                    shape: spec.shape,
+                    ty: spec.ty,
                     nbytes,
+                    info_type_at,
                 })
                 .collect(),
+            retyped: false,
             current: 0,
             written: 0,
             reserved,
@@ -295,6 +308,41 @@ impl GgufWriter {
         Ok(())
     }
 
+    /// Sets the type of the current tensor before any of its bytes are written, when it differs from its spec's
+    /// (a run that falls back to a wider type once it has measured the tensor). The header's size does not
+    /// depend on the types, so `finish` patches the tensor infos (types and data offsets) in place. Errors: bytes
+    /// of the current tensor already written, no tensor left, rows that are not a whole number of `ty`'s blocks.
+    pub fn begin_tensor(&mut self, ty: GgmlType) -> Result<()> {
+        self.check_usable()?;
+        let written = self.written;
+        let Some(slot) = self.tensors.get_mut(self.current) else {
+            return Err(QuantError::format(
+                &self.path,
+                format!(
+                    "no tensor left to begin as {ty}: all {} are complete",
+                    self.tensors.len()
+                ),
+            ));
+        };
+        if slot.ty == ty {
+            return Ok(());
+        }
+        if written > 0 {
+            return Err(QuantError::schema(
+                &slot.name,
+                format!(
+                    "{written} bytes of it were written as {}; its type cannot change now",
+                    slot.ty
+                ),
+            ));
+        }
+        let spec = GgufTensorSpec::new(slot.name.clone(), &slot.shape, ty);
+        slot.nbytes = spec.check()?;
+        slot.ty = ty;
+        self.retyped = true;
+        Ok(())
+    }
+
     /// The tensor the next bytes belong to, or `None` once all are complete.
     pub fn current_tensor(&self) -> Option<&str> {
         self.tensors.get(self.current).map(|s| s.name.as_str())
@@ -359,6 +407,16 @@ impl GgufWriter {
         }
         let path = self.path.clone();
         let io = |e: std::io::Error| QuantError::io(&path, &e);
+        if self.retyped {
+            let align = u64::from(GGUF_ALIGNMENT);
+            let mut offset = 0u64;
+            for slot in &self.tensors {
+                let mut info = slot.ty.id().to_le_bytes().to_vec();
+                info.extend(offset.to_le_bytes());
+                patches.push((slot.info_type_at, info));
+                offset += pad_to(slot.nbytes, align).unwrap_or(u64::MAX);
+            }
+        }
         let mut file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
         for (at, bytes) in patches {
             file.seek(SeekFrom::Start(at)).map_err(io)?;

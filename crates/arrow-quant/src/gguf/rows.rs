@@ -33,9 +33,26 @@ pub(crate) enum RowWeights<'a> {
     None,
     /// One weight per element of a ggml row, the same for every row.
     Row(&'a [f32]),
-    /// Normalised weights per column of the tensor's 2-D view (all axes but the first): a ggml row takes the
-    /// columns it lies in.
-    Columns(&'a ChannelWeights),
+    /// Weights repeating with period `weights.len()` over the flat elements of a larger tensor (its per-column
+    /// importance of the 2-D view, all axes but the first), of which this one starts at flat index `offset`:
+    /// element `i` weighs `weights[(offset + i) % weights.len()]`, so a tensor stored flattened (rows that cross
+    /// the source's rows) still gets each element's own weight.
+    Period {
+        /// One weight per column of the source's 2-D view.
+        weights: &'a [f32],
+        /// Flat index of this tensor's first element in the source.
+        offset: usize,
+    },
+}
+
+impl<'a> RowWeights<'a> {
+    /// The normalised weights of a [`ChannelWeights`] (none when unit) as a period.
+    pub(crate) fn columns(weights: &'a ChannelWeights, view_cols: usize, offset: usize) -> Self {
+        match weights.slice(0, view_cols) {
+            Some(w) => Self::Period { weights: w, offset },
+            None => Self::None,
+        }
+    }
 }
 
 /// Rows of one sum granule: each granule's quality sums are added row by row, then the granules' in order, so
@@ -66,7 +83,10 @@ pub fn quantize_rows(
         if let Some(i) = w.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
             return Err(QuantError::schema(
                 tensor.name,
-                format!("importance weight {i} is {}; weights must be finite and >= 0", w[i]),
+                format!(
+                    "importance weight {i} is {}; weights must be finite and >= 0",
+                    w[i]
+                ),
             ));
         }
     }
@@ -84,13 +104,14 @@ pub(crate) fn quantize_rows_with(
     if let Some(reason) = unfit_reason(ty, tensor.shape) {
         return Err(QuantError::schema(
             tensor.name,
-            format!("cannot be {}: {reason}; choose a type whose block fits", ty.name()),
+            format!(
+                "cannot be {}: {reason}; choose a type whose block fits",
+                ty.name()
+            ),
         ));
     }
-    let codec = block_codec(ty).ok_or_else(|| {
-        QuantError::config("GGUF tensor type", ty.name(), "a type with a codec")
-    })?;
-    let view_cols = tensor.rows_cols().1.max(1);
+    let codec = block_codec(ty)
+        .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?;
     let row_bytes = ty.row_bytes(cols).unwrap_or(0);
     let n = tensor.data.len();
     let rows = n.checked_div(cols).unwrap_or(0);
@@ -100,8 +121,8 @@ pub(crate) fn quantize_rows_with(
         .par_chunks_mut((granule * row_bytes).max(1))
         .enumerate()
         .map_init(
-            || (vec![0f32; cols], vec![0f32; cols]),
-            |(x, back), (g, blocks)| {
+            || (vec![0f32; cols], vec![0f32; cols], vec![0f32; cols]),
+            |(x, back, gathered), (g, blocks)| {
                 let mut sums = QualitySums::default();
                 for (k, row_blocks) in blocks.chunks_mut(row_bytes.max(1)).enumerate() {
                     let r = g * granule + k;
@@ -120,7 +141,18 @@ pub(crate) fn quantize_rows_with(
                     let importance = match weights {
                         RowWeights::None => None,
                         RowWeights::Row(w) => Some(w),
-                        RowWeights::Columns(w) => w.slice(start % view_cols, cols),
+                        RowWeights::Period { weights: w, offset } => {
+                            let p = w.len().max(1);
+                            let at = (offset + start) % p;
+                            if at + cols <= p {
+                                Some(&w[at..at + cols])
+                            } else {
+                                for (j, v) in gathered.iter_mut().enumerate() {
+                                    *v = w[(at + j) % p];
+                                }
+                                Some(&gathered[..])
+                            }
+                        }
                     };
                     codec.quantize_row(x, importance, row_blocks).map_err(|e| {
                         QuantError::Range {

@@ -357,7 +357,11 @@ impl PipelineConfig {
             "auto_mixed_precision": self.auto_mixed_precision,
         });
         if self.format == Some(OutputFormat::Gguf) {
-            v["gguf_type"] = self.gguf_type.as_deref().unwrap_or(DEFAULT_GGUF_TYPE).into();
+            v["gguf_type"] = self
+                .gguf_type
+                .as_deref()
+                .unwrap_or(DEFAULT_GGUF_TYPE)
+                .into();
             v["tensor_types"] = self.tensor_types.clone().into();
             v["gguf_arch"] = self.gguf_arch.clone().into();
         }

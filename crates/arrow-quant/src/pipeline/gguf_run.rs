@@ -4,6 +4,7 @@
 //! GGUF writer (a temporary file renamed into place when the run succeeds).
 
 use super::config::PipelineConfig;
+use super::config::DEFAULT_GGUF_TYPE;
 use super::gguf_tensor::encode_tensor;
 use super::policy::{decide, Decision};
 use super::report::{LayerReport, Report};
@@ -13,8 +14,10 @@ use crate::checkpoint::{float_values, Checkpoint, TensorEntry};
 use crate::diffusion::calibration::Calibration;
 use crate::error::{QuantError, Result};
 use crate::gguf::{
-    GgmlType, GgufTensorSpec, GgufWriter, MetaArray, MetaValue,
+    resolve_arch, Arch, GgufTensorSpec, GgufWriter, MetaArray, MetaValue, Preset, RowWeights,
+    TypeChoice, TypeOverrides, TypePlan,
 };
+use crate::importance::ChannelWeights;
 use crate::quantized::Quality;
 use crate::tensor::TensorView;
 use std::path::Path;
@@ -37,13 +40,13 @@ pub const GGUF_SOURCE_DTYPES_KEY: &str = "arrow_quant.source_dtypes";
 struct Planned<'c> {
     file: &'c crate::checkpoint::SafetensorsFile,
     entry: &'c TensorEntry,
-    /// The type to try first, or `None` for a tensor that is not written.
-    ty: Option<GgmlType>,
+    /// The type to try first and the stored shape, or `None` for a tensor that is not written.
+    choice: Option<TypeChoice>,
     /// Why it is kept in a float type or not written.
     kept: Option<String>,
     /// Why the type differs from the preset's (an override, a fallback for its row length).
     note: Option<String>,
-    /// Per-element-of-a-row importance from calibration.
+    /// Importance per column of the source's 2-D view from calibration (squared channel magnitudes).
     importance: Option<Vec<f32>>,
 }
 
@@ -63,13 +66,23 @@ pub(crate) fn quantize_model_gguf(
     let entries: Vec<&TensorEntry> = tensors.iter().map(|(_, e)| *e).collect();
     let decisions = decide(config, &entries);
     let calibrated = CalibratedLayers::new(calibration, &entries, &decisions, config)?;
-    let choice = crate::gguf::TypeChooser::new(config, &entries)?;
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let forced = config
+        .gguf_arch
+        .as_deref()
+        .map(str::parse::<Arch>)
+        .transpose()?;
+    let arch = resolve_arch(&names, forced)?;
+    let preset: Preset = config
+        .gguf_type
+        .as_deref()
+        .unwrap_or(DEFAULT_GGUF_TYPE)
+        .parse()?;
+    let mut types = TypePlan::new(arch, preset);
+    types.overrides = TypeOverrides::parse(&config.tensor_types)?;
     let mut planned = Vec::with_capacity(tensors.len());
     for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
-        let importance = calibrated.channel_absmax[i]
-            .as_ref()
-            .map(|a| a.iter().map(|v| v * v).collect());
-        let (ty, kept, note) = match decision {
+        let (choice, kept, note) = match decision {
             Decision::Raw => (
                 None,
                 Some(format!(
@@ -79,26 +92,40 @@ pub(crate) fn quantize_model_gguf(
                 None,
             ),
             d => {
-                let c = choice.choose(entry, d)?;
-                (Some(c.ty), c.kept, c.note)
+                let policy_keep = match d {
+                    Decision::Keep(why) => Some(why.as_str()),
+                    _ => None,
+                };
+                let c = types.choose(&entry.name, &entry.shape, entry.dtype, policy_keep)?;
+                let (kept, note) = if c.ty.is_float() {
+                    (
+                        Some(c.reason.clone().unwrap_or_else(|| "kept".into())),
+                        None,
+                    )
+                } else {
+                    (None, c.reason.clone())
+                };
+                (Some(c), kept, note)
             }
         };
         planned.push(Planned {
             file,
             entry,
-            ty,
+            choice,
             kept,
             note,
-            importance,
+            importance: calibrated.channel_absmax[i]
+                .as_ref()
+                .map(|a| a.iter().map(|v| v * v).collect()),
         });
     }
     let specs: Vec<GgufTensorSpec> = planned
         .iter()
         .filter_map(|p| {
-            p.ty.map(|ty| GgufTensorSpec {
+            p.choice.as_ref().map(|c| GgufTensorSpec {
                 name: p.entry.name.clone(),
-                shape: choice.stored_shape(p.entry),
-                ty,
+                shape: c.stored.shape.clone(),
+                ty: c.ty,
             })
         })
         .collect();
@@ -115,7 +142,31 @@ pub(crate) fn quantize_model_gguf(
             ),
         ]
     };
-    let mut metadata = choice.metadata();
+    let mut metadata = vec![
+        (
+            "general.architecture".to_string(),
+            MetaValue::String(arch.name().to_string()),
+        ),
+        (
+            "general.quantization_version".to_string(),
+            MetaValue::U32(2),
+        ),
+        (
+            "general.file_type".to_string(),
+            MetaValue::U32(preset.file_type()),
+        ),
+    ];
+    for p in &planned {
+        if let Some((key, dims)) = p
+            .choice
+            .as_ref()
+            .map(|c| c.stored.metadata(&p.entry.name))
+            .transpose()?
+            .flatten()
+        {
+            metadata.push((key, MetaValue::Array(MetaArray::I32(dims))));
+        }
+    }
     metadata.push((
         GGUF_SOURCE_KEY.to_string(),
         MetaValue::String(input.display().to_string()),
@@ -129,7 +180,7 @@ pub(crate) fn quantize_model_gguf(
         MetaValue::Array(MetaArray::String(
             planned
                 .iter()
-                .filter(|p| p.ty.is_some())
+                .filter(|p| p.choice.is_some())
                 .map(|p| p.entry.dtype.name().to_lowercase())
                 .collect(),
         )),
@@ -152,29 +203,28 @@ pub(crate) fn quantize_model_gguf(
         }
         let mut layer = LayerReport::new(p.entry, &p.entry.dtype.name().to_lowercase());
         layer.kept = p.kept.clone();
-        if let Some(first) = p.ty {
+        if let Some(choice) = &p.choice {
             let values = float_values(p.file, p.entry).ok_or_else(|| {
                 QuantError::schema(&p.entry.name, "has no floating-point values to write")
             })?;
-            let shape = p.entry.shape.clone();
-            let view = TensorView::new(&p.entry.name, &shape, values.data())?;
-            let mut bytes_out = 0usize;
-            let row_importance = p
-                .importance
-                .as_deref()
-                .map(|imp| row_weights(imp, &p.entry.shape));
+            let view = TensorView::new(&p.entry.name, &choice.stored.shape, values.data())?;
+            let view_cols = p.entry.shape.iter().skip(1).product::<usize>().max(1);
+            let channel = ChannelWeights::new(&p.entry.name, p.importance.as_deref(), view_cols)?;
+            let weights = RowWeights::columns(&channel, view_cols, 0);
             let encoded = encode_tensor(
                 &view,
-                first,
-                row_importance.as_deref(),
-                if p.kept.is_some() { 0.0 } else { config.quality_floor },
-                config.fail_fast,
-                &mut |ty| writer.begin_tensor(ty),
-                &mut |bytes| {
-                    bytes_out += bytes.len();
-                    writer.write_tensor_data(bytes)
+                choice.ty,
+                weights,
+                if p.kept.is_some() {
+                    0.0
+                } else {
+                    config.quality_floor
                 },
+                config.fail_fast,
+                &mut writer,
             )?;
+            let bytes_out =
+                crate::gguf::gguf_tensor_nbytes(&choice.stored.shape, encoded.ty).unwrap_or(0);
             p.file.release(p.entry);
             layer.set_plain(
                 encoded.ty.name(),
@@ -190,7 +240,15 @@ pub(crate) fn quantize_model_gguf(
             cosines.push(encoded.quality.cosine as f32);
             rel_mses.push(encoded.quality.rel_mse as f32);
         } else {
-            layer.set_plain("raw", 0, 0, Quality { cosine: 1.0, rel_mse: 0.0 });
+            layer.set_plain(
+                "raw",
+                0,
+                0,
+                Quality {
+                    cosine: 1.0,
+                    rel_mse: 0.0,
+                },
+            );
         }
         bytes_done += p.entry.end - p.entry.begin;
         report.push(layer);
@@ -212,21 +270,4 @@ pub(crate) fn quantize_model_gguf(
     writer.finish(quality_arrays(cosines, rel_mses))?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// The importance of each element of a ggml row (the last axis) from the per-column importance of the 2-D view
-/// (all axes but the first): the same for a 2-D tensor; for more axes, averaged over the folded ones.
-fn row_weights(importance: &[f32], shape: &[usize]) -> Vec<f32> {
-    let cols = shape.last().copied().unwrap_or(1).max(1);
-    if importance.len() == cols {
-        return importance.to_vec();
-    }
-    let mut w = vec![0f32; cols];
-    let groups = (importance.len() / cols).max(1);
-    for chunk in importance.chunks(cols) {
-        for (a, b) in w.iter_mut().zip(chunk) {
-            *a += b / groups as f32;
-        }
-    }
-    w
 }

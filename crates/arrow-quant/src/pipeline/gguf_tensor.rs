@@ -5,14 +5,16 @@
 use super::chunked::part_bytes;
 use crate::codec::driver::QualitySums;
 use crate::error::{QuantError, Result};
-use crate::gguf::{ggml_row_len, quantize_rows, GgmlType};
+use crate::gguf::fallback::wider_type as wider_range;
+use crate::gguf::{ggml_row_len, quantize_rows_with, GgmlType, RowWeights};
 use crate::quantized::Quality;
 use crate::tensor::{TensorData, TensorView};
 use std::ops::Range;
 
-/// The next wider type to try after `ty` for rows of `cols` elements (its block must fit them), or `None` past
-/// F32. The ladder keeps a family where it can (K-quants up the K-quants, block-32 types up the block-32 types),
-/// then Q8_0, F16 and F32.
+/// The next wider type to try after `ty` misses the quality floor, for rows of `cols` elements (its block must fit
+/// them), or `None` past F32. The ladder keeps a family where it can (K-quants up the K-quants, block-32 types up
+/// the block-32 types), then Q8_0, F16 and F32. (A value out of a type's range goes to
+/// `gguf::fallback::wider_type` instead: BF16, then F32.)
 pub(crate) fn wider_type(ty: GgmlType, cols: usize) -> Option<GgmlType> {
     use GgmlType::*;
     let mut next = ty;
@@ -32,6 +34,23 @@ pub(crate) fn wider_type(ty: GgmlType, cols: usize) -> Option<GgmlType> {
         if next.fits_row(cols) {
             return Some(next);
         }
+    }
+}
+
+/// Where a tensor's bytes go: its type first, then its blocks in order.
+pub(crate) trait TensorSink {
+    /// The type the bytes that follow are in.
+    fn begin(&mut self, ty: GgmlType) -> Result<()>;
+    /// The next bytes of the tensor.
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+}
+
+impl TensorSink for crate::gguf::GgufWriter {
+    fn begin(&mut self, ty: GgmlType) -> Result<()> {
+        self.begin_tensor(ty)
+    }
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write_tensor_data(bytes)
     }
 }
 
@@ -57,7 +76,11 @@ fn parts(n: usize, cols: usize, elem_bytes: usize) -> Vec<Range<usize>> {
 }
 
 /// Rows `rows` of `tensor` (ggml rows, along its last axis) as a tensor of their own.
-fn rows_view<'a>(tensor: &TensorView<'a>, shape: &'a [usize], rows: &Range<usize>) -> TensorView<'a> {
+fn rows_view<'a>(
+    tensor: &TensorView<'a>,
+    shape: &'a [usize],
+    rows: &Range<usize>,
+) -> TensorView<'a> {
     let cols = ggml_row_len(tensor.shape);
     let r = rows.start * cols..rows.end * cols;
     let data = match tensor.data {
@@ -72,19 +95,18 @@ fn rows_view<'a>(tensor: &TensorView<'a>, shape: &'a [usize], rows: &Range<usize
     }
 }
 
-/// Quantizes `tensor` to `first` (or wider, see [`wider_type`]) and hands its bytes to `write` in order: first
-/// the type (`begin`), then the blocks part by part. `importance` has one weight per element of a ggml row.
+/// Quantizes `tensor` to `first` (or wider, see [`wider_type`]) and hands its bytes to `sink` in order: first
+/// the type, then the blocks part by part. `weights` weight each element's error.
 /// Below `floor` (cosine) the next wider type is tried, or with `fail_fast` the run stops with a quality error.
 /// A tensor of one part is quantized once; a larger one is measured part by part first and written in a second
 /// pass, so that memory stays bounded.
 pub(crate) fn encode_tensor(
     tensor: &TensorView<'_>,
     first: GgmlType,
-    importance: Option<&[f32]>,
+    weights: RowWeights<'_>,
     floor: f64,
     fail_fast: bool,
-    begin: &mut dyn FnMut(GgmlType) -> Result<()>,
-    write: &mut dyn FnMut(&[u8]) -> Result<()>,
+    sink: &mut dyn TensorSink,
 ) -> Result<Encoded> {
     let cols = ggml_row_len(tensor.shape);
     let ranges = parts(tensor.data.len(), cols, tensor.data.dtype().size());
@@ -102,19 +124,20 @@ pub(crate) fn encode_tensor(
     let mut ty = first;
     let mut fallback: Option<String> = None;
     loop {
-        let attempt = measure(tensor, ty, importance, &ranges, &part_shapes);
+        let attempt = measure(tensor, ty, weights, &ranges, &part_shapes);
         let why = match attempt {
             Ok((sums, single)) => {
                 let quality = sums.quality();
                 if quality.cosine >= floor || ty == GgmlType::F32 {
-                    begin(ty)?;
+                    sink.begin(ty)?;
                     match single {
-                        Some(bytes) => write(&bytes)?,
+                        Some(bytes) => sink.write(&bytes)?,
                         None => {
                             for (r, shape) in ranges.iter().zip(&part_shapes) {
-                                let (bytes, _) =
-                                    quantize_rows(&rows_view(tensor, shape, r), ty, importance)?;
-                                write(&bytes)?;
+                                let part = rows_view(tensor, shape, r);
+                                let w = part_weights(weights, r.start * cols);
+                                let (bytes, _) = quantize_rows_with(&part, ty, w)?;
+                                sink.write(&bytes)?;
                             }
                         }
                     }
@@ -135,9 +158,27 @@ pub(crate) fn encode_tensor(
                         ),
                     });
                 }
-                format!("{} cosine {:.4} below the floor {floor}", ty.name(), quality.cosine)
+                format!(
+                    "{} cosine {:.4} below the floor {floor}",
+                    ty.name(),
+                    quality.cosine
+                )
             }
-            Err(QuantError::Range { problem, .. }) => format!("{}: {problem}", ty.name()),
+            Err(QuantError::Range { problem, .. }) => {
+                let why = format!("{}: {problem}", ty.name());
+                let Some(next) = wider_range(ty) else {
+                    return Err(QuantError::Range {
+                        tensor: tensor.name.to_string(),
+                        problem: why,
+                    });
+                };
+                fallback = Some(match fallback {
+                    None => format!("{why}; wrote {}", next.name()),
+                    Some(f) => format!("{f}; {why}; wrote {}", next.name()),
+                });
+                ty = next;
+                continue;
+            }
             Err(e) => return Err(e),
         };
         let Some(next) = wider_type(ty, cols) else {
@@ -154,21 +195,34 @@ pub(crate) fn encode_tensor(
     }
 }
 
+/// `weights` for a part of the tensor that starts at flat element `start`.
+fn part_weights(weights: RowWeights<'_>, start: usize) -> RowWeights<'_> {
+    match weights {
+        RowWeights::Period { weights, offset } => RowWeights::Period {
+            weights,
+            offset: offset + start,
+        },
+        w => w,
+    }
+}
+
 /// The quality sums of `tensor` at `ty` over its parts, and its bytes when it is one part.
 fn measure(
     tensor: &TensorView<'_>,
     ty: GgmlType,
-    importance: Option<&[f32]>,
+    weights: RowWeights<'_>,
     ranges: &[Range<usize>],
     shapes: &[Vec<usize>],
 ) -> Result<(QualitySums, Option<Vec<u8>>)> {
     if ranges.len() <= 1 {
-        let (bytes, sums) = quantize_rows(tensor, ty, importance)?;
+        let (bytes, sums) = quantize_rows_with(tensor, ty, weights)?;
         return Ok((sums, Some(bytes)));
     }
+    let cols = ggml_row_len(tensor.shape);
     let mut sums = QualitySums::default();
     for (r, shape) in ranges.iter().zip(shapes) {
-        let (_, s) = quantize_rows(&rows_view(tensor, shape, r), ty, importance)?;
+        let part = rows_view(tensor, shape, r);
+        let (_, s) = quantize_rows_with(&part, ty, part_weights(weights, r.start * cols))?;
         sums.add(s);
     }
     Ok((sums, None))
@@ -189,29 +243,25 @@ mod tests {
     }
 
     #[test]
-    fn float16_overflow_falls_back_to_f32_and_says_why() {
+    fn float16_overflow_falls_back_to_bf16_and_says_why() {
         let x = vec![1.0f32, 2.0e5, 3.0, 4.0];
         let t = TensorView::new("big", &[2, 2], TensorData::F32(&x)).unwrap();
-        let mut written = Vec::new();
-        let mut types = Vec::new();
-        let e = encode_tensor(
-            &t,
-            GgmlType::F16,
-            None,
-            0.9,
-            false,
-            &mut |ty| {
-                types.push(ty);
+        #[derive(Default)]
+        struct Collect(Vec<GgmlType>, Vec<u8>);
+        impl TensorSink for Collect {
+            fn begin(&mut self, ty: GgmlType) -> Result<()> {
+                self.0.push(ty);
                 Ok(())
-            },
-            &mut |b| {
-                written.extend_from_slice(b);
+            }
+            fn write(&mut self, bytes: &[u8]) -> Result<()> {
+                self.1.extend_from_slice(bytes);
                 Ok(())
-            },
-        )
-        .unwrap();
-        assert_eq!((e.ty, types), (GgmlType::F32, vec![GgmlType::F32]));
-        assert_eq!(written.len(), 16);
+            }
+        }
+        let mut sink = Collect::default();
+        let e = encode_tensor(&t, GgmlType::F16, RowWeights::None, 0.9, false, &mut sink).unwrap();
+        assert_eq!((e.ty, sink.0), (GgmlType::BF16, vec![GgmlType::BF16]));
+        assert_eq!(sink.1.len(), 8);
         assert!(e.fallback.unwrap().contains("F16"));
     }
 }

@@ -63,7 +63,10 @@ pub fn for_each_window(
     let codec = block_codec(info.ty).ok_or_else(|| {
         QuantError::format(
             file.path(),
-            format!("tensor '{}' is {}, which this build cannot decode", info.name, info.ty),
+            format!(
+                "tensor '{}' is {}, which this build cannot decode",
+                info.name, info.ty
+            ),
         )
     })?;
     let cols = info.shape.last().copied().unwrap_or(1).max(1);
@@ -106,18 +109,28 @@ pub fn validate_gguf(original: &Path, path: &Path) -> Result<Validation> {
         let &(src, entry) = sources.get(info.name.as_str()).ok_or_else(|| {
             QuantError::format(
                 path,
-                format!("tensor '{}' is not in the source checkpoint {}", info.name, original.display()),
+                format!(
+                    "tensor '{}' is not in the source checkpoint {}",
+                    info.name,
+                    original.display()
+                ),
             )
         })?;
         let shape = logical_shape(&file, i);
         if shape != entry.shape {
             return Err(QuantError::format(
                 path,
-                format!("tensor '{}' is stored as {shape:?} but its source is {:?}", info.name, entry.shape),
+                format!(
+                    "tensor '{}' is stored as {shape:?} but its source is {:?}",
+                    info.name, entry.shape
+                ),
             ));
         }
         let values = float_values(src, entry).ok_or_else(|| {
-            QuantError::format(path, format!("tensor '{}' is not a float tensor in the source", info.name))
+            QuantError::format(
+                path,
+                format!("tensor '{}' is not a float tensor in the source", info.name),
+            )
         })?;
         let mut sums = QualitySums::default();
         for_each_window(&file, i, &mut buffer, |window, first| {
@@ -137,7 +150,13 @@ pub fn validate_gguf(original: &Path, path: &Path) -> Result<Validation> {
         } else {
             measured.cosine >= floor && (measured.cosine - stored.cosine).abs() < 1e-6
         };
-        layers.push((info.name.clone(), info.ty.name().to_string(), measured, stored, passed));
+        layers.push((
+            info.name.clone(),
+            info.ty.name().to_string(),
+            measured,
+            stored,
+            passed,
+        ));
     }
     Ok(Validation { layers, floor })
 }
@@ -185,7 +204,8 @@ pub fn export_gguf(path: &Path, output: &Path, dtype: Option<ExportDtype>) -> Re
     }
     let mut out = BufWriter::with_capacity(1 << 20, out_file.handle()?);
     let io = |e: std::io::Error| QuantError::io(output, &e);
-    out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&(text.len() as u64).to_le_bytes())
+        .map_err(io)?;
     out.write_all(&text).map_err(io)?;
     let (mut buffer, mut encoded) = (Vec::new(), Vec::new());
     for (i, d) in plan.iter().enumerate() {

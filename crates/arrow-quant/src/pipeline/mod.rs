@@ -8,8 +8,8 @@ mod chunked;
 mod config;
 mod entry;
 mod gguf_run;
-mod gguf_tools;
 mod gguf_tensor;
+mod gguf_tools;
 mod layer_quant;
 mod model_file;
 mod output_path;
@@ -26,8 +26,8 @@ mod writer;
 
 pub use chunked::{PART_BYTES, TEST_PART_BYTES_VAR};
 pub use config::{
-    Budget, OutputFormat, PipelineConfig, AUTO_PLAN_BITS_PER_WEIGHT, DEFAULT_GGUF_TYPE, DEFAULT_KEEP_PATTERNS,
-    DEFAULT_UNCLIPPED_PATTERNS,
+    Budget, OutputFormat, PipelineConfig, AUTO_PLAN_BITS_PER_WEIGHT, DEFAULT_GGUF_TYPE,
+    DEFAULT_KEEP_PATTERNS, DEFAULT_UNCLIPPED_PATTERNS,
 };
 pub use model_file::{ModelFile, ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY, TENSORS_KEY};
 pub use output_path::{check_export_extension, check_output, model_format, same_file};

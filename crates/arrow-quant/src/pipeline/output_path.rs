@@ -204,7 +204,10 @@ mod tests {
             OutputFormat::Parquet
         );
         assert_eq!(model_format(p("x"), None).unwrap(), OutputFormat::Parquet);
-        assert_eq!(model_format(p("m-Q4_K_M.GGUF"), None).unwrap(), OutputFormat::Gguf);
+        assert_eq!(
+            model_format(p("m-Q4_K_M.GGUF"), None).unwrap(),
+            OutputFormat::Gguf
+        );
         assert_eq!(
             model_format(p("x.bin"), Some(OutputFormat::ArrowIpc)).unwrap(),
             OutputFormat::ArrowIpc
