@@ -4,7 +4,7 @@
 
 pub(crate) mod format;
 mod layout;
-mod search;
+pub(crate) mod search;
 
 use super::driver::{first_non_finite, run_chunks, Chunk, ChunkFailure, QualitySums};
 use super::flat::group::{LANES, TINY_SUM};

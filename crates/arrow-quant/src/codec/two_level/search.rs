@@ -47,19 +47,36 @@ impl<const S: usize> Tile<S> {
 }
 
 /// Search effort per width (measured on the standard tensor; see benchmarks/bench_quality.py).
-struct Knobs {
-    candidates: usize,
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Knobs {
+    /// Candidate steps of the first stage (0: min/max range with fields rounded outwards).
+    pub candidates: usize,
     /// Refit every candidate once (re-round with its fit, fit again) before comparing.
-    refit_each: bool,
+    pub refit_each: bool,
     /// Refits of the best candidate afterwards.
-    refits: usize,
-    rmin: f32,
-    rdelta: f32,
-    rounds: usize,
-    grid: usize,
+    pub refits: usize,
+    /// First candidate step is `(qmax + rmin) / range`.
+    pub rmin: f32,
+    /// Candidate `c` adds `rdelta * c` to it.
+    pub rdelta: f32,
+    /// Alternating rounds of the second stage.
+    pub rounds: usize,
+    /// Candidate grid steps of the field scales (at most 16).
+    pub grid: usize,
 }
 
-const fn knobs(bits: BitWidth) -> Knobs {
+/// The geometry a search works with: largest code, largest scale / minimum field, sub-blocks per super-block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SearchShape {
+    /// Largest code (`2^bits - 1`).
+    pub qmax: f32,
+    /// Largest scale or minimum field.
+    pub fmax: f32,
+    /// Sub-blocks per super-block (`K`; `16 / K` super-blocks per tile).
+    pub subs_per_super: usize,
+}
+
+pub(crate) const fn knobs(bits: BitWidth) -> Knobs {
     match bits {
         BitWidth::Int4 => Knobs {
             candidates: 10,
@@ -269,10 +286,29 @@ pub(crate) fn search_tile<const S: usize, const W: bool>(
     params: &mut [SuperBlockParams],
     codes: &mut [[u8; LANES]; S],
 ) -> Result<TileSums, Overflow> {
-    let qmax = spec.bits.max_code() as f32;
-    let fmax = spec.field_max() as f32;
-    let k = spec.subs_per_super;
-    let kn = knobs(spec.bits);
+    let shape = SearchShape {
+        qmax: spec.bits.max_code() as f32,
+        fmax: spec.field_max() as f32,
+        subs_per_super: spec.subs_per_super,
+    };
+    search_tile_with::<S, W>(t, shape, knobs(spec.bits), params, codes)
+}
+
+/// [`search_tile`] for any geometry and effort (the GGUF K-quants call it with their own).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // lanes index several arrays at once
+pub(crate) fn search_tile_with<const S: usize, const W: bool>(
+    t: &Tile<S>,
+    shape: SearchShape,
+    kn: Knobs,
+    params: &mut [SuperBlockParams],
+    codes: &mut [[u8; LANES]; S],
+) -> Result<TileSums, Overflow> {
+    let SearchShape {
+        qmax,
+        fmax,
+        subs_per_super: k,
+    } = shape;
     let mut fixed = Fixed {
         sw: [0.0; LANES],
         swx: [0.0; LANES],

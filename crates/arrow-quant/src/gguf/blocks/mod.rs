@@ -6,6 +6,7 @@
 //! run rows in parallel. [`block_codec`] is the registry.
 
 mod float;
+mod k_quants;
 
 use crate::gguf::GgmlType;
 
@@ -38,6 +39,9 @@ pub(crate) trait BlockCodec: Sync {
 pub(crate) fn block_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
     match ty {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Some(float::codec(ty)),
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            k_quants::codec(ty)
+        }
         _ => None,
     }
 }
