@@ -5,8 +5,8 @@ use crate::table::{print_report, print_rows};
 use crate::{Command, DiffusionArgs, QuantArgs};
 use arrow_quant::diffusion::time_groups::{Smoothing, TimeGrouping};
 use arrow_quant::pipeline::{
-    export_safetensors, quantize_model, validate_model, ExportDtype, ModelFile, OutputFormat,
-    PipelineConfig,
+    export_safetensors, is_gguf, quantize_model, validate_model, ExportDtype, ModelFile,
+    OutputFormat, PipelineConfig,
 };
 use arrow_quant::{parse_group_size, QuantOptions, Result};
 use std::process::ExitCode;
@@ -136,6 +136,17 @@ pub fn run(command: Command) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Inspect {
+            model,
+            json,
+            verify,
+        } if is_gguf(&model) => {
+            if verify {
+                crate::gguf_inspect::verify(&model, json)
+            } else {
+                crate::gguf_inspect::run(&model, json)
+            }
         }
         Command::Inspect {
             model,

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 a quality floor was missed (`quantize --fail-fast`, or `validate`), 2 bad input.
 
 mod commands;
+mod gguf_inspect;
 mod many;
 mod progress;
 mod table;
@@ -78,7 +79,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the tensors of a model file with their encodings and quality
+    /// List the tensors of a model file (or a GGUF file) with their encodings and quality
     Inspect {
         /// The model file
         model: PathBuf,

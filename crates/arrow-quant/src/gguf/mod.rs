@@ -16,6 +16,7 @@ mod file_writer;
 pub mod ggml_type;
 mod layout;
 mod metadata;
+mod metadata_json;
 pub mod overrides;
 pub mod preset;
 #[cfg(test)]
