@@ -72,7 +72,7 @@ fn foreign_type_name(id: u32) -> Option<&'static str> {
 
 impl GgufFile {
     /// Opens and validates `path`: magic, version (2 or 3), metadata (known value types, UTF-8 keys, no key
-    /// twice, `general.alignment` a `u32` power of two), tensor infos (unique UTF-8 names, at most 4 dims, known
+    /// twice, `general.alignment` a `u32` power of two), tensor infos (unique UTF-8 names, at most 5 dims, known
     /// ggml types, rows a whole number of blocks, offsets multiples of the alignment) and data (every tensor
     /// inside the file, no two overlapping).
     pub fn open(path: &Path) -> Result<Self> {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub struct GgufTensorSpec {
     /// The tensor's name (at most 127 bytes, unique in the file).
     pub name: String,
-    /// Shape, row-major, outermost axis first (at most 4 axes, none of them 0); ggml rows are the last axis.
+    /// Shape, row-major, outermost axis first (at most 5 axes, none of them 0); ggml rows are the last axis.
     pub shape: Vec<usize>,
     /// The ggml type its bytes are in.
     pub ty: GgmlType,
@@ -187,7 +187,7 @@ fn header_bytes(
 }
 
 impl GgufWriter {
-    /// Starts a GGUF file at `path`: checks the tensors (names at most 127 bytes and unique, at most 4 axes, rows a
+    /// Starts a GGUF file at `path`: checks the tensors (names at most 127 bytes and unique, at most 5 axes, rows a
     /// whole number of the type's blocks) and the keys (unique, not `general.alignment`, which the writer adds),
     /// then writes header, `metadata` (in the given order), `general.alignment` = 32, the `reserved` keys and the
     /// tensor infos at once. `reserved` values declare the type and length of values known only after the data
@@ -517,13 +517,13 @@ mod tests {
         let e = create(
             vec![GgufTensorSpec::new(
                 "video.conv",
-                &[2, 3, 1, 2, 32],
+                &[2, 2, 3, 1, 2, 32],
                 GgmlType::F16,
             )],
             vec![],
         );
         assert!(
-            e.contains("video.conv") && e.contains("5 axes") && e.contains("at most 4"),
+            e.contains("video.conv") && e.contains("6 axes") && e.contains("at most 5"),
             "{e}"
         );
         let e = create(

@@ -12,8 +12,10 @@ pub const GGUF_VERSION: u32 = 3;
 pub const ALIGNMENT_KEY: &str = "general.alignment";
 /// The data alignment we write, and the one a file without [`ALIGNMENT_KEY`] has.
 pub const GGUF_ALIGNMENT: u32 = 32;
-/// Dimensions a tensor may have (`GGML_MAX_DIMS`).
-pub const GGUF_MAX_DIMS: usize = 4;
+/// Dimensions a tensor may have: ggml's `GGML_MAX_DIMS` is 4, but ComfyUI-GGUF stores 5-D video kernels (Wan's
+/// `patch_embedding.weight`) with 5 dims, which its loader, gguf-py and stable-diffusion.cpp read
+/// (docs/GGUF_TYPES.md, "Stored shapes"); only llama.cpp's own reader refuses them.
+pub const GGUF_MAX_DIMS: usize = 5;
 /// Bytes a tensor name may have: stable-diffusion.cpp builds ggml with `GGML_MAX_NAME=128` and its reader rejects
 /// names of 128 bytes or more (llama.cpp's default of 64 does not bind diffusion runtimes; gguf-py, and so
 /// ComfyUI-GGUF and diffusers, set no limit).

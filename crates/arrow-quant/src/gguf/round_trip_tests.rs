@@ -268,10 +268,10 @@ fn corrupt_headers_are_errors_that_say_what_and_where() {
     );
     let e = edit(&|b| {
         let at = info_at(b, "t1") + 10;
-        put_u32(b, at, 5);
+        put_u32(b, at, 6);
     });
     assert!(
-        e.contains("tensor 't1'") && e.contains("5 dimensions"),
+        e.contains("tensor 't1'") && e.contains("6 dimensions"),
         "{e}"
     );
     // t1's type (after name, n_dims and one dim) becomes Q8_1, then an id nobody knows.
