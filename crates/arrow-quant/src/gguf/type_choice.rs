@@ -75,6 +75,9 @@ pub struct TypePlan {
 pub struct TypeChoice {
     /// The ggml type.
     pub ty: GgmlType,
+    /// The type the rules wanted before the rows were fitted: `ty` differs from it, or `stored` is flattened,
+    /// when the rows did not fit its blocks (the run report lists those tensors).
+    pub wanted: GgmlType,
     /// The shape it is stored under, and the own shape when flattened.
     pub stored: StoredShape,
     /// Why it is not the preset's base type in its own shape (a loader rule, an override, a keep rule, a mix's
@@ -115,15 +118,12 @@ impl TypePlan {
             ));
         }
         if let Some(reason) = self.loader_rule(name, shape) {
-            return Ok(self.finish(
-                full_precision(source),
-                StoredShape::native(shape),
-                vec![reason],
-            ));
+            let ty = full_precision(source);
+            return Ok(self.finish(ty, ty, StoredShape::native(shape), vec![reason]));
         }
-        let (ty, mut reasons) = self.wanted_type(name, shape, source, policy_keep);
-        let stored = self.fit(ty, shape, source, &mut reasons);
-        Ok(self.finish(stored.0, stored.1, reasons))
+        let (wanted, mut reasons) = self.wanted_type(name, shape, source, policy_keep);
+        let (ty, stored) = self.fit(wanted, shape, source, &mut reasons);
+        Ok(self.finish(wanted, ty, stored, reasons))
     }
 
     /// Rule 1: the tensors stored exactly, whatever else applies.
@@ -183,7 +183,7 @@ impl TypePlan {
         let ty = self.preset.type_for(role);
         let reasons = match role {
             Some(role) if ty != self.preset.base() => vec![format!(
-                "{} projection: {} stores it one level up",
+                "{} projection: {} stores it as {ty}",
                 role_name(role),
                 self.preset
             )],
@@ -206,8 +206,8 @@ impl TypePlan {
         self.shape_fix && self.arch.shape_fix()
     }
 
-    /// The type and layout that store `ty`'s intent: its own shape if its blocks fit, else flattened, else the
-    /// block fallback, else 16-bit.
+    /// The type and layout that store `ty`'s intent: its own shape if its blocks fit, else flattened to rows of
+    /// 256, else the block fallback in its own shape or flattened to rows of 32, else 16-bit.
     fn fit(
         &self,
         ty: GgmlType,
@@ -215,57 +215,54 @@ impl TypePlan {
         source: Dtype,
         reasons: &mut Vec<String>,
     ) -> (GgmlType, StoredShape) {
-        if ty.fits_row(ggml_row(shape)) {
+        let cols = ggml_row(shape);
+        if ty.fits_row(cols) {
             return (ty, StoredShape::native(shape));
         }
-        let cols = ggml_row(shape);
-        let flat = |row: usize| {
+        let unfit = format!(
+            "rows of {cols} do not fit {ty}'s {}-element blocks",
+            ty.block_len()
+        );
+        let flattened = |to: GgmlType, row: usize| {
             StoredShape::flattened(shape, row)
-                .filter(|_| self.flattens() && row % ty.block_len() == 0)
+                .filter(|_| self.flattens() && row % to.block_len() == 0)
         };
-        if let Some(stored) = flat(FLAT_ROW) {
-            reasons.push(format!(
-                "rows of {cols} do not fit {ty}'s {}-element blocks: stored as {:?} with its shape in \
-                 comfy.gguf.orig_shape",
-                ty.block_len(),
-                stored.shape
-            ));
-            return (ty, stored);
-        }
-        let fb = block_fallback(ty).unwrap_or(ty);
-        let why = |to: GgmlType, how: &str| {
-            format!(
-                "rows of {cols} do not fit {ty}'s {}-element blocks: {to}{how}",
-                ty.block_len()
-            )
+        let fb = block_fallback(ty);
+        let (to, stored) = if let Some(stored) = flattened(ty, FLAT_ROW) {
+            (ty, stored)
+        } else if let Some(fb) = fb.filter(|fb| fb.fits_row(cols)) {
+            (fb, StoredShape::native(shape))
+        } else if let Some(stored) = flattened(fb.unwrap_or(ty), FLAT_ROW_SMALL) {
+            (fb.unwrap_or(ty), stored)
+        } else {
+            let float = self.keep_type(source);
+            reasons.push(format!("{unfit}, and no block type does: {float}"));
+            return (float, StoredShape::native(shape));
         };
-        if fb != ty && fb.fits_row(cols) {
-            reasons.push(why(fb, ""));
-            return (fb, StoredShape::native(shape));
-        }
-        if let Some(stored) = StoredShape::flattened(shape, FLAT_ROW_SMALL)
-            .filter(|_| self.flattens() && fb.block_len() == FLAT_ROW_SMALL)
-        {
-            reasons.push(why(
-                fb,
-                &format!(
-                    ", stored as {:?} with its shape in comfy.gguf.orig_shape",
-                    stored.shape
-                ),
-            ));
-            return (fb, stored);
-        }
-        let float = self.keep_type(source);
-        reasons.push(format!(
-            "rows of {cols} fit no block of {ty} or its fallbacks: {float}"
-        ));
-        (float, StoredShape::native(shape))
+        let fell_back = if to == ty {
+            String::new()
+        } else {
+            format!(": {to}")
+        };
+        let how = match &stored.orig_shape {
+            Some(_) => format!(", stored as {:?} with comfy.gguf.orig_shape", stored.shape),
+            None => String::new(),
+        };
+        reasons.push(format!("{unfit}{fell_back}{how}"));
+        (to, stored)
     }
 
-    fn finish(&self, ty: GgmlType, stored: StoredShape, reasons: Vec<String>) -> TypeChoice {
+    fn finish(
+        &self,
+        wanted: GgmlType,
+        ty: GgmlType,
+        stored: StoredShape,
+        reasons: Vec<String>,
+    ) -> TypeChoice {
         let plain = ty == self.preset.base() && stored.orig_shape.is_none();
         TypeChoice {
             ty,
+            wanted,
             stored,
             reason: (!plain && !reasons.is_empty()).then(|| reasons.join("; ")),
         }

@@ -181,7 +181,7 @@ fn sdxl_checkpoint_gets_sdxl_and_comfy_shape_fix() {
         )
         .unwrap();
     assert_eq!(odd.ty, T::F16);
-    assert!(odd.reason.unwrap().contains("fit no block"));
+    assert!(odd.reason.unwrap().contains("no block type does: F16"));
 }
 
 #[test]
@@ -249,6 +249,9 @@ fn sd3_checkpoint_gets_sd3_and_falls_back_on_rows_of_2432() {
             (T::F16, None, Some("context_embedder.")),
         ],
     );
+    // `wanted` keeps the type the rules asked for, so the report can list what fell back
+    assert_eq!((c[1].wanted, c[1].ty), (T::Q4_K, T::Q4_1));
+    assert_eq!((c[2].wanted, c[2].ty), (T::Q5_K, T::Q5_K));
     // the qkv reason tells both steps
     let r = c[0].reason.as_deref().unwrap();
     assert!(r.contains("Q5_K") && r.contains("Q5_1"), "{r}");
