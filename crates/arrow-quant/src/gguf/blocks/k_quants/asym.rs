@@ -16,14 +16,6 @@ pub(super) struct AsymSearch {
     pub knobs: Knobs,
 }
 
-/// The importance of a row scaled to mean 1 (the scale is the second item), or `None` to search unweighted
-/// (no importance, or all of it zero).
-pub(super) fn row_weights(importance: Option<&[f32]>) -> Option<(&[f32], f32)> {
-    let w = importance?;
-    let total: f64 = w.iter().map(|&v| f64::from(v)).sum();
-    (total > 0.0 && total.is_finite()).then(|| (w, (w.len() as f64 / total) as f32))
-}
-
 /// Searches the super-blocks of one row `x` (a whole number of super-blocks; `S`-element sub-blocks) and hands
 /// each one's parameters and codes (element order) to `emit(index, params, codes)`. Returns the tile sums of
 /// the reconstruction (`sum x^2`, `sum (x - y)^2`, `sum y^2` in f32, per tile, added up in f64).

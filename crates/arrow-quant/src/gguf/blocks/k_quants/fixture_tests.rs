@@ -47,3 +47,23 @@ fn decodes_like_gguf_py(ty: GgmlType, (blocks, values): (&[u8], &[u8])) {
 fn q4_k_decodes_bit_exactly_like_gguf_py() {
     decodes_like_gguf_py(GgmlType::Q4_K, fixture!("q4_k"));
 }
+
+#[test]
+fn q5_k_decodes_bit_exactly_like_gguf_py() {
+    decodes_like_gguf_py(GgmlType::Q5_K, fixture!("q5_k"));
+}
+
+#[test]
+fn q2_k_decodes_bit_exactly_like_gguf_py() {
+    decodes_like_gguf_py(GgmlType::Q2_K, fixture!("q2_k"));
+}
+
+#[test]
+fn q6_k_decodes_bit_exactly_like_gguf_py() {
+    decodes_like_gguf_py(GgmlType::Q6_K, fixture!("q6_k"));
+}
+
+#[test]
+fn q3_k_decodes_bit_exactly_like_gguf_py() {
+    decodes_like_gguf_py(GgmlType::Q3_K, fixture!("q3_k"));
+}

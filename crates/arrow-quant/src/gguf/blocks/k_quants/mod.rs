@@ -5,8 +5,13 @@
 //! `codec::two_level`).
 
 mod asym;
+mod q2_k;
+mod q3_k;
 mod q4_k;
+mod q5_k;
+mod q6_k;
 mod scales;
+mod sym;
 
 #[cfg(test)]
 mod fixture_tests;
@@ -22,7 +27,19 @@ const QK_K: usize = 256;
 /// The codec of a K-quant type, `None` for other types.
 pub(super) fn codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
     match ty {
+        GgmlType::Q2_K => Some(&q2_k::Q2K),
+        GgmlType::Q3_K => Some(&q3_k::Q3K),
         GgmlType::Q4_K => Some(&q4_k::Q4K),
+        GgmlType::Q5_K => Some(&q5_k::Q5K),
+        GgmlType::Q6_K => Some(&q6_k::Q6K),
         _ => None,
     }
+}
+
+/// The importance of a row scaled to mean 1 (the scale is the second item), or `None` to search unweighted
+/// (no importance, or all of it zero).
+fn row_weights(importance: Option<&[f32]>) -> Option<(&[f32], f32)> {
+    let w = importance?;
+    let total: f64 = w.iter().map(|&v| f64::from(v)).sum();
+    (total > 0.0 && total.is_finite()).then(|| (w, (w.len() as f64 / total) as f32))
 }

@@ -3,7 +3,8 @@
 //! Element `c * 64 + l` (`l < 32`) is the low nibble of code byte `c * 32 + l`, element `c * 64 + 32 + l` its
 //! high nibble. Decoding is ggml's `dequantize_row_q4_K`: `d1 = d * sc; m1 = dmin * m; y = d1 * q - m1`.
 
-use super::asym::{row_weights, search_row, AsymSearch};
+use super::asym::{search_row, AsymSearch};
+use super::row_weights;
 use super::scales::{pack_scale_min_k4, read_f16, unpack_scale_min_k4, write_f16};
 use super::QK_K;
 use crate::codec::two_level::format::SuperBlockParams;

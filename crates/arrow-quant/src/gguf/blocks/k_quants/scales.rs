@@ -1,5 +1,6 @@
 //! The packed sub-block fields of the K-quants: the 12 bytes of eight 6-bit scales and eight 6-bit minima of
-//! Q4_K / Q5_K (ggml's `get_scale_min_k4`) and the float16 super-block scales.
+//! Q4_K / Q5_K (ggml's `get_scale_min_k4`), the 12 bytes of sixteen 6-bit signed scales of Q3_K, and the
+//! float16 super-block scales.
 
 use half::f16;
 
@@ -28,6 +29,33 @@ pub(super) fn unpack_scale_min_k4(q: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
+/// Packs sixteen Q3_K scale fields (each `< 64`, the signed scale plus 32): low nibbles of fields 0..7 in the
+/// low nibbles of bytes 0..7, of fields 8..15 in their high nibbles; the top two bits of field `j` in bits
+/// `2 * (j / 4)` of byte `8 + j % 4`.
+pub(super) fn pack_q3_scales(fields: &[u8; 16], out: &mut [u8]) {
+    out[..12].fill(0);
+    for (j, &l) in fields.iter().enumerate() {
+        if j < 8 {
+            out[j] = l & 0xF;
+        } else {
+            out[j - 8] |= (l & 0xF) << 4;
+        }
+        out[8 + j % 4] |= (l >> 4) << (2 * (j / 4));
+    }
+}
+
+/// The sixteen signed scales of a 12-byte Q3_K field block (each field minus 32, as ggml decodes them).
+#[inline(always)]
+pub(super) fn unpack_q3_scales(q: &[u8]) -> [i8; 16] {
+    let mut s = [0i8; 16];
+    for (j, v) in s.iter_mut().enumerate() {
+        let low = if j < 8 { q[j] & 0xF } else { q[j - 8] >> 4 };
+        let high = (q[8 + j % 4] >> (2 * (j / 4))) & 3;
+        *v = (low | (high << 4)) as i8 - 32;
+    }
+    s
+}
+
 /// A little-endian float16 as f32.
 #[inline(always)]
 pub(super) fn read_f16(b: &[u8]) -> f32 {
@@ -54,5 +82,22 @@ mod tests {
         // field 4's low nibble is byte 8's low nibble, its top bits byte 0's top bits
         assert_eq!(b[8] & 0xF, 63 & 0xF);
         assert_eq!(b[0] >> 6, 63 >> 4);
+    }
+
+    #[test]
+    fn q3_fields_round_trip_as_signed_scales() {
+        let mut f = [0u8; 16];
+        for (j, v) in f.iter_mut().enumerate() {
+            *v = (j as u8 * 13 + 7) % 64;
+        }
+        f[3] = 0;
+        f[12] = 63;
+        let mut b = [0u8; 12];
+        pack_q3_scales(&f, &mut b);
+        let s = unpack_q3_scales(&b);
+        for j in 0..16 {
+            assert_eq!(i32::from(s[j]), i32::from(f[j]) - 32, "field {j}");
+        }
+        assert_eq!((s[3], s[12]), (-32, 31));
     }
 }

@@ -8,7 +8,13 @@ use proptest::prelude::*;
 
 /// The K-quant types with a codec, and a bound on their rel-MSE on Gaussian rows (llama.cpp's on the standard
 /// tensor, with a margin for the small sample).
-const TYPES: [(GgmlType, f64); 1] = [(GgmlType::Q4_K, 5.3e-3)];
+const TYPES: [(GgmlType, f64); 5] = [
+    (GgmlType::Q2_K, 9.2e-2),
+    (GgmlType::Q3_K, 2.4e-2),
+    (GgmlType::Q4_K, 5.3e-3),
+    (GgmlType::Q5_K, 1.4e-3),
+    (GgmlType::Q6_K, 3.4e-4),
+];
 
 /// Deterministic Gaussian values (xorshift and Box-Muller).
 fn gaussian(n: usize, seed: u64) -> Vec<f32> {

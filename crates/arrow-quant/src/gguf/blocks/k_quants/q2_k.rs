@@ -1,0 +1,92 @@
+//! Q2_K: super-blocks of 256 elements in sixteen 16-element sub-blocks, 2-bit codes, 4-bit scales and minima
+//! (`block_q2_K` of ggml-common.h: 16 bytes of fields (scale in the low nibble, minimum in the high one), 64
+//! bytes of codes, then `d`, `dmin` as float16; 84 bytes). Element `h * 128 + j * 32 + l` (`l < 32`) is bits
+//! `2j..2j+1` of code byte `h * 32 + l`. Decoding is ggml's `dequantize_row_q2_K`:
+//! `dl = d * sc; ml = dmin * m; y = dl * q - ml`.
+
+use super::asym::{search_row, AsymSearch};
+use super::row_weights;
+use super::scales::{read_f16, write_f16};
+use super::QK_K;
+use crate::codec::two_level::format::SuperBlockParams;
+use crate::codec::two_level::search::{knobs, SearchShape};
+use crate::config::BitWidth;
+use crate::gguf::blocks::{BlockCodec, OutOfRange};
+use crate::simd::multiversion;
+
+/// Bytes of one block.
+const BLOCK_BYTES: usize = 84;
+
+/// The Q2_K codec.
+pub(super) struct Q2K;
+
+/// Q2_K's search: int2_2l's geometry and effort.
+const SEARCH: AsymSearch = AsymSearch {
+    shape: SearchShape {
+        qmax: 3.0,
+        fmax: 15.0,
+        subs_per_super: 16,
+    },
+    knobs: knobs(BitWidth::Int2),
+};
+
+/// Writes one block from its parameters and codes.
+#[inline(always)]
+fn write_block(p: &SuperBlockParams, codes: &[u8; QK_K], out: &mut [u8]) {
+    for j in 0..16 {
+        out[j] = p.sc[j] | (p.mn[j] << 4);
+    }
+    for h in 0..2 {
+        for l in 0..32 {
+            let e = h * 128 + l;
+            out[16 + h * 32 + l] =
+                codes[e] | (codes[e + 32] << 2) | (codes[e + 64] << 4) | (codes[e + 96] << 6);
+        }
+    }
+    write_f16(p.d, &mut out[80..82]);
+    write_f16(p.dmin, &mut out[82..84]);
+}
+
+multiversion! {
+    /// Quantizes one row into its blocks.
+    fn quantize(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
+        search_row::<16>(&SEARCH, x, row_weights(importance), |b, p, codes| {
+            write_block(p, codes, &mut out[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]);
+        })
+    }
+}
+
+multiversion! {
+    /// Decodes the blocks of one row exactly as ggml's `dequantize_row_q2_K`.
+    fn dequantize(blocks: &[u8], out: &mut [f32]) -> () {
+        for (b, y) in blocks.chunks_exact(BLOCK_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+            let d = read_f16(&b[80..82]);
+            let dmin = read_f16(&b[82..84]);
+            for (j, ys) in y.chunks_exact_mut(16).enumerate() {
+                let dl = d * f32::from(b[j] & 0xF);
+                let ml = dmin * f32::from(b[j] >> 4);
+                // sub-block j: half j / 8, shift 2 * ((j % 8) / 2), bytes (j % 2) * 16 .. of the half's 32
+                let q = &b[16 + (j / 8) * 32 + (j % 2) * 16..][..16];
+                let shift = 2 * ((j % 8) / 2);
+                for l in 0..16 {
+                    ys[l] = dl * f32::from((q[l] >> shift) & 3) - ml;
+                }
+            }
+        }
+    }
+}
+
+impl BlockCodec for Q2K {
+    fn quantize_row(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut [u8],
+    ) -> Result<(), OutOfRange> {
+        quantize(x, importance, out).map(|_| ())
+    }
+
+    fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
+        dequantize(blocks, out);
+    }
+}

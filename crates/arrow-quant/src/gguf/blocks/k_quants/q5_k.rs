@@ -1,0 +1,113 @@
+//! Q5_K: super-blocks of 256 elements in eight 32-element sub-blocks, 5-bit codes, 6-bit scales and minima
+//! (`block_q5_K` of ggml-common.h: `d`, `dmin` as float16, 12 bytes of fields, 32 bytes of high bits, 128 bytes
+//! of low nibbles; 176 bytes). Element `c * 64 + l` (`l < 32`) is the low nibble of byte `c * 32 + l` of the low
+//! part, element `c * 64 + 32 + l` its high nibble; the fifth bit of element `j * 32 + l` is bit `j` of high-bit
+//! byte `l`. Decoding is ggml's `dequantize_row_q5_K`: `d1 = d * sc; m1 = dmin * m; y = d1 * q - m1`.
+
+use super::asym::{search_row, AsymSearch};
+use super::row_weights;
+use super::scales::{pack_scale_min_k4, read_f16, unpack_scale_min_k4, write_f16};
+use super::QK_K;
+use crate::codec::two_level::format::SuperBlockParams;
+use crate::codec::two_level::search::{Knobs, SearchShape};
+use crate::gguf::blocks::{BlockCodec, OutOfRange};
+use crate::simd::multiversion;
+
+/// Bytes of one block.
+const BLOCK_BYTES: usize = 176;
+
+/// The Q5_K codec.
+pub(super) struct Q5K;
+
+/// Q5_K's search (effort measured on the standard tensor against llama.cpp's Q5_K).
+const SEARCH: AsymSearch = AsymSearch {
+    shape: SearchShape {
+        qmax: 31.0,
+        fmax: 63.0,
+        subs_per_super: 8,
+    },
+    knobs: Knobs {
+        candidates: 10,
+        refit_each: true,
+        refits: 0,
+        rmin: -1.0,
+        rdelta: 0.2,
+        rounds: 3,
+        grid: 16,
+    },
+};
+
+/// Writes one block from its parameters and codes.
+#[inline(always)]
+fn write_block(p: &SuperBlockParams, codes: &[u8; QK_K], out: &mut [u8]) {
+    write_f16(p.d, &mut out[0..2]);
+    write_f16(p.dmin, &mut out[2..4]);
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    sc.copy_from_slice(&p.sc[..8]);
+    mn.copy_from_slice(&p.mn[..8]);
+    pack_scale_min_k4(&sc, &mn, &mut out[4..16]);
+    let (qh, qs) = out[16..BLOCK_BYTES].split_at_mut(32);
+    for l in 0..32 {
+        let mut h = 0u8;
+        for j in 0..8 {
+            h |= (codes[j * 32 + l] >> 4) << j;
+        }
+        qh[l] = h;
+    }
+    for c in 0..4 {
+        for l in 0..32 {
+            qs[c * 32 + l] = (codes[c * 64 + l] & 0xF) | ((codes[c * 64 + 32 + l] & 0xF) << 4);
+        }
+    }
+}
+
+multiversion! {
+    /// Quantizes one row into its blocks.
+    fn quantize(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
+        search_row::<32>(&SEARCH, x, row_weights(importance), |b, p, codes| {
+            write_block(p, codes, &mut out[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]);
+        })
+    }
+}
+
+multiversion! {
+    /// Decodes the blocks of one row exactly as ggml's `dequantize_row_q5_K`.
+    fn dequantize(blocks: &[u8], out: &mut [f32]) -> () {
+        for (b, y) in blocks.chunks_exact(BLOCK_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+            let d = read_f16(&b[0..2]);
+            let dmin = read_f16(&b[2..4]);
+            let (sc, mn) = unpack_scale_min_k4(&b[4..16]);
+            let qh = &b[16..48];
+            let qs = &b[48..BLOCK_BYTES];
+            for c in 0..4 {
+                let d1 = d * f32::from(sc[2 * c]);
+                let m1 = dmin * f32::from(mn[2 * c]);
+                let d2 = d * f32::from(sc[2 * c + 1]);
+                let m2 = dmin * f32::from(mn[2 * c + 1]);
+                let q = &qs[c * 32..c * 32 + 32];
+                let (lo, hi) = y[c * 64..c * 64 + 64].split_at_mut(32);
+                for l in 0..32 {
+                    let h = qh[l] >> (2 * c);
+                    lo[l] = d1 * f32::from((q[l] & 0xF) | ((h & 1) << 4)) - m1;
+                    hi[l] = d2 * f32::from((q[l] >> 4) | ((h & 2) << 3)) - m2;
+                }
+            }
+        }
+    }
+}
+
+impl BlockCodec for Q5K {
+    fn quantize_row(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut [u8],
+    ) -> Result<(), OutOfRange> {
+        quantize(x, importance, out).map(|_| ())
+    }
+
+    fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
+        dequantize(blocks, out);
+    }
+}
