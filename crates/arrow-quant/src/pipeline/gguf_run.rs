@@ -83,6 +83,11 @@ pub(crate) fn quantize_model_gguf(
     let mut planned = Vec::with_capacity(tensors.len());
     for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
         let (choice, kept, note) = match decision {
+            _ if arch.is_ignored(&entry.name) => (
+                None,
+                Some(format!("not written: {arch}'s loaders do not take this tensor")),
+                None,
+            ),
             Decision::Raw => (
                 None,
                 Some(format!(
