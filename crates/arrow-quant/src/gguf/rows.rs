@@ -5,6 +5,7 @@ use crate::codec::driver::QualitySums;
 use crate::error::{QuantError, Result};
 use crate::gguf::blocks::block_codec;
 use crate::gguf::GgmlType;
+use crate::simd::multiversion;
 use crate::tensor::{TensorData, TensorView};
 use rayon::prelude::*;
 
@@ -65,6 +66,7 @@ pub fn quantize_rows(
     }
     let codec = block_codec(ty)
         .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?;
+    let tolerant = codec.tolerates_non_finite();
     let row_bytes = ty.row_bytes(cols).unwrap_or(0);
     let n = tensor.data.len();
     let rows = n.checked_div(cols).unwrap_or(0);
@@ -74,31 +76,38 @@ pub fn quantize_rows(
         .enumerate()
         .map_init(
             || (vec![0f32; cols], vec![0f32; cols]),
-            |(x, back), (r, blocks)| {
+            |(buf, back), (r, blocks)| {
                 let start = r * cols;
-                match tensor.data {
-                    TensorData::F32(all) => x.copy_from_slice(&all[start..start + cols]),
-                    _ => tensor.data.copy_to_f32(start, x),
-                }
-                if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                    return Err(QuantError::NonFinite {
+                let x: &[f32] = match tensor.data {
+                    TensorData::F32(all) => &all[start..start + cols],
+                    _ => {
+                        tensor.data.copy_to_f32(start, buf);
+                        buf
+                    }
+                };
+                let non_finite = |x: &[f32]| {
+                    let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                    QuantError::NonFinite {
                         tensor: tensor.name.to_string(),
                         index: start + i,
                         value: x[i].to_string(),
-                    });
-                }
-                codec.quantize_row(x, importance, blocks).map_err(|e| {
-                    QuantError::Range {
-                        tensor: tensor.name.to_string(),
-                        problem: format!(
-                            "row {r}, block {}: a {} scale would not be finite; use a wider type or F32",
-                            e.block,
-                            ty.name()
-                        ),
                     }
-                })?;
-                codec.dequantize_row(blocks, back);
-                Ok(QualitySums::of(x, back))
+                };
+                if !tolerant && !all_finite(x) {
+                    return Err(non_finite(x));
+                }
+                let encoded = codec.quantize_row_with_sums(x, importance, blocks, back);
+                if tolerant && !all_finite(x) {
+                    return Err(non_finite(x));
+                }
+                encoded.map_err(|e| QuantError::Range {
+                    tensor: tensor.name.to_string(),
+                    problem: format!(
+                        "row {r}, block {}: a {} scale would not be finite; use a wider type or F32",
+                        e.block,
+                        ty.name()
+                    ),
+                })
             },
         )
         .collect();
@@ -107,6 +116,15 @@ pub fn quantize_rows(
         sums.add(s?);
     }
     Ok((out, sums))
+}
+
+multiversion! {
+    /// True when every element of `x` is finite (a vectorised scan; the caller finds the culprit if not).
+    fn all_finite(x: &[f32]) -> bool {
+        x.iter()
+            .fold(0u32, |bad, v| bad | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+            == 0
+    }
 }
 
 /// Decodes `blocks` of type `ty` holding a tensor of `shape` to f32, exactly as ggml's `to_float` does.
