@@ -7,6 +7,7 @@ use crate::gguf::blocks::block_codec;
 use crate::gguf::GgmlType;
 use crate::importance::ChannelWeights;
 use crate::tensor::{TensorData, TensorView};
+use crate::simd::multiversion;
 use rayon::prelude::*;
 
 /// Elements of a ggml row of `shape`: its last axis (1 for a scalar).
@@ -116,27 +117,35 @@ pub(crate) fn quantize_rows_with(
     let n = tensor.data.len();
     let rows = n.checked_div(cols).unwrap_or(0);
     let granule = sum_granule_rows(cols);
+    let tolerant = codec.tolerates_non_finite();
     let mut out = vec![0u8; rows * row_bytes];
     let per_granule: Vec<std::result::Result<QualitySums, QuantError>> = out
         .par_chunks_mut((granule * row_bytes).max(1))
         .enumerate()
         .map_init(
             || (vec![0f32; cols], vec![0f32; cols], vec![0f32; cols]),
-            |(x, back, gathered), (g, blocks)| {
+            |(buf, back, gathered), (g, blocks)| {
                 let mut sums = QualitySums::default();
                 for (k, row_blocks) in blocks.chunks_mut(row_bytes.max(1)).enumerate() {
                     let r = g * granule + k;
                     let start = r * cols;
-                    match tensor.data {
-                        TensorData::F32(all) => x.copy_from_slice(&all[start..start + cols]),
-                        _ => tensor.data.copy_to_f32(start, x),
-                    }
-                    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                        return Err(QuantError::NonFinite {
+                    let x: &[f32] = match tensor.data {
+                        TensorData::F32(all) => &all[start..start + cols],
+                        _ => {
+                            tensor.data.copy_to_f32(start, buf);
+                            buf
+                        }
+                    };
+                    let non_finite = |x: &[f32]| {
+                        let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                        QuantError::NonFinite {
                             tensor: tensor.name.to_string(),
                             index: start + i,
                             value: x[i].to_string(),
-                        });
+                        }
+                    };
+                    if !tolerant && !all_finite(x) {
+                        return Err(non_finite(x));
                     }
                     let importance = match weights {
                         RowWeights::None => None,
@@ -154,18 +163,18 @@ pub(crate) fn quantize_rows_with(
                             }
                         }
                     };
-                    codec.quantize_row(x, importance, row_blocks).map_err(|e| {
-                        QuantError::Range {
-                            tensor: tensor.name.to_string(),
-                            problem: format!(
-                                "row {r}, block {}: a {} scale would not be finite; use a wider type or F32",
-                                e.block,
-                                ty.name()
-                            ),
-                        }
-                    })?;
-                    codec.dequantize_row(row_blocks, back);
-                    sums.add_pairs(x, back);
+                    let encoded = codec.quantize_row_with_sums(x, importance, row_blocks, back);
+                    if tolerant && !all_finite(x) {
+                        return Err(non_finite(x));
+                    }
+                    sums.add(encoded.map_err(|e| QuantError::Range {
+                        tensor: tensor.name.to_string(),
+                        problem: format!(
+                            "row {r}, block {}: a {} scale would not be finite; use a wider type or F32",
+                            e.block,
+                            ty.name()
+                        ),
+                    })?);
                 }
                 Ok(sums)
             },
@@ -176,6 +185,15 @@ pub(crate) fn quantize_rows_with(
         sums.add(s?);
     }
     Ok((out, sums))
+}
+
+multiversion! {
+    /// True when every element of `x` is finite (a vectorised scan; the caller finds the culprit if not).
+    fn all_finite(x: &[f32]) -> bool {
+        x.iter()
+            .fold(0u32, |bad, v| bad | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+            == 0
+    }
 }
 
 /// Decodes `blocks` of type `ty` holding a tensor of `shape` to f32, exactly as ggml's `to_float` does.

@@ -5,9 +5,17 @@
 //! A codec works on one ggml row at a time (the last axis of the tensor, a whole number of blocks); the callers
 //! run rows in parallel. [`block_codec`] is the registry.
 
+mod affine;
+mod block32;
+#[cfg(test)]
+mod fixtures;
 mod float;
 mod k_quants;
+mod lanes;
+mod sums;
+mod symmetric;
 
+use crate::codec::driver::QualitySums;
 use crate::gguf::GgmlType;
 
 /// A block whose parameters would not be finite in their storage type (a float16 scale beyond 65504): the caller
@@ -33,6 +41,28 @@ pub(crate) trait BlockCodec: Sync {
     /// Decodes the blocks of one row (`blocks.len()` a whole number of blocks, `out` their elements) exactly as
     /// ggml's `to_float` does.
     fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]);
+
+    /// True when [`quantize_row`](Self::quantize_row) may be given non-finite values (its output then garbage, but
+    /// it never panics), so that the caller can check the row after encoding it, when the row is in cache, and
+    /// the encoder's reads overlap the fetch from memory.
+    fn tolerates_non_finite(&self) -> bool {
+        false
+    }
+
+    /// [`quantize_row`](Self::quantize_row), returning the quality sums of `x` against the row as
+    /// [`dequantize_row`](Self::dequantize_row) decodes it; `scratch` is a row of f32 to decode into. Codecs that
+    /// know their reconstruction while encoding override it and skip the decode.
+    fn quantize_row_with_sums(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut [u8],
+        scratch: &mut [f32],
+    ) -> Result<QualitySums, OutOfRange> {
+        self.quantize_row(x, importance, out)?;
+        self.dequantize_row(out, scratch);
+        Ok(sums::row_sums(x, scratch))
+    }
 }
 
 /// The codec of `ty`, or `None` for a type whose codec is not built yet.
@@ -42,6 +72,11 @@ pub(crate) fn block_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
         GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
             k_quants::codec(ty)
         }
+        GgmlType::Q8_0 => Some(&symmetric::Q8_0Codec),
+        GgmlType::Q4_0 => Some(&symmetric::Q4_0Codec),
+        GgmlType::Q5_0 => Some(&symmetric::Q5_0Codec),
+        GgmlType::Q4_1 => Some(&affine::Q4_1Codec),
+        GgmlType::Q5_1 => Some(&affine::Q5_1Codec),
         _ => None,
     }
 }
