@@ -37,7 +37,7 @@ const FLUSH_QUADS: usize = 64;
 
 /// Quality sums of quads, accumulated lane-wise in f32 and flushed into f64 (in lane order) every
 /// [`FLUSH_QUADS`] quads.
-struct RowSums<V> {
+pub(super) struct RowSums<V> {
     acc: [V; 4],
     quads: usize,
     total: QualitySums,
@@ -45,7 +45,7 @@ struct RowSums<V> {
 
 impl<V: Copy> RowSums<V> {
     #[inline(always)]
-    fn new<L: Lanes<V = V>>(l: L) -> Self {
+    pub(super) fn new<L: Lanes<V = V>>(l: L) -> Self {
         Self {
             acc: [l.splat(0.0); 4],
             quads: 0,
@@ -53,8 +53,9 @@ impl<V: Copy> RowSums<V> {
         }
     }
 
+    /// Adds a quad `x` and its reconstruction `y`.
     #[inline(always)]
-    fn add<L: Lanes<V = V>>(&mut self, l: L, x: &Quad<V>, y: &Quad<V>) {
+    pub(super) fn add<L: Lanes<V = V>>(&mut self, l: L, x: &Quad<V>, y: &Quad<V>) {
         let [mut xx, mut ee, mut xy, mut yy] = self.acc;
         for j in 0..8 {
             let e = l.sub(x[j], y[j]);
@@ -86,6 +87,13 @@ impl<V: Copy> RowSums<V> {
         });
         self.acc = [l.splat(0.0); 4];
         self.quads = 0;
+    }
+
+    /// The sums of every quad added.
+    #[inline(always)]
+    pub(super) fn finish<L: Lanes<V = V>>(mut self, l: L) -> QualitySums {
+        self.flush(l);
+        self.total
     }
 }
 
@@ -154,8 +162,7 @@ fn walk<L: Lanes, E: QuadEncoder, const W: bool>(
         }
         out[full * quad_bytes..].copy_from_slice(&op[..rest * block_bytes]);
     }
-    sums.flush(l);
-    Ok(sums.total)
+    Ok(sums.finish(l))
 }
 
 /// Index (0..4) of the first block whose lane group has a lane of `bad` set, if any.
@@ -289,237 +296,4 @@ pub(super) fn codes4(qs: &[u8]) -> [u8; QK] {
             qs[i - 16] >> 4
         }
     })
-}
-
-#[cfg(test)]
-pub(super) mod tests {
-    //! Behaviour every block-32 type shares: error bounds, finite output, the fused quality sums, importance,
-    //! out-of-range scales, and a clear gain over llama.cpp's reference rounding.
-
-    use super::super::block_codec;
-    use super::super::test_support::round_trip;
-    use crate::gguf::GgmlType;
-    use half::f16;
-    use proptest::prelude::*;
-
-    /// The block-32 types with a codec.
-    pub(in crate::gguf::blocks) const TYPES: [GgmlType; 5] = [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-    ];
-
-    /// A deterministic pseudo-random row: Gaussian-like values with block gains spread over `decades` decades
-    /// and a few outliers.
-    pub(in crate::gguf::blocks) fn sample_row(cols: usize, seed: u64, decades: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32
-        };
-        let mut gain = 1.0;
-        (0..cols)
-            .map(|i| {
-                if i % 32 == 0 {
-                    gain = 10f32.powf((next() - 0.5) * decades);
-                }
-                let g = (next() + next() + next() + next() - 2.0) * 1.7;
-                let outlier = if next() < 0.01 { 8.0 } else { 1.0 };
-                g * gain * outlier
-            })
-            .collect()
-    }
-
-    /// The largest error a block of `x` may show: its own range (the codes can always reach 0 or the minimum),
-    /// plus the float16 rounding of the stored minimum and a float16 subnormal step.
-    fn bound(ty: GgmlType, block: &[f32]) -> f32 {
-        let lo = block.iter().copied().fold(f32::INFINITY, f32::min);
-        let hi = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let amax = lo.abs().max(hi.abs());
-        let range = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
-            hi - lo
-        } else {
-            amax
-        };
-        range + amax / 1024.0 + 1e-7
-    }
-
-    fn check_row(ty: GgmlType, x: &[f32]) {
-        let y = round_trip(ty, x, x.len(), None);
-        for (b, (xb, yb)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
-            let limit = bound(ty, xb);
-            for (u, v) in xb.iter().zip(yb) {
-                assert!(
-                    v.is_finite() && (u - v).abs() <= limit,
-                    "{ty} block {b}: {u} -> {v} (bound {limit})"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn rows_of_any_block_count_round_trip_within_the_block_bounds() {
-        for ty in TYPES {
-            for blocks in 1..=9 {
-                check_row(ty, &sample_row(32 * blocks, blocks as u64, 3.0));
-            }
-            // tiny blocks: the scales are float16 subnormals
-            check_row(
-                ty,
-                &sample_row(256, 7, 2.0)
-                    .iter()
-                    .map(|v| v * 1e-6)
-                    .collect::<Vec<_>>(),
-            );
-            check_row(ty, &[0.0; 64]);
-            check_row(ty, &[-3.25; 64]);
-        }
-    }
-
-    #[test]
-    fn fused_quality_sums_match_the_decoded_row() {
-        for ty in TYPES {
-            let codec = block_codec(ty).unwrap();
-            let x = sample_row(32 * 7, 3, 1.0);
-            let mut out = vec![0u8; ty.row_bytes(x.len()).unwrap()];
-            let mut scratch = vec![0f32; x.len()];
-            let sums = codec
-                .quantize_row_with_sums(&x, None, &mut out, &mut scratch)
-                .unwrap();
-            let mut back = vec![0f32; x.len()];
-            codec.dequantize_row(&out, &mut back);
-            let ee: f64 = x
-                .iter()
-                .zip(&back)
-                .map(|(a, b)| f64::from(a - b).powi(2))
-                .sum();
-            let xx: f64 = x.iter().map(|a| f64::from(*a).powi(2)).sum();
-            assert!(
-                (sums.ee - ee).abs() <= 1e-5 * ee,
-                "{ty}: {} vs {ee}",
-                sums.ee
-            );
-            assert!((sums.xx - xx).abs() <= 1e-6 * xx, "{ty}");
-        }
-    }
-
-    fn weighted_error(x: &[f32], y: &[f32], w: &[f32]) -> f64 {
-        x.iter()
-            .zip(y)
-            .zip(w)
-            .map(|((a, b), w)| f64::from(*w) * f64::from(a - b).powi(2))
-            .sum()
-    }
-
-    #[test]
-    fn importance_lowers_the_weighted_error() {
-        let cols = 32 * 16;
-        // a few heavy columns in every block, as activation statistics are
-        let w: Vec<f32> = (0..cols)
-            .map(|i| {
-                if i % 7 == 3 {
-                    40.0
-                } else {
-                    0.5 + (i % 5) as f32 * 0.1
-                }
-            })
-            .collect();
-        for ty in TYPES {
-            let (mut plain, mut weighted) = (0.0, 0.0);
-            for seed in 0..8 {
-                let x = sample_row(cols, 100 + seed, 1.0);
-                plain += weighted_error(&x, &round_trip(ty, &x, cols, None), &w);
-                weighted += weighted_error(&x, &round_trip(ty, &x, cols, Some(&w)), &w);
-            }
-            assert!(weighted < 0.9 * plain, "{ty}: {weighted} vs {plain}");
-        }
-    }
-
-    #[test]
-    fn a_scale_beyond_float16_is_out_of_range_at_its_block() {
-        for ty in TYPES {
-            let mut x = sample_row(32 * 6, 5, 1.0);
-            // a scale of amax / 127 (Q8_0) or / 16 (Q5_0) passes 65504 later than Q4_0's amax / 8
-            x[32 * 4 + 9] = if ty == GgmlType::Q8_0 { 1.0e7 } else { -2.0e6 };
-            let mut out = vec![0u8; ty.row_bytes(x.len()).unwrap()];
-            let err = block_codec(ty).unwrap().quantize_row(&x, None, &mut out);
-            assert_eq!(err, Err(super::OutOfRange { block: 4 }), "{ty}");
-        }
-    }
-
-    /// llama.cpp's reference rounding (`quantize_row_*_ref`), decoded: the baseline the search must beat.
-    fn reference(ty: GgmlType, x: &[f32]) -> Vec<f32> {
-        let h = |v: f32| f16::from_f32(v).to_f32();
-        let mut y = Vec::with_capacity(x.len());
-        for b in x.chunks(32) {
-            let lo = b.iter().copied().fold(f32::INFINITY, f32::min);
-            let hi = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let m = if -lo > hi { lo } else { hi };
-            let inv = |d: f32| if d == 0.0 { 0.0 } else { 1.0 / d };
-            match ty {
-                GgmlType::Q8_0 => {
-                    let d = m.abs() / 127.0;
-                    y.extend(b.iter().map(|v| (v * inv(d)).round() * h(d)));
-                }
-                GgmlType::Q4_0 | GgmlType::Q5_0 => {
-                    let n = if ty == GgmlType::Q4_0 { 8.0 } else { 16.0 };
-                    let d = m / -n;
-                    y.extend(
-                        b.iter().map(|v| {
-                            ((v * inv(d) + n + 0.5).trunc().min(2.0 * n - 1.0) - n) * h(d)
-                        }),
-                    );
-                }
-                _ => {
-                    let nq = if ty == GgmlType::Q4_1 { 15.0 } else { 31.0 };
-                    let d = (hi - lo) / nq;
-                    y.extend(
-                        b.iter()
-                            .map(|v| ((v - lo) * inv(d) + 0.5).trunc().min(nq) * h(d) + h(lo)),
-                    );
-                }
-            }
-        }
-        y
-    }
-
-    #[test]
-    fn the_search_clearly_beats_llama_cpp_reference_rounding() {
-        for ty in TYPES {
-            let x = sample_row(32 * 256, 11, 1.0);
-            let err = |y: &[f32]| weighted_error(&x, y, &vec![1.0; x.len()]);
-            let (ours, theirs) = (
-                err(&round_trip(ty, &x, x.len(), None)),
-                err(&reference(ty, &x)),
-            );
-            // about 0.8-0.9 on the standard tensor; this sample has lighter tails
-            assert!(ours < 0.97 * theirs, "{ty}: {ours} vs {theirs}");
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-        #[test]
-        fn any_finite_row_decodes_finite_within_the_block_bounds(
-            blocks in 1usize..7,
-            seed in any::<u64>(),
-            decades in 0.0f32..6.0,
-            scale in -20i32..=0,
-            zeros in any::<bool>(),
-        ) {
-            // values up to about 3e4: every type's scales fit float16
-            let gain = 10f32.powi(scale);
-            let mut x: Vec<f32> = sample_row(32 * blocks, seed, decades).iter().map(|v| v * gain).collect();
-            if zeros {
-                x.iter_mut().step_by(3).for_each(|v| *v = 0.0);
-            }
-            for ty in TYPES {
-                check_row(ty, &x);
-            }
-        }
-    }
 }

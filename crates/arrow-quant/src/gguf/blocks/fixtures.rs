@@ -35,6 +35,8 @@ fn blocks_decode_bit_for_bit_as_gguf_py_does() {
         fixture!(Q4_1),
         fixture!(Q5_0),
         fixture!(Q5_1),
+        fixture!(IQ4_NL),
+        fixture!(IQ4_XS),
     ];
     for (ty, blocks, want) in fixtures {
         assert!(block_codec(ty).is_some(), "{ty} has no codec");

@@ -27,6 +27,8 @@ pub(super) trait Lanes: Copy {
     type V: Copy;
     /// A 32-entry lookup table.
     type Table: Copy;
+    /// Sixteen table indices.
+    type Idx: Copy;
 
     fn splat(self, v: f32) -> Self::V;
     fn to_array(self, v: Self::V) -> [f32; 16];
@@ -57,11 +59,11 @@ pub(super) trait Lanes: Copy {
     fn group_min(self, v: Self::V) -> Self::V;
     /// Rounded to float16 (nearest, ties to even; beyond 65504 infinite) and back.
     fn to_f16(self, v: Self::V) -> Self::V;
-    #[allow(dead_code)] // the IQ4 codecs' grid lookups
     fn table(self, t: &[f32; 32]) -> Self::Table;
-    /// `t[idx]` per lane; `idx` holds integers in `0..32`.
-    #[allow(dead_code)]
-    fn lookup(self, t: Self::Table, idx: Self::V) -> Self::V;
+    /// Table indices: `v` (values in `[0, 32)`) truncated.
+    fn index(self, v: Self::V) -> Self::Idx;
+    /// `t[i]` per lane.
+    fn lookup(self, t: Self::Table, i: Self::Idx) -> Self::V;
     /// Per block, the 16 bytes `c[0..4]` hold for it (lane values are integers in `-128..256`, stored as their low
     /// byte): byte `4j + l` of block `k` is lane `4k + l` of `c[j]`.
     fn bytes_by_block(self, c: [Self::V; 4]) -> [[u8; 16]; 4];
@@ -138,6 +140,7 @@ fn min1(a: f32, b: f32) -> f32 {
 impl Lanes for Portable {
     type V = [f32; 16];
     type Table = [f32; 32];
+    type Idx = [u8; 16];
 
     #[inline(always)]
     fn splat(self, v: f32) -> Self::V {
@@ -217,8 +220,12 @@ impl Lanes for Portable {
         *t
     }
     #[inline(always)]
-    fn lookup(self, t: Self::Table, idx: Self::V) -> Self::V {
-        idx.map(|i| t[(i as usize) & 31])
+    fn index(self, v: Self::V) -> Self::Idx {
+        v.map(|i| (i as u8) & 31)
+    }
+    #[inline(always)]
+    fn lookup(self, t: Self::Table, i: Self::Idx) -> Self::V {
+        i.map(|i| t[usize::from(i)])
     }
     #[inline(always)]
     fn bytes_by_block(self, c: [Self::V; 4]) -> [[u8; 16]; 4] {
@@ -255,6 +262,7 @@ mod avx512 {
     impl Lanes for Avx512 {
         type V = __m512;
         type Table = (__m512, __m512);
+        type Idx = __m512i;
 
         #[inline(always)]
         fn splat(self, v: f32) -> Self::V {
@@ -375,8 +383,13 @@ mod avx512 {
             }
         }
         #[inline(always)]
-        fn lookup(self, t: Self::Table, idx: Self::V) -> Self::V {
-            unsafe { _mm512_permutex2var_ps(t.0, _mm512_cvttps_epi32(idx), t.1) }
+        fn index(self, v: Self::V) -> Self::Idx {
+            unsafe { _mm512_cvttps_epi32(v) }
+        }
+        #[inline(always)]
+        fn lookup(self, t: Self::Table, i: Self::Idx) -> Self::V {
+            // the permute reads the low five bits of each index
+            unsafe { _mm512_permutex2var_ps(t.0, i, t.1) }
         }
         #[inline(always)]
         fn bytes_by_block(self, c: [Self::V; 4]) -> [[u8; 16]; 4] {
@@ -506,11 +519,11 @@ mod tests {
             assert_eq!(a.gt(qa[1], qa[2]), p.gt(p1, p2));
             let table: [f32; 32] = std::array::from_fn(|i| i as f32 * 1.5 - 7.0);
             let idx = a.splat(0.0);
-            let idx = a.add(idx, a.abs(a.round(qa[1])));
-            let idx = a.min(idx, a.splat(31.0));
+            let idx = a.add(idx, a.abs(a.mul(qa[1], a.splat(0.7))));
+            let idx = a.min(idx, a.splat(31.9));
             same(
-                a.to_array(a.lookup(a.table(&table), idx)),
-                p.lookup(p.table(&table), a.to_array(idx)),
+                a.to_array(a.lookup(a.table(&table), a.index(idx))),
+                p.lookup(p.table(&table), p.index(a.to_array(idx))),
             );
             let codes: [__m512; 4] =
                 std::array::from_fn(|j| a.min(a.abs(a.round(qa[j])), a.splat(255.0)));

@@ -8,8 +8,11 @@
 mod affine;
 mod block32;
 #[cfg(test)]
+mod codec_tests;
+#[cfg(test)]
 mod fixtures;
 mod float;
+mod iq4;
 mod k_quants;
 mod lanes;
 mod sums;
@@ -77,6 +80,8 @@ pub(crate) fn block_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
         GgmlType::Q5_0 => Some(&symmetric::Q5_0Codec),
         GgmlType::Q4_1 => Some(&affine::Q4_1Codec),
         GgmlType::Q5_1 => Some(&affine::Q5_1Codec),
+        GgmlType::IQ4_NL => Some(&iq4::Iq4NlCodec),
+        GgmlType::IQ4_XS => Some(&iq4::Iq4XsCodec),
         _ => None,
     }
 }

@@ -317,7 +317,7 @@ impl BlockCodec for Q5_0Codec {
 
 #[cfg(test)]
 mod tests {
-    use super::super::block32::tests::sample_row;
+    use super::super::codec_tests::sample_row;
     use super::super::lanes::Portable;
     use super::*;
 
