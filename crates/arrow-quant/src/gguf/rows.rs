@@ -87,18 +87,16 @@ pub fn quantize_rows(
                         value: x[i].to_string(),
                     });
                 }
-                codec.quantize_row(x, importance, blocks).map_err(|e| {
-                    QuantError::Range {
+                codec
+                    .quantize_row_sums(x, importance, blocks, back)
+                    .map_err(|e| QuantError::Range {
                         tensor: tensor.name.to_string(),
                         problem: format!(
                             "row {r}, block {}: a {} scale would not be finite; use a wider type or F32",
                             e.block,
                             ty.name()
                         ),
-                    }
-                })?;
-                codec.dequantize_row(blocks, back);
-                Ok(QualitySums::of(x, back))
+                    })
             },
         )
         .collect();

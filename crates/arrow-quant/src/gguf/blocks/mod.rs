@@ -8,6 +8,7 @@
 mod float;
 mod k_quants;
 
+use crate::codec::driver::QualitySums;
 use crate::gguf::GgmlType;
 
 /// A block whose parameters would not be finite in their storage type (a float16 scale beyond 65504): the caller
@@ -33,6 +34,21 @@ pub(crate) trait BlockCodec: Sync {
     /// Decodes the blocks of one row (`blocks.len()` a whole number of blocks, `out` their elements) exactly as
     /// ggml's `to_float` does.
     fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]);
+
+    /// [`BlockCodec::quantize_row`], also returning the quality sums of the row's reconstruction. The default
+    /// decodes the blocks into `scratch` (one value per element of the row); a codec whose search already
+    /// computed the reconstruction returns its own sums instead.
+    fn quantize_row_sums(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut [u8],
+        scratch: &mut [f32],
+    ) -> Result<QualitySums, OutOfRange> {
+        self.quantize_row(x, importance, out)?;
+        self.dequantize_row(out, scratch);
+        Ok(QualitySums::of(x, scratch))
+    }
 }
 
 /// The codec of `ty`, or `None` for a type whose codec is not built yet.
