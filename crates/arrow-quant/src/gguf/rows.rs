@@ -6,8 +6,8 @@ use crate::error::{QuantError, Result};
 use crate::gguf::blocks::block_codec;
 use crate::gguf::GgmlType;
 use crate::importance::ChannelWeights;
-use crate::tensor::{TensorData, TensorView};
 use crate::simd::multiversion;
+use crate::tensor::{TensorData, TensorView};
 use rayon::prelude::*;
 
 /// Elements of a ggml row of `shape`: its last axis (1 for a scalar).

@@ -85,7 +85,9 @@ pub(crate) fn quantize_model_gguf(
         let (choice, kept, note) = match decision {
             _ if arch.is_ignored(&entry.name) => (
                 None,
-                Some(format!("not written: {arch}'s loaders do not take this tensor")),
+                Some(format!(
+                    "not written: {arch}'s loaders do not take this tensor"
+                )),
                 None,
             ),
             Decision::Raw => (

@@ -18,7 +18,9 @@ mod fixture_tests;
 #[cfg(test)]
 mod tests;
 
-use super::BlockCodec;
+use super::{BlockCodec, OutOfRange};
+use crate::codec::driver::QualitySums;
+use crate::codec::flat::group::TINY_SUM;
 use crate::gguf::GgmlType;
 
 /// Elements of a K-quant super-block (ggml's `QK_K`).
@@ -42,4 +44,24 @@ fn row_weights(importance: Option<&[f32]>) -> Option<(&[f32], f32)> {
     let w = importance?;
     let total: f64 = w.iter().map(|&v| f64::from(v)).sum();
     (total > 0.0 && total.is_finite()).then(|| (w, (w.len() as f64 / total) as f32))
+}
+
+/// The quality sums of a row from its search's own sums (`sum x^2`, `sum (x - y)^2`, `sum y^2` over the exact
+/// reconstruction, in f32 per tile), or, when those may have overflowed or lost precision to subnormals, from
+/// the row decoded into `scratch` by `decode`.
+fn row_sums(
+    found: Result<[f64; 3], OutOfRange>,
+    x: &[f32],
+    out: &[u8],
+    scratch: &mut [f32],
+    decode: impl Fn(&[u8], &mut [f32]),
+) -> Result<QualitySums, OutOfRange> {
+    let [xx, ee, yy] = found?;
+    if xx.is_finite() && ee.is_finite() && yy.is_finite() && xx >= f64::from(TINY_SUM) {
+        // x.y from ||x - y||^2 = ||x||^2 - 2 x.y + ||y||^2.
+        let xy = 0.5 * (xx + yy - ee);
+        return Ok(QualitySums { xx, ee, xy, yy });
+    }
+    decode(out, scratch);
+    Ok(QualitySums::of(x, scratch))
 }

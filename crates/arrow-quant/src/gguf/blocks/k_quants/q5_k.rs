@@ -5,9 +5,11 @@
 //! byte `l`. Decoding is ggml's `dequantize_row_q5_K`: `d1 = d * sc; m1 = dmin * m; y = d1 * q - m1`.
 
 use super::asym::{search_row, AsymSearch};
+use super::row_sums;
 use super::row_weights;
 use super::scales::{pack_scale_min_k4, read_f16, unpack_scale_min_k4, write_f16};
 use super::QK_K;
+use crate::codec::driver::QualitySums;
 use crate::codec::two_level::format::SuperBlockParams;
 use crate::codec::two_level::search::{Knobs, SearchShape};
 use crate::gguf::blocks::{BlockCodec, OutOfRange};
@@ -26,6 +28,20 @@ const SEARCH: AsymSearch = AsymSearch {
         fmax: 63.0,
         subs_per_super: 8,
     },
+    knobs: Knobs {
+        candidates: 3,
+        refit_each: true,
+        refits: 0,
+        rmin: -1.0,
+        rdelta: 0.6,
+        rounds: 1,
+        grid: 16,
+    },
+};
+
+/// The search with importance: more candidates and rounds (measured against llama.cpp's imatrix path).
+const SEARCH_WEIGHTED: AsymSearch = AsymSearch {
+    shape: SEARCH.shape,
     knobs: Knobs {
         candidates: 10,
         refit_each: true,
@@ -65,7 +81,9 @@ fn write_block(p: &SuperBlockParams, codes: &[u8; QK_K], out: &mut [u8]) {
 multiversion! {
     /// Quantizes one row into its blocks.
     fn quantize(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
-        search_row::<32>(&SEARCH, x, row_weights(importance), |b, p, codes| {
+        let weights = row_weights(importance);
+        let search = if weights.is_some() { &SEARCH_WEIGHTED } else { &SEARCH };
+        search_row::<32>(search, x, weights, |b, p, codes| {
             write_block(p, codes, &mut out[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]);
         })
     }
@@ -109,5 +127,16 @@ impl BlockCodec for Q5K {
 
     fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
         dequantize(blocks, out);
+    }
+
+    fn quantize_row_with_sums(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut [u8],
+        scratch: &mut [f32],
+    ) -> Result<QualitySums, OutOfRange> {
+        let found = quantize(x, importance, out);
+        row_sums(found, x, out, scratch, dequantize)
     }
 }

@@ -5,10 +5,12 @@
 //! bits from bits `2k..2k+1` of byte `h * 32 + l` of the high part. Decoding is ggml's `dequantize_row_q6_K`:
 //! `y = d * sc * (q - 32)`, left to right.
 
+use super::row_sums;
 use super::row_weights;
 use super::scales::{read_f16, write_f16};
 use super::sym::{search_row, SymBlock, SymSearch};
 use super::QK_K;
+use crate::codec::driver::QualitySums;
 use crate::gguf::blocks::{BlockCodec, OutOfRange};
 use crate::simd::multiversion;
 
@@ -22,10 +24,22 @@ pub(super) struct Q6K;
 const SEARCH: SymSearch = SymSearch {
     nmax: 32.0,
     fneg: 128.0,
-    candidates: 4,
+    candidates: 3,
     rmin: -0.6,
     rdelta: 0.3,
     grid: 8,
+    rounds: 1,
+};
+
+/// The search with importance: more candidate steps (the weighted optimum is further from the min/max step;
+/// measured against llama.cpp's imatrix path).
+const SEARCH_WEIGHTED: SymSearch = SymSearch {
+    nmax: 32.0,
+    fneg: 128.0,
+    candidates: 24,
+    rmin: -1.2,
+    rdelta: 0.1,
+    grid: 16,
     rounds: 2,
 };
 
@@ -53,7 +67,9 @@ fn write_block(blk: &SymBlock, out: &mut [u8]) {
 multiversion! {
     /// Quantizes one row into its blocks.
     fn quantize(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
-        search_row(&SEARCH, x, row_weights(importance), |b, blk| {
+        let weights = row_weights(importance);
+        let search = if weights.is_some() { &SEARCH_WEIGHTED } else { &SEARCH };
+        search_row(search, x, weights, |b, blk| {
             write_block(blk, &mut out[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]);
         })
     }
@@ -101,5 +117,16 @@ impl BlockCodec for Q6K {
 
     fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
         dequantize(blocks, out);
+    }
+
+    fn quantize_row_with_sums(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut [u8],
+        scratch: &mut [f32],
+    ) -> Result<QualitySums, OutOfRange> {
+        let found = quantize(x, importance, out);
+        row_sums(found, x, out, scratch, dequantize)
     }
 }

@@ -70,6 +70,17 @@ fn inverse(s: f32) -> f32 {
     }
 }
 
+/// `v` limited to `lo..=hi` (plain comparisons, which vectorise).
+#[inline(always)]
+fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
 /// `v` rounded to the nearest float16 value (as f32).
 #[inline(always)]
 fn to_f16(v: f32) -> f32 {
@@ -169,8 +180,7 @@ fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> O
         let mut err = [0.0f32; LANES];
         for j in 0..LANES {
             for c in 0..LANES {
-                let f = (best_s[j] * icand[c] + MAGIC) - MAGIC;
-                let f = f.clamp(-fneg, fneg - 1.0);
+                let f = clamp((best_s[j] * icand[c] + MAGIC) - MAGIC, -fneg, fneg - 1.0);
                 let e = best_s[j] - cand[c] * f;
                 err[c] += sens[j] * e * e;
             }
@@ -183,7 +193,7 @@ fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> O
         }
         d = cand[b];
     }
-    let field = |v: f32, id: f32| ((v * id + MAGIC) - MAGIC).clamp(-fneg, fneg - 1.0);
+    let field = |v: f32, id: f32| clamp((v * id + MAGIC) - MAGIC, -fneg, fneg - 1.0);
     let id = inverse(d);
     let mut sc = lanes(|l| field(best_s[l], id));
     // Stage 3: rounds.
@@ -210,7 +220,8 @@ fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> O
             }
         });
     }
-    if !(d.abs() <= F16_MAX) {
+    // Also catches a NaN scale.
+    if d.is_nan() || d.abs() > F16_MAX {
         return None;
     }
     // Final codes and sums, the values computed exactly as decoding does: (d * sc) * q.
@@ -220,6 +231,8 @@ fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> O
     let mut xx = [0.0f32; LANES];
     let mut ee = [0.0f32; LANES];
     let mut yy = [0.0f32; LANES];
+    let mut codes = [[0u8; LANES]; SUB];
+    let offset = nmax as u8;
     for i in 0..SUB {
         for l in 0..LANES {
             let x = t.x[i][l];
@@ -228,11 +241,17 @@ fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> O
             let v = if v > hi { hi } else { v };
             let q = v - MAGIC;
             let y = step[l] * q;
-            out.codes[l * SUB + i] = (q + nmax) as u8;
+            // The low byte of MAGIC + q is q (two's complement).
+            codes[i][l] = (v.to_bits() as u8).wrapping_add(offset);
             let e = x - y;
             xx[l] += x * x;
             ee[l] += e * e;
             yy[l] += y * y;
+        }
+    }
+    for (i, row) in codes.iter().enumerate() {
+        for (l, &c) in row.iter().enumerate() {
+            out.codes[l * SUB + i] = c;
         }
     }
     out.d = d;

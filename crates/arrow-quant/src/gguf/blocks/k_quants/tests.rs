@@ -3,6 +3,7 @@
 
 use super::super::test_support::round_trip;
 use super::super::{block_codec, OutOfRange};
+use crate::codec::driver::QualitySums;
 use crate::gguf::GgmlType;
 use proptest::prelude::*;
 
@@ -109,6 +110,38 @@ fn a_scale_beyond_float16_is_out_of_range_at_its_block() {
         );
         x[3 * 256 + 17] = 3.0e4;
         assert_eq!(codec.quantize_row(&x, None, &mut out), Ok(()), "{ty}");
+    }
+}
+
+#[test]
+fn the_search_sums_are_those_of_the_decoded_row() {
+    let cols = 1024;
+    // a row of ordinary values and one of values so small that their squares underflow float32 (the decoded path)
+    let mut x = gaussian(2 * cols, 4);
+    x[cols..].iter_mut().for_each(|v| *v *= 1e-22);
+    for (ty, _) in TYPES {
+        let codec = block_codec(ty).unwrap();
+        for row in x.chunks(cols) {
+            let mut out = vec![0u8; ty.row_bytes(cols).unwrap()];
+            let mut scratch = vec![0f32; cols];
+            let got = codec
+                .quantize_row_with_sums(row, None, &mut out, &mut scratch)
+                .unwrap();
+            let mut back = vec![0f32; cols];
+            codec.dequantize_row(&out, &mut back);
+            let want = QualitySums::of(row, &back);
+            for (what, g, w) in [
+                ("xx", got.xx, want.xx),
+                ("ee", got.ee, want.ee),
+                ("yy", got.yy, want.yy),
+            ] {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs(),
+                    "{ty} {what}: {g:e} against {w:e}"
+                );
+            }
+            assert!((got.xy - want.xy).abs() <= 1e-5 * want.xy.abs(), "{ty} xy");
+        }
     }
 }
 
