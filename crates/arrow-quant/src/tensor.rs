@@ -55,7 +55,7 @@ pub enum TensorData<'a> {
     BF16(&'a [bf16]),
 }
 
-impl TensorData<'_> {
+impl<'a> TensorData<'a> {
     /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
@@ -76,6 +76,15 @@ impl TensorData<'_> {
             Self::F32(_) => SourceDtype::F32,
             Self::F16(_) => SourceDtype::F16,
             Self::BF16(_) => SourceDtype::BF16,
+        }
+    }
+
+    /// Elements `range`, borrowed.
+    pub(crate) fn slice(&self, range: std::ops::Range<usize>) -> TensorData<'a> {
+        match *self {
+            Self::F32(x) => TensorData::F32(&x[range]),
+            Self::F16(x) => TensorData::F16(&x[range]),
+            Self::BF16(x) => TensorData::BF16(&x[range]),
         }
     }
 

@@ -9,7 +9,7 @@ use crate::error::{QuantError, Result};
 use crate::gguf::{ggml_row_len, quantize_rows_with, GgmlType, RowWeights};
 use crate::importance::ChannelWeights;
 use crate::quantized::{Payload, PayloadRef, QuantizedTensor, QuantizedView};
-use crate::tensor::{TensorData, TensorView};
+use crate::tensor::TensorView;
 use std::ops::Range;
 
 /// The ggml block types that are encodings, in [`GgmlType`]'s order (the float types are not).
@@ -92,15 +92,10 @@ impl Codec for GgmlCodec {
         let elements = rows.start * view_cols..rows.end * view_cols;
         let offset = elements.start;
         let shape = part_shape(tensor.shape, rows.len());
-        let data = match tensor.data {
-            TensorData::F32(x) => TensorData::F32(&x[elements]),
-            TensorData::F16(x) => TensorData::F16(&x[elements]),
-            TensorData::BF16(x) => TensorData::BF16(&x[elements]),
-        };
         let part = TensorView {
             name: tensor.name,
             shape: &shape,
-            data,
+            data: tensor.data.slice(elements),
         };
         let weights = RowWeights::columns(weights, view_cols, offset);
         let (data, sums) = quantize_rows_with(&part, self.ty, weights)?;

@@ -8,7 +8,7 @@ use crate::error::{QuantError, Result};
 use crate::gguf::fallback::wider_type as wider_range;
 use crate::gguf::{ggml_row_len, quantize_rows_with, GgmlType, RowWeights};
 use crate::quantized::Quality;
-use crate::tensor::{TensorData, TensorView};
+use crate::tensor::TensorView;
 use std::ops::Range;
 
 /// The next wider type to try after `ty` misses the quality floor, for rows of `cols` elements (its block must fit
@@ -82,16 +82,10 @@ fn rows_view<'a>(
     rows: &Range<usize>,
 ) -> TensorView<'a> {
     let cols = ggml_row_len(tensor.shape);
-    let r = rows.start * cols..rows.end * cols;
-    let data = match tensor.data {
-        TensorData::F32(x) => TensorData::F32(&x[r]),
-        TensorData::F16(x) => TensorData::F16(&x[r]),
-        TensorData::BF16(x) => TensorData::BF16(&x[r]),
-    };
     TensorView {
         name: tensor.name,
         shape,
-        data,
+        data: tensor.data.slice(rows.start * cols..rows.end * cols),
     }
 }
 
@@ -231,6 +225,7 @@ fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::TensorData;
 
     #[test]
     fn the_ladder_skips_types_whose_block_does_not_fit() {
