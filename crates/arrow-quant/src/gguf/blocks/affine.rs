@@ -39,11 +39,12 @@ const WEIGHTED_SHRINKS: [(f32, f32); 49] = {
 };
 
 // Search sizes chosen on the standard tensor: each candidate or Lloyd round costs about as much as llama.cpp's
-// whole reference quantizer, so the unweighted search keeps to four rounds.
+// whole reference quantizer, so the unweighted search keeps to three or four rounds.
 const Q4_1: Affine = Affine {
     nq: 15.0,
     shrinks: [&[(0.0, 0.0), (0.0, 0.05), (0.05, 0.0)], &WEIGHTED_SHRINKS],
-    lloyd: [1, 2],
+    // a Lloyd round gains 2% of the error here but costs a quarter of the time
+    lloyd: [0, 2],
     payload: Payload::Nibbles,
 };
 const Q5_1: Affine = Affine {

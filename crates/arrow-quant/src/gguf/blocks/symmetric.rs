@@ -61,7 +61,8 @@ const Q4_0: Symmetric = Symmetric {
     n: 8.0,
     nmax: 7.0,
     deltas: [&[0.0, -0.5, 0.5, 1.0], &WEIGHTED_DELTAS],
-    lloyd: [1, 2],
+    // a Lloyd round gains 0.3% of the error here and costs a fifth of the time
+    lloyd: [0, 2],
     offset: 8.0,
     payload: Payload::Nibbles,
 };
