@@ -34,7 +34,7 @@ fn borrowable<'py, T: numpy::Element>(
     array: &Bound<'py, PyUntypedArray>,
 ) -> Result<Option<PyReadonlyArrayDyn<'py, T>>> {
     let typed = array.cast::<PyArrayDyn<T>>().map_err(PyErr::from)?;
-    let aligned = (typed.data() as usize) % std::mem::align_of::<T>() == 0;
+    let aligned = (typed.data() as usize).is_multiple_of(std::mem::align_of::<T>());
     Ok((aligned && array.is_c_contiguous()).then(|| typed.readonly()))
 }
 

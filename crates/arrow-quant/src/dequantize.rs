@@ -101,7 +101,8 @@ impl QuantizedView<'_> {
         self.validate()?;
         let chunk = self.chunk_elements();
         let (n, end) = (self.len(), start.saturating_add(out.len()));
-        if start % chunk != 0 || end > n || (end != n && out.len() % chunk != 0) {
+        if !start.is_multiple_of(chunk) || end > n || (end != n && !out.len().is_multiple_of(chunk))
+        {
             return Err(QuantError::corrupt(
                 self.name,
                 format!(

@@ -58,7 +58,7 @@ fn reference_decode(shape: &[usize], bits: u32, data: &[u8], params: &[u8]) -> V
         shape[1..].iter().product()
     };
     let n = rows * cols;
-    let (rows, cols) = if cols > 0 && cols % sub == 0 {
+    let (rows, cols) = if cols > 0 && cols.is_multiple_of(sub) {
         (1, n)
     } else {
         (rows, cols)

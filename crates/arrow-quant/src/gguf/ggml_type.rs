@@ -154,7 +154,7 @@ impl GgmlType {
 
     /// True when a ggml row of `cols` elements is a whole number of this type's blocks.
     pub fn fits_row(self, cols: usize) -> bool {
-        cols % self.block_len() == 0
+        cols.is_multiple_of(self.block_len())
     }
 
     /// Bytes of a ggml row of `cols` elements, or `None` when `cols` is not a whole number of blocks.

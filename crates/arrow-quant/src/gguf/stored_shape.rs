@@ -45,7 +45,7 @@ impl StoredShape {
     /// `[n / row, row]` with the own shape kept, or `None` when the `n` elements are not a whole number of rows.
     pub fn flattened(shape: &[usize], row: usize) -> Option<Self> {
         let n: usize = shape.iter().product();
-        (row > 0 && n % row == 0).then(|| Self {
+        (row > 0 && n.is_multiple_of(row)).then(|| Self {
             shape: vec![n / row, row],
             orig_shape: Some(shape.to_vec()),
         })

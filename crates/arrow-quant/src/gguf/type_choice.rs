@@ -225,7 +225,7 @@ impl TypePlan {
         );
         let flattened = |to: GgmlType, row: usize| {
             StoredShape::flattened(shape, row)
-                .filter(|_| self.flattens() && row % to.block_len() == 0)
+                .filter(|_| self.flattens() && row.is_multiple_of(to.block_len()))
         };
         let fb = block_fallback(ty);
         let (to, stored) = if let Some(stored) = flattened(ty, FLAT_ROW) {

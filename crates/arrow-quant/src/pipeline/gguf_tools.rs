@@ -199,7 +199,7 @@ pub fn export_gguf(path: &Path, output: &Path, dtype: Option<ExportDtype>) -> Re
         serde_json::json!({"format": "pt", "source": path.display().to_string()}),
     );
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = BufWriter::with_capacity(1 << 20, out_file.handle()?);

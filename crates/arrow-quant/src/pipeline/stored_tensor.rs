@@ -132,7 +132,7 @@ impl ModelFile {
             joined = Some(match joined.take() {
                 None => part,
                 Some(mut whole) => {
-                    if whole.len() * bits % 8 != 0 {
+                    if !(whole.len() * bits).is_multiple_of(8) {
                         misaligned = Some(whole.len());
                     }
                     whole.shape[0] += part.shape[0];

@@ -318,7 +318,7 @@ pub fn export_safetensors(
         serde_json::json!({"format": "pt", "source": quantized.display().to_string()}),
     );
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = BufWriter::with_capacity(1 << 20, file.handle()?);

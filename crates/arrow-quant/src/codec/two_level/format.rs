@@ -65,7 +65,7 @@ impl TwoLevelSpec {
     pub fn rows_cols(self, rows: usize, cols: usize) -> (usize, usize) {
         if rows == 0 || cols == 0 {
             (0, 0)
-        } else if cols % self.sub_len == 0 {
+        } else if cols.is_multiple_of(self.sub_len) {
             (1, rows * cols)
         } else {
             (rows, cols)

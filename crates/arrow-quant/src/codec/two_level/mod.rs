@@ -238,7 +238,7 @@ impl Codec for TwoLevelCodec {
     /// length (the whole tensor is one row) or at least one full super-block long. Short odd rows (e.g. a conv
     /// kernel `[out, 3*3*3]`) would pay one super-block header per row.
     fn fits(&self, cols: usize) -> bool {
-        cols % self.spec.sub_len == 0 || cols >= SUPER_BLOCK
+        cols.is_multiple_of(self.spec.sub_len) || cols >= SUPER_BLOCK
     }
 
     fn quantize(

@@ -236,10 +236,8 @@ impl Lanes for Portable {
 #[cfg(target_arch = "x86_64")]
 pub(super) use avx512::Avx512;
 
-// The AVX-512 intrinsics are stable since Rust 1.89, above the workspace's declared rust-version (1.85); the
-// project builds with its machine's one toolchain (1.95).
+// The AVX-512 intrinsics are stable since Rust 1.89, the workspace's rust-version.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod avx512 {
     use super::{Lanes, Quad, QUAD};
     use std::arch::x86_64::*;
