@@ -198,3 +198,45 @@ def test_python_quantize_from_safetensors_writes_gguf(quantizer, tmp_path, rng):
     assert {entry["name"] for entry in report["layers"]} == set(tensors)
     cfg = aq.DiffusionQuantConfig(gguf_type="Q4_K_M", tensor_types=["img_mlp=Q6_K"], gguf_arch="flux")
     assert (cfg.gguf_type, cfg.tensor_types, cfg.gguf_arch) == ("Q4_K_M", ["img_mlp=Q6_K"], "flux")
+
+
+def test_load_quantized_reads_a_gguf(quantizer, flux_gguf, tmp_path, rng):
+    src, tensors, out, _ = flux_gguf
+    model = aq.load_quantized(out)
+    reader = GGUFReader(str(out))
+    assert set(model) == set(tensors) and len(model) == len(reader.tensors)
+    assert model.metadata["general.architecture"] == "flux"
+    assert json.loads(model.metadata["general.quantization_version"]) == 2
+    kept = None
+    for t in reader.tensors:
+        w = tensors[t.name]
+        decoded = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(w.shape)
+        np.testing.assert_array_equal(_bits(model[t.name]), _bits(decoded))
+        assert model.time_groups(t.name) is None
+        if t.tensor_type.name in ("F16", "F32", "BF16"):
+            kept = t.name
+            continue
+        q = model.quantized(t.name)
+        assert q.encoding == t.tensor_type.name and q.shape == w.shape
+        assert bytes(q.data.tobytes()) == bytes(np.asarray(t.data).tobytes())
+        np.testing.assert_array_equal(_bits(q.dequantize()), _bits(decoded))
+    assert kept is not None
+    with pytest.raises(aq.SchemaError, match="not quantized"):
+        model.quantized(kept)
+    with pytest.raises(KeyError):
+        model["no.such.tensor"]
+
+    # a tensor stored flattened comes back in its own shape (comfy.gguf.orig_shape)
+    conv_src = tmp_path / "conv.safetensors"
+    conv = _checkpoint(conv_src, {"down.0.conv.weight": (64, 32, 3, 3), "blocks.0.attn.weight": (64, 256)}, rng)
+    conv_out = tmp_path / "conv.gguf"
+    r = run_cli("quantize", conv_src, conv_out, "--type", "Q4_K", "--quiet")
+    assert r.returncode == 0, r.stderr
+    back = aq.load_quantized(conv_out)
+    stored = {t.name: tuple(int(v) for v in reversed(t.shape)) for t in GGUFReader(str(conv_out)).tensors}
+    assert stored["down.0.conv.weight"] != conv["down.0.conv.weight"].shape
+    assert back["down.0.conv.weight"].shape == conv["down.0.conv.weight"].shape
+    assert back.quantized("down.0.conv.weight").shape == stored["down.0.conv.weight"]
+    cos = float(np.dot(back["down.0.conv.weight"].ravel(), conv["down.0.conv.weight"].ravel().astype(np.float32))
+                / np.linalg.norm(back["down.0.conv.weight"]) / np.linalg.norm(conv["down.0.conv.weight"]))
+    assert cos > 0.99

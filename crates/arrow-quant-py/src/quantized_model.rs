@@ -1,28 +1,50 @@
 //! Reading model files from Python: `QuantizedModel` (a lazy, read-only mapping from tensor names to dequantized
-//! numpy arrays), `load_quantized` that opens one, and `export_safetensors`.
+//! numpy arrays, over one of our model files or a GGUF file), `load_quantized` that opens one, and
+//! `export_safetensors`.
 
 use crate::detach::without_gil;
 use crate::errors::Result;
 use crate::quantized::PyQuantizedTensor;
 use arrow_quant::arrow::output::RowEncoding;
 use arrow_quant::arrow::time_groups::read_time_groups;
-use arrow_quant::pipeline::{export_safetensors, ExportDtype, ModelFile};
+use arrow_quant::pipeline::{export_safetensors, is_gguf, ExportDtype, GgufModel, ModelFile};
 use arrow_quant::QuantError;
 use numpy::{IntoPyArray, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::path::PathBuf;
 
+/// The file behind a [`QuantizedModel`].
+enum Source {
+    /// One of our model files (Parquet / Arrow IPC).
+    Model(ModelFile),
+    /// A GGUF file.
+    Gguf(GgufModel),
+}
+
 /// A quantized model file opened lazily: a read-only mapping from tensor names to dequantized numpy arrays.
 #[pyclass(module = "arrow_quant_v2._core", name = "QuantizedModel", frozen)]
 pub struct QuantizedModel {
-    file: ModelFile,
+    source: Source,
 }
 
 impl QuantizedModel {
+    fn names(&self) -> &[String] {
+        match &self.source {
+            Source::Model(f) => &f.names,
+            Source::Gguf(g) => &g.names,
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        match &self.source {
+            Source::Model(f) => f.path(),
+            Source::Gguf(g) => g.path(),
+        }
+    }
+
     fn index(&self, name: &str) -> PyResult<usize> {
-        self.file
-            .names
+        self.names()
             .iter()
             .position(|n| n == name)
             .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.to_string()))
@@ -79,12 +101,12 @@ impl QuantizedModel {
     }
 
     fn __len__(&self) -> usize {
-        self.file.names.len()
+        self.names().len()
     }
 
     fn __contains__(&self, name: &Bound<'_, PyAny>) -> bool {
         name.extract::<String>()
-            .is_ok_and(|name| self.file.names.contains(&name))
+            .is_ok_and(|name| self.names().contains(&name))
     }
 
     /// Mapping equality: `other` is a mapping with the same names whose arrays are equal (`numpy.array_equal`,
@@ -94,11 +116,11 @@ impl QuantizedModel {
         if !other.is_instance(&mapping)? {
             return Ok(py.NotImplemented());
         }
-        if other.len()? != self.file.names.len() {
+        if other.len()? != self.names().len() {
             return Ok(false.into_pyobject(py)?.to_owned().into_any().unbind());
         }
         let array_equal = py.import("numpy")?.getattr("array_equal")?;
-        for name in &self.file.names {
+        for name in self.names() {
             let theirs = match other.get_item(name) {
                 Ok(v) => v,
                 Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(py) => {
@@ -115,7 +137,7 @@ impl QuantizedModel {
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        PyList::new(py, &self.file.names)?
+        PyList::new(py, self.names())?
             .try_iter()
             .map(Bound::into_any)
     }
@@ -124,10 +146,20 @@ impl QuantizedModel {
     /// chunked tensor's chunk rows joined).
     fn __getitem__<'py>(&self, py: Python<'py>, name: &str) -> Result<Bound<'py, PyAny>> {
         let i = self.index(name)?;
+        let file = match &self.source {
+            Source::Model(f) => f,
+            Source::Gguf(g) => {
+                let (shape, values) = without_gil(py, || g.read(i))?;
+                return Ok(values
+                    .into_pyarray(py)
+                    .reshape(shape.as_slice())?
+                    .into_any());
+            }
+        };
         let (mut values, mut raw) = (Vec::<f32>::new(), Vec::<u8>::new());
         let mut raw_dtype = None;
         let stored = without_gil(py, || {
-            self.file.for_each_row(i, |row, _| {
+            file.for_each_row(i, |row, _| {
                 if let RowEncoding::Plain {
                     encoding: "raw", ..
                 } = row.encoding
@@ -156,7 +188,7 @@ impl QuantizedModel {
                 "bool" => "?",
                 other => {
                     return Err(QuantError::format(
-                        self.file.path(),
+                        file.path(),
                         format!("tensor '{name}' has dtype {other} with no numpy equivalent"),
                     )
                     .into())
@@ -172,24 +204,32 @@ impl QuantizedModel {
             .into_any())
     }
 
-    /// The stored `QuantizedTensor` of a quantized layer, a chunked one's chunk rows joined (KeyError for unknown
-    /// names; SchemaError for a layer kept in 16-bit).
+    /// The stored `QuantizedTensor` of a quantized layer, a chunked one's chunk rows joined; of a GGUF file, the
+    /// tensor's blocks with its ggml type as the encoding, in the stored shape (KeyError for unknown names;
+    /// SchemaError for a layer kept in 16-bit or float32).
     fn quantized(&self, py: Python<'_>, name: &str) -> Result<PyQuantizedTensor> {
         let i = self.index(name)?;
-        let tensor = without_gil(py, || self.file.read_quantized(i))?;
+        let tensor = without_gil(py, || match &self.source {
+            Source::Model(f) => f.read_quantized(i),
+            Source::Gguf(g) => g.quantized(i),
+        })?;
         Ok(PyQuantizedTensor::from_core(py, tensor))
     }
 
     /// The time-aware activation parameters stored with a layer, `[{t_start, t_end, scale, zero_point}]` (`t_end`
-    /// exclusive), or None for a layer without calibration statistics (KeyError for unknown names).
+    /// exclusive), or None for a layer without calibration statistics and for every tensor of a GGUF file
+    /// (KeyError for unknown names).
     fn time_groups<'py>(
         &self,
         py: Python<'py>,
         name: &str,
     ) -> Result<Option<Vec<Bound<'py, PyDict>>>> {
         let i = self.index(name)?;
+        let Source::Model(file) = &self.source else {
+            return Ok(None);
+        };
         // Every chunk row of a tensor carries its time groups: the first row has them.
-        let batch = without_gil(py, || self.file.read_row(self.file.rows_of(i).start))?;
+        let batch = without_gil(py, || file.read_row(file.rows_of(i).start))?;
         let Some(groups) = read_time_groups(&batch)?.pop().flatten() else {
             return Ok(None);
         };
@@ -207,27 +247,35 @@ impl QuantizedModel {
         Ok(Some(entries))
     }
 
-    /// Footer metadata: format, source, config and report (JSON strings), tensor list.
+    /// Footer metadata: format, source, config and report (JSON strings), tensor list; of a GGUF file, every
+    /// metadata key (string values as they are, others as JSON).
     #[getter]
     fn metadata(&self) -> std::collections::HashMap<String, String> {
-        self.file.metadata.clone()
+        match &self.source {
+            Source::Model(f) => f.metadata.clone(),
+            Source::Gguf(g) => g.metadata(),
+        }
     }
 
     fn __repr__(&self) -> String {
         format!(
             "QuantizedModel({:?}, {} tensors)",
-            self.file.path().display().to_string(),
-            self.file.names.len()
+            self.path().display().to_string(),
+            self.names().len()
         )
     }
 }
 
-/// `load_quantized(path)`: opens a model file (Parquet or Arrow IPC) for lazy reading.
+/// `load_quantized(path)`: opens a model file (Parquet, Arrow IPC or GGUF, recognised by its magic) for lazy
+/// reading.
 #[pyfunction]
 pub fn load_quantized(path: PathBuf) -> Result<QuantizedModel> {
-    Ok(QuantizedModel {
-        file: ModelFile::open(&path)?,
-    })
+    let source = if is_gguf(&path) {
+        Source::Gguf(GgufModel::open(&path)?)
+    } else {
+        Source::Model(ModelFile::open(&path)?)
+    };
+    Ok(QuantizedModel { source })
 }
 
 /// `export_safetensors(quantized_path, output_path, dtype=None)`: writes a dequantized `.safetensors`, each

@@ -7,6 +7,7 @@ pub(crate) mod atomic_file;
 mod chunked;
 mod config;
 mod entry;
+mod gguf_model;
 mod gguf_run;
 mod gguf_tensor;
 mod gguf_tools;
@@ -29,6 +30,7 @@ pub use config::{
     Budget, OutputFormat, PipelineConfig, AUTO_PLAN_BITS_PER_WEIGHT, DEFAULT_GGUF_TYPE,
     DEFAULT_KEEP_PATTERNS, DEFAULT_UNCLIPPED_PATTERNS,
 };
+pub use gguf_model::GgufModel;
 pub use gguf_tools::{for_each_window, is_gguf, logical_shape};
 pub use model_file::{ModelFile, ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY, TENSORS_KEY};
 pub use output_path::{check_export_extension, check_output, model_format, same_file};
