@@ -69,6 +69,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             gguf_type,
             tensor_type,
             arch,
+            fallback,
             json,
             quiet,
             diffusion,
@@ -83,6 +84,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             config.gguf_type = gguf_type;
             config.tensor_types = tensor_type;
             config.gguf_arch = arch;
+            config.gguf_fallback = fallback;
             apply_diffusion(&mut config, diffusion)?;
             let reporter = Reporter::new(quiet || json);
             let cancel = AtomicBool::new(false);

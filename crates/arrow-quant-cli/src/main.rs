@@ -60,6 +60,10 @@ enum Command {
         /// detected from the tensor names
         #[arg(long)]
         arch: Option<String>,
+        /// GGUF output: what rows that no K-quant block fits get: quality (Q8_0, the default) or size (the shape
+        /// fix to rows of 256, else the block fallback table: Q4_K -> Q4_1, ...)
+        #[arg(long, value_name = "quality|size")]
+        fallback: Option<String>,
         /// Print the report as JSON instead of a table
         #[arg(long)]
         json: bool,

@@ -32,7 +32,7 @@ impl PyDiffusionQuantConfig {
                         activation_bits = None, boundary_smoothing = None, smoothing_window = None,
                         enable_spatial = None, target_bits_per_weight = None,
                         auto_mixed_precision = None, gguf_type = None, tensor_types = None,
-                        gguf_arch = None))]
+                        gguf_arch = None, gguf_fallback = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         profile: Option<&str>,
@@ -62,6 +62,7 @@ impl PyDiffusionQuantConfig {
         gguf_type: Option<String>,
         tensor_types: Option<Vec<String>>,
         gguf_arch: Option<String>,
+        gguf_fallback: Option<String>,
     ) -> Result<Self> {
         // The settings start from a profile ("local" unless named), and record it, as the CLI does.
         let mut inner = PipelineConfig::profile(profile.unwrap_or("local"))?;
@@ -129,6 +130,7 @@ impl PyDiffusionQuantConfig {
         inner.gguf_type = gguf_type;
         inner.tensor_types = tensor_types.unwrap_or_default();
         inner.gguf_arch = gguf_arch;
+        inner.gguf_fallback = gguf_fallback;
         inner.validate()?;
         Ok(Self { inner })
     }
@@ -315,6 +317,12 @@ impl PyDiffusionQuantConfig {
     #[getter]
     fn gguf_arch(&self) -> Option<String> {
         self.inner.gguf_arch.clone()
+    }
+
+    /// GGUF output: what rows no K-quant block fits get, "quality" (Q8_0) or "size", or None (quality).
+    #[getter]
+    fn gguf_fallback(&self) -> Option<String> {
+        self.inner.gguf_fallback.clone()
     }
 
     /// The settings as a dict (as stored in the model file).

@@ -39,4 +39,4 @@ pub use preset::{Preset, Role};
 pub use rows::{dequantize_rows, ggml_row_len, quantize_rows, sum_granule_rows, unfit_reason};
 pub(crate) use rows::{quantize_rows_with, RowWeights};
 pub use stored_shape::{orig_shape_key, StoredShape};
-pub use type_choice::{check_tensor_name, TypeChoice, TypePlan};
+pub use type_choice::{check_tensor_name, RowFallback, TypeChoice, TypePlan};

@@ -8,14 +8,15 @@
 //! 2. the first `--tensor-type REGEX=TYPE` override that matches;
 //! 3. the keep rules, 16-bit ([`sixteen_bit`]; a float preset's own type): the layer policy's `Decision::Keep`
 //!    (first / last layers, keep patterns, small tensors), the family's unquantized list (llama.cpp's patch for
-//!    ComfyUI-GGUF), and, in families that are not flattened, tensors of 3 or 4 dimensions (that patch and
-//!    ComfyUI-GGUF quantize 2-D tensors only);
+//!    ComfyUI-GGUF), tensors of fewer than [`SIXTEEN_BIT_BELOW_ELEMENTS`] elements, and, in families that are
+//!    not flattened, tensors of 3 or 4 dimensions (that patch and ComfyUI-GGUF quantize 2-D tensors only);
 //! 4. the preset's type, bumped for the value / fused-qkv / ffn-down projections of the `_M` / `_L` mixes.
 //!
-//! A block type must then fit the stored rows (the last axis, `ne0`): when it does not, the tensor is flattened
-//! to rows of 256 when its family allows ComfyUI's shape fix and 256 divides its size; else it falls back to
-//! [`block_fallback`]'s type in its own shape, or flattened to rows of 32; else to [`sixteen_bit`]. Every choice
-//! other than the preset's plain type carries its reason, for the run report.
+//! A block type must then fit the stored rows (the last axis, `ne0`): when it does not, a 256-element-block type
+//! goes to Q8_0 ([`RowFallback::Quality`], the default) or ([`RowFallback::Size`]) is flattened to rows of 256
+//! when its family allows ComfyUI's shape fix and 256 divides its size, else falls back to [`block_fallback`]'s
+//! type; the fallback is stored in its own shape, or flattened to rows of 32; else the tensor is [`sixteen_bit`].
+//! Every choice other than the preset's plain type carries its reason, for the run report.
 
 use crate::checkpoint::Dtype;
 use crate::error::{QuantError, Result};
@@ -25,6 +26,7 @@ use crate::gguf::overrides::TypeOverrides;
 use crate::gguf::preset::{role_of, Preset, Role};
 use crate::gguf::stored_shape::StoredShape;
 use crate::gguf::GgmlType;
+use std::str::FromStr;
 
 /// Longest tensor name, in bytes (ComfyUI-GGUF's `MAX_TENSOR_NAME_LENGTH`; stable-diffusion.cpp builds ggml with
 /// `GGML_MAX_NAME` 128, terminator included).
@@ -32,6 +34,12 @@ pub const MAX_TENSOR_NAME_BYTES: usize = 127;
 
 /// Tensors of at most this many elements are stored exactly (ComfyUI-GGUF's `QUANTIZATION_THRESHOLD`).
 pub const SMALL_TENSOR_ELEMENTS: usize = 1024;
+
+/// Tensors of fewer elements are kept in 16-bit (rule 3). Small layers carry most of a model's output error and
+/// little of its size: on the terrain UNet (485 of its 534 weight tensors are this small, 36% of its weights),
+/// llama.cpp's Q8_0 on them alone costs 0.025 output rel-error, and Q4_K_M with them in F16 has 0.03 x the
+/// output error of Q4_K_M on every tensor (docs/GGUF_TYPES.md). A Flux, SD or Wan checkpoint has next to none.
+pub const SIXTEEN_BIT_BELOW_ELEMENTS: usize = 1 << 16;
 
 /// Row length of ComfyUI's shape fix (one K-quant super-block).
 const FLAT_ROW: usize = 256;
@@ -53,6 +61,34 @@ pub fn check_tensor_name(name: &str) -> Result<()> {
     ))
 }
 
+/// What a tensor gets whose rows the wanted 256-element-block type (a K-quant, IQ4_XS) does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowFallback {
+    /// Q8_0: where llama.cpp keeps such a tensor in F16, half its size at the same output quality (measured on the
+    /// terrain UNet: output error at or below the F16 fallback's, while every 4-bit fallback has 5-8 x it).
+    #[default]
+    Quality,
+    /// The nearest size: ComfyUI's shape fix to rows of 256 where the family allows it, else the
+    /// [`block_fallback`] table (closest weight error at about the same size).
+    Size,
+}
+
+impl FromStr for RowFallback {
+    type Err = QuantError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "quality" => Ok(Self::Quality),
+            "size" => Ok(Self::Size),
+            _ => Err(QuantError::config(
+                "gguf_fallback (--fallback)",
+                s,
+                "quality (Q8_0 for rows no K-quant block fits) or size (the shape fix and the block fallback table)",
+            )),
+        }
+    }
+}
+
 /// Everything that decides the types of a run's tensors.
 #[derive(Debug, Clone)]
 pub struct TypePlan {
@@ -68,6 +104,10 @@ pub struct TypePlan {
     pub shape_fix: bool,
     /// Keep the family's unquantized tensors ([`Arch::keep_reason`]) in 16-bit. On by default.
     pub family_keep: bool,
+    /// Tensors of fewer elements are kept in 16-bit ([`SIXTEEN_BIT_BELOW_ELEMENTS`] by default; 0: none).
+    pub sixteen_bit_below: usize,
+    /// What rows that a 256-element-block type does not fit get.
+    pub row_fallback: RowFallback,
 }
 
 /// The type and layout of one tensor.
@@ -94,6 +134,8 @@ impl TypePlan {
             overrides: TypeOverrides::default(),
             shape_fix: true,
             family_keep: true,
+            sixteen_bit_below: SIXTEEN_BIT_BELOW_ELEMENTS,
+            row_fallback: RowFallback::Quality,
         }
     }
 
@@ -172,6 +214,13 @@ impl TypePlan {
                 return keep(why);
             }
         }
+        let n: usize = shape.iter().product();
+        if n < self.sixteen_bit_below {
+            return keep(format!(
+                "fewer than {} elements: small layers carry much of the output error for little of the size",
+                self.sixteen_bit_below
+            ));
+        }
         if !self.flattens() && shape.len() >= 3 {
             return keep(format!(
                 "{}-D tensor of {}: ComfyUI-GGUF's loader and llama.cpp's patch quantize 2-D tensors only",
@@ -206,8 +255,9 @@ impl TypePlan {
         self.shape_fix && self.arch.shape_fix()
     }
 
-    /// The type and layout that store `ty`'s intent: its own shape if its blocks fit, else flattened to rows of
-    /// 256, else the block fallback in its own shape or flattened to rows of 32, else 16-bit.
+    /// The type and layout that store `ty`'s intent: its own shape if its blocks fit, else (see
+    /// [`RowFallback`]) Q8_0 or flattened to rows of 256 or the block fallback, in its own shape or flattened to
+    /// rows of 32, else 16-bit.
     fn fit(
         &self,
         ty: GgmlType,
@@ -227,8 +277,13 @@ impl TypePlan {
             StoredShape::flattened(shape, row)
                 .filter(|_| self.flattens() && row.is_multiple_of(to.block_len()))
         };
-        let fb = block_fallback(ty);
-        let (to, stored) = if let Some(stored) = flattened(ty, FLAT_ROW) {
+        let quality = self.row_fallback == RowFallback::Quality && ty.block_len() > FLAT_ROW_SMALL;
+        let fb = if quality {
+            Some(GgmlType::Q8_0)
+        } else {
+            block_fallback(ty)
+        };
+        let (to, stored) = if let Some(stored) = flattened(ty, FLAT_ROW).filter(|_| !quality) {
             (ty, stored)
         } else if let Some(fb) = fb.filter(|fb| fb.fits_row(cols)) {
             (fb, StoredShape::native(shape))

@@ -5,6 +5,15 @@ use super::*;
 use crate::gguf::{detect_arch, TypeOverrides};
 use GgmlType as T;
 
+/// A plan with `RowFallback::Size` (the shape fix and the block fallback table), which most tests check; the
+/// default `Quality` has its own test.
+fn size_plan(arch: Arch, preset: Preset) -> TypePlan {
+    TypePlan {
+        row_fallback: RowFallback::Size,
+        ..TypePlan::new(arch, preset)
+    }
+}
+
 /// (name, shape) of a checkpoint, and the names alone.
 fn names<'a>(tensors: &[(&'a str, &[usize])]) -> Vec<&'a str> {
     tensors.iter().map(|(n, _)| *n).collect()
@@ -19,7 +28,7 @@ fn choose_all(
     let arch = detect_arch(&names(tensors))
         .unwrap()
         .unwrap_or(Arch::Unknown);
-    let plan = TypePlan::new(arch, preset);
+    let plan = size_plan(arch, preset);
     let choices = tensors
         .iter()
         .map(|(n, s)| plan.choose(n, s, source, None).unwrap())
@@ -156,7 +165,7 @@ fn sdxl_checkpoint_gets_sdxl_and_comfy_shape_fix() {
     // without the shape fix (files for stable-diffusion.cpp / diffusers): native shapes, block fallback or F16
     let plan = TypePlan {
         shape_fix: false,
-        ..TypePlan::new(Arch::Sdxl, Preset::Q4_K_M)
+        ..size_plan(Arch::Sdxl, Preset::Q4_K_M)
     };
     let v = plan.choose(t[3].0, t[3].1, Dtype::F16, None).unwrap();
     assert_eq!(
@@ -175,7 +184,7 @@ fn sdxl_checkpoint_gets_sdxl_and_comfy_shape_fix() {
     let odd = plan
         .choose(
             "model.diffusion_model.x.weight",
-            &[640, 100],
+            &[1280, 100],
             Dtype::F16,
             None,
         )
@@ -299,11 +308,11 @@ fn wan_checkpoint_gets_wan_and_keeps_its_5d_kernel_exact() {
     );
     // the 5-D kernel is stored in its own 5 dimensions, no orig_shape key; an F16 source keeps it F16
     assert_eq!(c[3].stored.metadata(t[3].0).unwrap(), None);
-    let plan = TypePlan::new(Arch::Wan, Preset::Q8_0);
+    let plan = size_plan(Arch::Wan, Preset::Q8_0);
     let k = plan.choose(t[3].0, t[3].1, Dtype::F16, None).unwrap();
     assert_eq!((k.ty, k.stored.shape), (T::F16, vec![1536, 16, 1, 2, 2]));
     // HunyuanVideo's 5-D img_in.proj: the same rule, whatever the family
-    let hy = TypePlan::new(Arch::HyVid, Preset::Q4_K_M)
+    let hy = size_plan(Arch::HyVid, Preset::Q4_K_M)
         .choose(
             "img_in.proj.weight",
             &[3072, 16, 1, 2, 2],
@@ -316,7 +325,7 @@ fn wan_checkpoint_gets_wan_and_keeps_its_5d_kernel_exact() {
 
 #[test]
 fn overrides_win_first_match_over_mixes_and_keep_rules_but_not_loader_rules() {
-    let mut plan = TypePlan::new(Arch::Flux, Preset::Q4_K_M);
+    let mut plan = size_plan(Arch::Flux, Preset::Q4_K_M);
     plan.overrides = TypeOverrides::parse(&[
         r"double_blocks\.0\..*qkv=Q8_0",
         "qkv=Q6_K",
@@ -362,7 +371,7 @@ fn overrides_win_first_match_over_mixes_and_keep_rules_but_not_loader_rules() {
 
 #[test]
 fn layer_policy_keep_maps_to_sixteen_bit_by_source() {
-    let plan = TypePlan::new(Arch::Unknown, Preset::Q4_K_M);
+    let plan = size_plan(Arch::Unknown, Preset::Q4_K_M);
     let keep = Some("first or last layer ('conv_in.')");
     for (source, ty) in [
         (Dtype::F32, T::F16),
@@ -377,7 +386,7 @@ fn layer_policy_keep_maps_to_sixteen_bit_by_source() {
         assert_eq!(c.reason.as_deref(), keep);
     }
     // a float preset keeps its own type; F32 never shrinks a kept tensor
-    let f32_plan = TypePlan::new(Arch::Unknown, Preset::F32);
+    let f32_plan = size_plan(Arch::Unknown, Preset::F32);
     assert_eq!(
         f32_plan
             .choose("conv_in.weight", &[64, 4, 3, 3], Dtype::BF16, keep)
@@ -385,7 +394,7 @@ fn layer_policy_keep_maps_to_sixteen_bit_by_source() {
             .ty,
         T::F32
     );
-    let bf16_plan = TypePlan::new(Arch::Flux, Preset::BF16);
+    let bf16_plan = size_plan(Arch::Flux, Preset::BF16);
     let c = bf16_plan
         .choose("img_in.weight", &[3072, 64], Dtype::F32, None)
         .unwrap();
@@ -394,8 +403,32 @@ fn layer_policy_keep_maps_to_sixteen_bit_by_source() {
 
 #[test]
 fn unknown_family_flattens_like_comfy_and_falls_back_per_type() {
-    // the terrain UNet: 3x3 and 1x1 convolutions, narrow linear layers, F32
-    let plan = TypePlan::new(Arch::Unknown, Preset::Q4_K_M);
+    // the terrain UNet: 3x3 and 1x1 convolutions, narrow linear layers, F32; its small tensors stay 16-bit
+    let default = size_plan(Arch::Unknown, Preset::Q4_K_M);
+    let small = default
+        .choose(
+            "network.input_blocks.1.0.emb_layers.1.weight",
+            &[64, 128],
+            Dtype::F32,
+            None,
+        )
+        .unwrap();
+    assert_eq!((small.ty, small.stored.orig_shape), (T::F16, None));
+    assert!(small.reason.unwrap().contains("fewer than 65536 elements"));
+    let large = default
+        .choose(
+            "network.middle_block.0.in_layers.2.weight",
+            &[128, 128, 3, 3],
+            Dtype::F32,
+            None,
+        )
+        .unwrap();
+    assert_eq!((large.ty, large.stored.shape), (T::Q4_K, vec![576, 256]));
+    // the flattening and fallbacks, on tensors of any size
+    let plan = TypePlan {
+        sixteen_bit_below: 0,
+        ..default
+    };
     let c = |name: &str, shape: &[usize]| plan.choose(name, shape, Dtype::F32, None).unwrap();
     let qkv = c("network.input_blocks.11.1.qkv.weight", &[192, 64, 1, 1]);
     assert_eq!((qkv.ty, qkv.stored.shape), (T::Q5_K, vec![48, 256]));
@@ -409,9 +442,12 @@ fn unknown_family_flattens_like_comfy_and_falls_back_per_type() {
     let f = c("network.y.weight", &[1100, 3]);
     assert_eq!((f.ty, f.stored.orig_shape), (T::F16, None));
     // a 32-element-block preset on rows of 3 flattens to rows of 256 too
-    let q4 = TypePlan::new(Arch::Unknown, Preset::Q4_0)
-        .choose("network.z.weight", &[32, 32, 3, 3], Dtype::F32, None)
-        .unwrap();
+    let q4 = TypePlan {
+        sixteen_bit_below: 0,
+        ..size_plan(Arch::Unknown, Preset::Q4_0)
+    }
+    .choose("network.z.weight", &[32, 32, 3, 3], Dtype::F32, None)
+    .unwrap();
     assert_eq!((q4.ty, q4.stored.shape), (T::Q4_0, vec![36, 256]));
 }
 
@@ -420,7 +456,7 @@ fn fallbacks_per_type_on_rows_of_320_and_of_100() {
     use crate::gguf::fallback::block_fallback;
     // Flux never flattens: every 256-element-block preset falls back to its table entry on rows of 320, and to
     // 16-bit on rows no 32 divides; 32-element-block presets fit 320 as they are
-    let plan = |p: Preset| TypePlan::new(Arch::Flux, p);
+    let plan = |p: Preset| size_plan(Arch::Flux, p);
     for preset in Preset::all() {
         let base = preset.base();
         let c = plan(preset)
@@ -443,7 +479,7 @@ fn fallbacks_per_type_on_rows_of_320_and_of_100() {
 
 #[test]
 fn names_past_127_bytes_and_non_float_tensors_are_errors_naming_them() {
-    let plan = TypePlan::new(Arch::Flux, Preset::Q4_K_M);
+    let plan = size_plan(Arch::Flux, Preset::Q4_K_M);
     let ok = "a".repeat(127);
     assert!(plan.choose(&ok, &[4096, 4096], Dtype::F16, None).is_ok());
     let long = format!("{}.weight", "double_blocks.0.".repeat(8));
@@ -462,4 +498,53 @@ fn names_past_127_bytes_and_non_float_tensors_are_errors_naming_them() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("position_ids") && e.contains("I64"), "{e}");
+}
+
+#[test]
+fn quality_fallback_gives_q8_0_to_rows_no_k_block_fits() {
+    let plan = TypePlan::new(Arch::Unknown, Preset::Q4_K_M);
+    assert_eq!(plan.row_fallback, RowFallback::Quality);
+    let c = |name: &str, shape: &[usize]| plan.choose(name, shape, Dtype::F32, None).unwrap();
+    // rows of 3 x 3 x 128: no 256 row, Q8_0 flattened to rows of 32 (the family allows the shape fix)
+    let conv = c(
+        "network.middle_block.0.in_layers.2.weight",
+        &[128, 128, 3, 3],
+    );
+    assert_eq!(
+        (conv.ty, conv.stored.shape.clone()),
+        (T::Q8_0, vec![4608, 32])
+    );
+    assert!(conv.reason.unwrap().contains("Q8_0"));
+    // rows of 320 in a family without the shape fix: Q8_0 in its own shape; rows of 256 keep the preset's type
+    let flux = TypePlan::new(Arch::Flux, Preset::Q4_K_M);
+    let linear2 = flux
+        .choose(
+            "single_blocks.0.linear2.weight",
+            &[3072, 15360 + 320],
+            Dtype::BF16,
+            None,
+        )
+        .unwrap();
+    assert_eq!((linear2.ty, linear2.stored.orig_shape), (T::Q8_0, None));
+    let proj = flux
+        .choose(
+            "double_blocks.0.img_attn.proj.weight",
+            &[3072, 3072],
+            Dtype::BF16,
+            None,
+        )
+        .unwrap();
+    assert_eq!(proj.ty, T::Q4_K);
+    // 32-element-block presets are not affected; rows no 32 divides still end in 16-bit
+    let q4 = TypePlan::new(Arch::Flux, Preset::Q4_0)
+        .choose("x.weight", &[3072, 320], Dtype::F16, None)
+        .unwrap();
+    assert_eq!(q4.ty, T::Q4_0);
+    let odd = flux
+        .choose("y.weight", &[1280, 100], Dtype::F16, None)
+        .unwrap();
+    assert_eq!(odd.ty, T::F16);
+    assert_eq!("size".parse::<RowFallback>().unwrap(), RowFallback::Size);
+    let err = "smallest".parse::<RowFallback>().unwrap_err().to_string();
+    assert!(err.contains("smallest") && err.contains("quality"), "{err}");
 }

@@ -127,6 +127,9 @@ pub struct PipelineConfig {
     pub tensor_types: Vec<String>,
     /// GGUF output only: the `general.architecture` to write instead of the one detected from tensor names.
     pub gguf_arch: Option<String>,
+    /// GGUF output only: what rows no K-quant block fits get, `quality` (Q8_0) or `size` (the shape fix and the
+    /// block fallback table); `None`: quality ([`crate::gguf::RowFallback`]).
+    pub gguf_fallback: Option<String>,
 }
 
 /// The type preset of a GGUF run that names none.
@@ -206,6 +209,7 @@ impl PipelineConfig {
             gguf_type: None,
             tensor_types: Vec::new(),
             gguf_arch: None,
+            gguf_fallback: None,
         })
     }
 
@@ -316,6 +320,9 @@ impl PipelineConfig {
             self.gguf_type.as_ref().map(|_| "gguf_type (--type)"),
             (!self.tensor_types.is_empty()).then_some("tensor_types (--tensor-type)"),
             self.gguf_arch.as_ref().map(|_| "gguf_arch (--arch)"),
+            self.gguf_fallback
+                .as_ref()
+                .map(|_| "gguf_fallback (--fallback)"),
         ]
         .into_iter()
         .flatten()
@@ -364,6 +371,7 @@ impl PipelineConfig {
                 .into();
             v["tensor_types"] = self.tensor_types.clone().into();
             v["gguf_arch"] = self.gguf_arch.clone().into();
+            v["gguf_fallback"] = self.gguf_fallback.as_deref().unwrap_or("quality").into();
         }
         if let (Some(v), serde_json::Value::Object(quant)) =
             (v.as_object_mut(), self.quant.to_json())

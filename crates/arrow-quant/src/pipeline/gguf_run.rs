@@ -80,6 +80,12 @@ pub(crate) fn quantize_model_gguf(
         .parse()?;
     let mut types = TypePlan::new(arch, preset);
     types.overrides = TypeOverrides::parse(&config.tensor_types)?;
+    types.row_fallback = config
+        .gguf_fallback
+        .as_deref()
+        .map(str::parse)
+        .transpose()?
+        .unwrap_or_default();
     let mut planned = Vec::with_capacity(tensors.len());
     for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
         let (choice, kept, note) = match decision {
