@@ -164,7 +164,10 @@ pub(crate) fn quantize_rows_with(
                         }
                     };
                     let encoded = codec.quantize_row_with_sums(x, importance, row_blocks, back);
-                    if tolerant && !all_finite(x) {
+                    // Σx² of the sums is finite only when every element is (a NaN or infinity propagates into
+                    // it), so a tolerant codec's row needs the scan only when it is not (or the row failed)
+                    let needs_scan = !matches!(&encoded, Ok(s) if s.xx.is_finite());
+                    if tolerant && needs_scan && !all_finite(x) {
                         return Err(non_finite(x));
                     }
                     sums.add(encoded.map_err(|e| QuantError::Range {

@@ -174,8 +174,14 @@ pub(super) fn first_block(bad: u16) -> Option<usize> {
 /// The float16 bits of each block's value of `v` (lane `4k`; the value is already a float16).
 #[inline(always)]
 pub(super) fn f16_bits<L: Lanes>(l: L, v: L::V) -> [[u8; 2]; 4] {
-    let a = l.to_array(v);
-    std::array::from_fn(|k| f16::from_f32(a[4 * k]).to_le_bytes())
+    // one vector conversion: a scalar `f16::from_f32` per block is a call (and a CPU-feature check) each
+    let a = l.f16_words(v);
+    [
+        a[0].to_le_bytes(),
+        a[4].to_le_bytes(),
+        a[8].to_le_bytes(),
+        a[12].to_le_bytes(),
+    ]
 }
 
 /// The 16 bytes of `qs` per block for codes `0..16`: element `i` in the low nibble of byte `i`, element `i + 16`

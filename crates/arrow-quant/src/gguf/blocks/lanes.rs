@@ -59,6 +59,8 @@ pub(super) trait Lanes: Copy {
     fn group_min(self, v: Self::V) -> Self::V;
     /// Rounded to float16 (nearest, ties to even; beyond 65504 infinite) and back.
     fn to_f16(self, v: Self::V) -> Self::V;
+    /// The float16 bit patterns of `v` (nearest, ties to even, as [`Lanes::to_f16`]).
+    fn f16_words(self, v: Self::V) -> [u16; 16];
     fn table(self, t: &[f32; 32]) -> Self::Table;
     /// Table indices: `v` (values in `[0, 32)`) truncated.
     fn index(self, v: Self::V) -> Self::Idx;
@@ -214,6 +216,10 @@ impl Lanes for Portable {
     #[inline(always)]
     fn to_f16(self, v: Self::V) -> Self::V {
         v.map(|x| half::f16::from_f32(x).to_f32())
+    }
+    #[inline(always)]
+    fn f16_words(self, v: Self::V) -> [u16; 16] {
+        v.map(|x| half::f16::from_f32(x).to_bits())
     }
     #[inline(always)]
     fn table(self, t: &[f32; 32]) -> Self::Table {
@@ -372,6 +378,15 @@ mod avx512 {
             }
         }
         #[inline(always)]
+        fn f16_words(self, v: Self::V) -> [u16; 16] {
+            let mut out = [0u16; 16];
+            unsafe {
+                let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm256_storeu_si256(out.as_mut_ptr().cast(), h);
+            }
+            out
+        }
+        #[inline(always)]
         fn table(self, t: &[f32; 32]) -> Self::Table {
             unsafe {
                 (
@@ -508,6 +523,10 @@ mod tests {
                 p.to_f16(p.mul(p1, p.splat(1e-6))),
             );
             same(a.to_array(a.abs(qa[2])), p.abs(p2));
+            let tiny = a.mul(qa[1], a.splat(3e-6));
+            assert_eq!(a.f16_words(tiny), p.f16_words(a.to_array(tiny)));
+            let huge = a.mul(qa[2], a.splat(3e3));
+            assert_eq!(a.f16_words(huge), p.f16_words(a.to_array(huge)));
             let zeros = a.sub(qa[1], qa[1]);
             let neg = a.mul(zeros, a.splat(-1.0));
             same(

@@ -47,7 +47,9 @@ pub(crate) trait BlockCodec: Sync {
 
     /// True when [`quantize_row`](Self::quantize_row) may be given non-finite values (its output then garbage, but
     /// it never panics), so that the caller can check the row after encoding it, when the row is in cache, and
-    /// the encoder's reads overlap the fetch from memory.
+    /// the encoder's reads overlap the fetch from memory. Such a codec's quality sums must hold `xx` as `Σx²`
+    /// of the row's own elements (a NaN or infinity among them makes it non-finite): the caller scans the row
+    /// only when that `xx` is not finite.
     fn tolerates_non_finite(&self) -> bool {
         false
     }
