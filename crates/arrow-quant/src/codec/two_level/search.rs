@@ -15,7 +15,7 @@
 //! at 8 bits is within a few percent of the search and much faster.
 
 use super::format::{SuperBlockParams, TwoLevelSpec};
-use crate::codec::flat::group::{quantize_magic, round_scale_up, F16_MAX, LANES, MAGIC};
+use crate::codec::flat::group::{round_scale_up, F16_MAX, LANES, MAGIC};
 use crate::config::{BitWidth, ScaleDtype};
 use half::f16;
 
@@ -135,7 +135,6 @@ fn code_pass<const S: usize, const W: bool>(
     off: &Lanes,
     qmax: f32,
 ) -> Sums {
-    let qm = qmax + MAGIC;
     let mut s = Sums {
         swl: [0.0; LANES],
         swl2: [0.0; LANES],
@@ -144,13 +143,15 @@ fn code_pass<const S: usize, const W: bool>(
     for i in 0..S {
         for l in 0..LANES {
             let x = t.x[i][l];
-            // The offset is fractional: add it before MAGIC, which rounds to an integer.
-            let v = quantize_magic(x * inv[l] + off[l], 1.0, MAGIC, qm);
-            let q = v - MAGIC;
+            // One fused multiply-add and one rounding instruction (the final pass rounds the same way up to
+            // ties of the unfused product, which only move a code between two equally near values).
+            let v = x.mul_add(inv[l], off[l]).round_ties_even();
+            let v = if v < 0.0 { 0.0 } else { v };
+            let q = if v > qmax { qmax } else { v };
             let wq = if W { t.w[i][l] * q } else { q };
             s.swl[l] += wq;
-            s.swl2[l] += wq * q;
-            s.swxl[l] += wq * x;
+            s.swl2[l] = wq.mul_add(q, s.swl2[l]);
+            s.swxl[l] = wq.mul_add(x, s.swxl[l]);
         }
     }
     s
@@ -230,6 +231,17 @@ fn keep_better(
     }
 }
 
+/// `v` limited to the field range `0..=fmax` (plain comparisons, which vectorise).
+#[inline(always)]
+fn clamp_field(v: f32, fmax: f32) -> f32 {
+    let v = if v > 0.0 { v } else { 0.0 };
+    if v < fmax {
+        v
+    } else {
+        fmax
+    }
+}
+
 /// The inverse step (0 for a zero step).
 #[inline(always)]
 fn inverse(s: f32) -> f32 {
@@ -244,9 +256,13 @@ fn inverse(s: f32) -> f32 {
 /// grid `g * {0..fmax}`, among `tries` (at most 16, evaluated one per lane) candidates `max / (fmax - 0.1 c)`.
 #[inline(always)]
 fn grid_step(values: &[f32], fmax: f32, tries: usize) -> f32 {
-    let mx = values
+    // The largest value by integer maximum of the bits (the order of non-negative floats; negative ones, -0
+    // included, count as 0, NaN as infinity): branch-free and short, unlike a float maximum or comparison.
+    let top = values
         .iter()
-        .fold(0.0f32, |a, &v| if v > a { v } else { a });
+        .fold(0i32, |a, &v| a.max(v.to_bits() as i32))
+        .min(f32::INFINITY.to_bits() as i32);
+    let mx = f32::from_bits(top as u32);
     if mx <= 0.0 {
         return 0.0;
     }
@@ -261,13 +277,24 @@ fn grid_step(values: &[f32], fmax: f32, tries: usize) -> f32 {
             err[c] += e * e;
         }
     }
-    let mut best = 0;
-    for c in 1..tries.min(LANES) {
-        if err[c] < err[best] {
-            best = c;
-        }
+    g[argmin(&err, tries)]
+}
+
+/// The index of the least of the first `tries` (at least 1, at most 16) non-negative errors, the first on a tie,
+/// without branches: the minimum of keys made of an error's bits (whose order is the value's) with its low four
+/// bits replaced by the index. Errors closer than 2^-19 relative count as equal.
+#[inline(always)]
+pub(crate) fn argmin(err: &Lanes, tries: usize) -> usize {
+    let mut best = u32::MAX;
+    for (c, e) in err.iter().enumerate() {
+        let key = if c < tries.max(1) {
+            (e.to_bits() & !0xF) | c as u32
+        } else {
+            u32::MAX
+        };
+        best = best.min(key);
     }
-    g[best]
+    (best & 0xF) as usize
 }
 
 /// The parameters found for one tile's super-blocks (the scale overflowed float16 when `Err`).
@@ -320,12 +347,23 @@ pub(crate) fn search_tile_with<const S: usize, const W: bool>(
     let mut xmax = t.x[0];
     for i in 0..S {
         for l in 0..LANES {
-            let (x, w) = (t.x[i][l], t.w[i][l]);
+            let x = t.x[i][l];
+            // Unweighted, the weights are not read (the caller need not fill them): every element weighs 1.
+            let w = if W { t.w[i][l] } else { 1.0 };
             fixed.sw[l] += w;
             fixed.swx[l] += w * x;
             fixed.swx2[l] += w * x * x;
             xmin[l] = if x < xmin[l] { x } else { xmin[l] };
             xmax[l] = if x > xmax[l] { x } else { xmax[l] };
+        }
+    }
+    if !W {
+        // Lanes without a sub-block weigh nothing, as their zero weights would have made them.
+        for l in 0..LANES {
+            let live = if t.len[l] > 0 { 1.0 } else { 0.0 };
+            fixed.sw[l] *= live;
+            fixed.swx[l] *= live;
+            fixed.swx2[l] *= live;
         }
     }
     for l in 0..LANES {
@@ -379,10 +417,10 @@ pub(crate) fn search_tile_with<const S: usize, const W: bool>(
     let mut sc = [0.0f32; LANES];
     let mut mn = [0.0f32; LANES];
     let outward = kn.candidates == 0;
-    for g in 0..supers {
-        let lanes = g * k..(g + 1) * k;
-        let dm = grid_step(&m[lanes.clone()], fmax, kn.grid);
-        if outward {
+    if outward {
+        for g in 0..supers {
+            let lanes = g * k..(g + 1) * k;
+            let dm = grid_step(&m[lanes.clone()], fmax, kn.grid);
             // min/max: minima rounded up, then the scale that still reaches the maximum, rounded up.
             for l in lanes.clone() {
                 mn[l] = if dm > 0.0 {
@@ -392,26 +430,29 @@ pub(crate) fn search_tile_with<const S: usize, const W: bool>(
                 };
                 s[l] = (hi[l] + dm * mn[l]) / qmax;
             }
-        }
-        let dd = grid_step(&s[lanes.clone()], fmax, kn.grid);
-        for l in lanes {
-            d[l] = dd;
-            dmin[l] = dm;
-            let ratio = if dd > 0.0 { s[l] / dd } else { 0.0 };
-            sc[l] = if outward {
-                ratio.ceil()
-            } else {
-                ratio.round_ties_even()
-            }
-            .clamp(0.0, fmax);
-            if !outward {
-                mn[l] = if dm > 0.0 {
-                    (m[l] / dm).round_ties_even().clamp(0.0, fmax)
-                } else {
-                    0.0
-                };
+            let dd = grid_step(&s[lanes.clone()], fmax, kn.grid);
+            for l in lanes {
+                d[l] = dd;
+                dmin[l] = dm;
+                let ratio = if dd > 0.0 { s[l] / dd } else { 0.0 };
+                sc[l] = ratio.ceil().clamp(0.0, fmax);
             }
         }
+    } else {
+        // The super-blocks' steps, then every lane's fields at once.
+        for g in 0..supers {
+            let lanes = g * k..(g + 1) * k;
+            let dm = grid_step(&m[lanes.clone()], fmax, kn.grid);
+            let dd = grid_step(&s[lanes.clone()], fmax, kn.grid);
+            for l in lanes {
+                d[l] = dd;
+                dmin[l] = dm;
+            }
+        }
+        let id: Lanes = lanes(|l| if d[l] > 0.0 { 1.0 / d[l] } else { 0.0 });
+        let idm: Lanes = lanes(|l| if dmin[l] > 0.0 { 1.0 / dmin[l] } else { 0.0 });
+        sc = lanes(|l| clamp_field((s[l] * id[l]).round_ties_even(), fmax));
+        mn = lanes(|l| clamp_field((m[l] * idm[l]).round_ties_even(), fmax));
     }
     for _ in 0..kn.rounds {
         let step: Lanes = lanes(|l| d[l] * sc[l]);
@@ -479,7 +520,9 @@ pub(crate) fn search_tile_with<const S: usize, const W: bool>(
         sc = nsc;
         mn = nmn;
     }
-    for g in 0..supers {
+    // A super-block of one repeated value has a lane whose minimum is its maximum (most tiles have none).
+    let flat = (0..LANES).fold(false, |a, l| a | ((t.len[l] > 0) & (xmin[l] == xmax[l])));
+    for g in (0..supers).filter(|_| flat) {
         exact_constant(
             t,
             &xmin,
@@ -550,23 +593,54 @@ fn final_pass<const S: usize>(
     let min: Lanes = lanes(|l| dmin[l] * mn[l]);
     let inv: Lanes = lanes(|l| inverse(step[l]));
     let off: Lanes = lanes(|l| min[l] * inv[l]);
-    let qm = qmax + MAGIC;
+    let full = t.len.iter().all(|&n| n == S);
+    let sums = if full {
+        final_codes::<S, true>(t, &inv, &off, &step, &min, qmax, codes)
+    } else {
+        final_codes::<S, false>(t, &inv, &off, &step, &min, qmax, codes)
+    };
+    sums.map(|v| v.iter().sum())
+}
+
+/// The codes of [`final_pass`] and the sums `[x^2, (x - y)^2, y^2]` per lane (`FULL`: every lane has `S` valid
+/// elements, so none needs masking).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // lanes index several arrays at once
+fn final_codes<const S: usize, const FULL: bool>(
+    t: &Tile<S>,
+    inv: &Lanes,
+    off: &Lanes,
+    step: &Lanes,
+    min: &Lanes,
+    qmax: f32,
+    codes: &mut [[u8; LANES]; S],
+) -> [Lanes; 3] {
     let mut xx = [0.0f32; LANES];
     let mut ee = [0.0f32; LANES];
     let mut yy = [0.0f32; LANES];
+    let len: Lanes = lanes(|l| t.len[l] as f32);
     for i in 0..S {
         for l in 0..LANES {
             let x = t.x[i][l];
-            let v = quantize_magic(x * inv[l] + off[l], 1.0, MAGIC, qm);
-            let q = v - MAGIC;
-            codes[i][l] = (v.to_bits() & 0xff) as u8;
+            // The codes as the search's passes round them.
+            let v = x.mul_add(inv[l], off[l]).round_ties_even();
+            let v = if v < 0.0 { 0.0 } else { v };
+            let q = if v > qmax { qmax } else { v };
+            // The low byte of MAGIC + q is q.
+            codes[i][l] = ((q + MAGIC).to_bits() & 0xff) as u8;
+            // Unfused, exactly as decoding computes it.
             let y = q * step[l] - min[l];
-            let valid = if i < t.len[l] { 1.0 } else { 0.0 };
             let e = x - y;
-            xx[l] += valid * x * x;
-            ee[l] += valid * e * e;
-            yy[l] += valid * y * y;
+            let (vx, ve, vy) = if FULL {
+                (x, e, y)
+            } else {
+                let valid = if (i as f32) < len[l] { 1.0 } else { 0.0 };
+                (valid * x, valid * e, valid * y)
+            };
+            xx[l] = vx.mul_add(x, xx[l]);
+            ee[l] = ve.mul_add(e, ee[l]);
+            yy[l] = vy.mul_add(y, yy[l]);
         }
     }
-    [xx.iter().sum(), ee.iter().sum(), yy.iter().sum()]
+    [xx, ee, yy]
 }

@@ -2,6 +2,7 @@
 //! weighted least-squares search of the two-level encodings (`codec::two_level::search`), run over the
 //! super-blocks of one ggml row, sixteen sub-blocks per tile, with each type's code width and effort.
 
+use super::transpose::to_lanes;
 use super::QK_K;
 use crate::codec::flat::group::{F16_MAX, LANES};
 use crate::codec::two_level::format::SuperBlockParams;
@@ -44,30 +45,43 @@ pub(super) fn search_row<const S: usize>(
     let mut b0 = 0;
     while b0 < n_blocks {
         let count = per_tile.min(n_blocks - b0);
-        for l in 0..LANES {
-            let (g, j) = (l / k, l % k);
-            if g < count {
-                let base = (b0 + g) * QK_K + j * S;
-                let xs = &x[base..base + S];
-                for i in 0..S {
-                    tile.x[i][l] = xs[i];
+        if count == per_tile {
+            // A full tile is sixteen consecutive sub-blocks: lane l holds elements l * S .. l * S + S.
+            let base = b0 * QK_K;
+            to_lanes::<S>(&x[base..], &mut tile.x);
+            if let Some((w, scale)) = weights {
+                to_lanes::<S>(&w[base..], &mut tile.w);
+                for row in tile.w.iter_mut() {
+                    for v in row.iter_mut() {
+                        *v *= scale;
+                    }
                 }
-                match weights {
-                    Some((w, scale)) => {
+            }
+            tile.len = [S; LANES];
+        } else {
+            for l in 0..LANES {
+                let (g, j) = (l / k, l % k);
+                if g < count {
+                    let base = (b0 + g) * QK_K + j * S;
+                    let xs = &x[base..base + S];
+                    for i in 0..S {
+                        tile.x[i][l] = xs[i];
+                    }
+                    // Unweighted, the search reads no weights.
+                    if let Some((w, scale)) = weights {
                         let ws = &w[base..base + S];
                         for i in 0..S {
                             tile.w[i][l] = ws[i] * scale;
                         }
                     }
-                    None => (0..S).for_each(|i| tile.w[i][l] = 1.0),
+                    tile.len[l] = S;
+                } else {
+                    for i in 0..S {
+                        tile.x[i][l] = 0.0;
+                        tile.w[i][l] = 0.0;
+                    }
+                    tile.len[l] = 0;
                 }
-                tile.len[l] = S;
-            } else {
-                for i in 0..S {
-                    tile.x[i][l] = 0.0;
-                    tile.w[i][l] = 0.0;
-                }
-                tile.len[l] = 0;
             }
         }
         tile.unit = weights.is_none();

@@ -12,6 +12,7 @@ mod q5_k;
 mod q6_k;
 mod scales;
 mod sym;
+mod transpose;
 
 #[cfg(test)]
 mod fixture_tests;

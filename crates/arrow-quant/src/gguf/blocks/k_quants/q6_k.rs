@@ -20,7 +20,9 @@ const BLOCK_BYTES: usize = 210;
 /// The Q6_K codec.
 pub(super) struct Q6K;
 
-/// Q6_K's search (effort measured on the standard tensor against llama.cpp's Q6_K).
+/// Q6_K's search (effort measured on the standard tensor against llama.cpp's Q6_K): no round after the
+/// super-block scale (5 passes over the data instead of 6; rel-MSE about 2.6% below llama.cpp's on the standard
+/// and MiniLM tensors).
 const SEARCH: SymSearch = SymSearch {
     nmax: 32.0,
     fneg: 128.0,
@@ -28,7 +30,7 @@ const SEARCH: SymSearch = SymSearch {
     rmin: -0.6,
     rdelta: 0.3,
     grid: 8,
-    rounds: 1,
+    rounds: 0,
 };
 
 /// The search with importance: more candidate steps (the weighted optimum is further from the min/max step;

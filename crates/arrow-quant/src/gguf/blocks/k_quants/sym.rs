@@ -12,8 +12,10 @@
 //! The codes under the final steps are then the nearest to each element, and the quality sums are computed from
 //! the values exactly as decoding computes them.
 
+use super::transpose::to_lanes;
 use super::QK_K;
 use crate::codec::flat::group::{F16_MAX, LANES, MAGIC};
+use crate::codec::two_level::search::argmin;
 use crate::gguf::blocks::OutOfRange;
 use half::f16;
 
@@ -97,19 +99,18 @@ struct Tile {
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // lanes index several arrays at once
 fn code_pass<const W: bool>(t: &Tile, inv: &Lanes, nmax: f32) -> (Lanes, Lanes) {
-    let (lo, hi) = (MAGIC - nmax, MAGIC + nmax - 1.0);
+    let (lo, hi) = (-nmax, nmax - 1.0);
     let mut sxq = [0.0f32; LANES];
     let mut sqq = [0.0f32; LANES];
     for i in 0..SUB {
         for l in 0..LANES {
             let x = t.x[i][l];
-            let v = x * inv[l] + MAGIC;
+            let v = (x * inv[l]).round_ties_even();
             let v = if v < lo { lo } else { v };
-            let v = if v > hi { hi } else { v };
-            let q = v - MAGIC;
+            let q = if v > hi { hi } else { v };
             let wq = if W { t.w[i][l] * q } else { q };
-            sxq[l] += wq * x;
-            sqq[l] += wq * q;
+            sxq[l] = wq.mul_add(x, sxq[l]);
+            sqq[l] = wq.mul_add(q, sqq[l]);
         }
     }
     (sxq, sqq)
@@ -185,13 +186,7 @@ fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> O
                 err[c] += sens[j] * e * e;
             }
         }
-        let mut b = 0;
-        for c in 1..s.grid.min(LANES) {
-            if err[c] < err[b] {
-                b = c;
-            }
-        }
-        d = cand[b];
+        d = cand[argmin(&err, s.grid)];
     }
     let field = |v: f32, id: f32| clamp((v * id + MAGIC) - MAGIC, -fneg, fneg - 1.0);
     let id = inverse(d);
@@ -244,9 +239,9 @@ fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> O
             // The low byte of MAGIC + q is q (two's complement).
             codes[i][l] = (v.to_bits() as u8).wrapping_add(offset);
             let e = x - y;
-            xx[l] += x * x;
-            ee[l] += e * e;
-            yy[l] += y * y;
+            xx[l] = x.mul_add(x, xx[l]);
+            ee[l] = e.mul_add(e, ee[l]);
+            yy[l] = y.mul_add(y, yy[l]);
         }
     }
     for (i, row) in codes.iter().enumerate() {
@@ -282,18 +277,15 @@ pub(super) fn search_row(
     };
     let mut total = [0f64; 3];
     for (b, xs) in x.chunks_exact(QK_K).enumerate() {
-        for l in 0..LANES {
-            for i in 0..SUB {
-                t.x[i][l] = xs[l * SUB + i];
-            }
-        }
+        to_lanes::<SUB>(xs, &mut t.x);
         let sums = match weights {
             None => search_block::<false>(s, &t, &mut out),
             Some((w, scale)) => {
                 let ws = &w[b * QK_K..(b + 1) * QK_K];
-                for l in 0..LANES {
-                    for i in 0..SUB {
-                        t.w[i][l] = ws[l * SUB + i] * scale;
+                to_lanes::<SUB>(ws, &mut t.w);
+                for row in t.w.iter_mut() {
+                    for v in row.iter_mut() {
+                        *v *= scale;
                     }
                 }
                 search_block::<true>(s, &t, &mut out)
