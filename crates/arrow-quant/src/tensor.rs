@@ -28,6 +28,17 @@ impl SourceDtype {
         }
     }
 
+    /// The dtype a file names (`f16`, `bf16`, `f64`; anything else reads as `f32`, the dtype a quantized tensor
+    /// of unknown source decodes to).
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "f16" => Self::F16,
+            "bf16" => Self::BF16,
+            "f64" => Self::F64,
+            _ => Self::F32,
+        }
+    }
+
     /// Bytes per element.
     pub const fn size(self) -> usize {
         match self {

@@ -207,12 +207,7 @@ impl ResultRow<'_> {
     /// it); an error for a plain row.
     pub fn to_tensor(&self) -> Result<QuantizedTensor> {
         let view = self.view()?;
-        let source_dtype = match self.dtype {
-            "f16" => SourceDtype::F16,
-            "bf16" => SourceDtype::BF16,
-            "f64" => SourceDtype::F64,
-            _ => SourceDtype::F32,
-        };
+        let source_dtype = SourceDtype::from_name(self.dtype);
         Ok(QuantizedTensor {
             name: self.name.to_string(),
             shape: self.shape.clone(),

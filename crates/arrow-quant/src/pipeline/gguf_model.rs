@@ -2,11 +2,10 @@
 //! decoded to float32 in its logical shape, a quantized tensor's blocks as a [`QuantizedTensor`] of its ggml
 //! type, and the metadata as strings.
 
-use super::gguf_run::GGUF_SOURCE_DTYPES_KEY;
-use super::gguf_tools::{for_each_window, logical_shape};
+use super::gguf_tools::{for_each_window, logical_shape, source_dtypes, tensor_codec};
 use crate::codec::Encoding;
 use crate::error::{QuantError, Result};
-use crate::gguf::{GgufFile, MetaArray, MetaValue};
+use crate::gguf::{GgufFile, MetaValue};
 use crate::quantized::{Payload, Quality, QuantizedTensor};
 use crate::tensor::SourceDtype;
 use std::collections::HashMap;
@@ -58,26 +57,9 @@ impl GgufModel {
                 ),
             ));
         }
-        if crate::codec::ggml::index(info.ty).is_none() {
-            return Err(QuantError::format(
-                self.path(),
-                format!(
-                    "tensor '{}' is {}, which this build cannot decode",
-                    info.name, info.ty
-                ),
-            ));
-        }
-        let source_dtype = match self.file.get(GGUF_SOURCE_DTYPES_KEY) {
-            Some(MetaValue::Array(MetaArray::String(v))) if v.len() == self.names.len() => {
-                match v[index].as_str() {
-                    "f16" => SourceDtype::F16,
-                    "bf16" => SourceDtype::BF16,
-                    "f64" => SourceDtype::F64,
-                    _ => SourceDtype::F32,
-                }
-            }
-            _ => SourceDtype::F32,
-        };
+        tensor_codec(&self.file, index)?;
+        let source_dtype = source_dtypes(&self.file)
+            .map_or(SourceDtype::F32, |d| SourceDtype::from_name(&d[index]));
         Ok(QuantizedTensor {
             name: info.name.clone(),
             shape: info.shape.clone(),

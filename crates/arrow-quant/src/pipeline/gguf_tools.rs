@@ -10,7 +10,7 @@ use super::tools::{ExportDtype, Validation};
 use crate::checkpoint::{float_values, Checkpoint};
 use crate::codec::driver::{QualitySums, CHUNK_ELEMENTS};
 use crate::error::{QuantError, Result};
-use crate::gguf::blocks::block_codec;
+use crate::gguf::blocks::{block_codec, BlockCodec};
 use crate::gguf::{orig_shape_key, GgufFile, MetaArray, MetaValue};
 use crate::quantized::Quality;
 use std::collections::HashMap;
@@ -51,6 +51,28 @@ fn per_tensor_f32<'a>(file: &'a GgufFile, key: &str) -> Option<&'a [f32]> {
     }
 }
 
+/// The codec of tensor `index`'s type, or an error naming the tensor when this build cannot decode it.
+pub(super) fn tensor_codec(file: &GgufFile, index: usize) -> Result<&'static dyn BlockCodec> {
+    let info = &file.tensors()[index];
+    block_codec(info.ty).ok_or_else(|| {
+        QuantError::format(
+            file.path(),
+            format!(
+                "tensor '{}' is {}, which this build cannot decode",
+                info.name, info.ty
+            ),
+        )
+    })
+}
+
+/// The source dtype names the run recorded (`arrow_quant.source_dtypes`), if the file has one per tensor.
+pub(super) fn source_dtypes(file: &GgufFile) -> Option<&[String]> {
+    match file.get(GGUF_SOURCE_DTYPES_KEY) {
+        Some(MetaValue::Array(MetaArray::String(v))) if v.len() == file.tensors().len() => Some(v),
+        _ => None,
+    }
+}
+
 /// Decodes tensor `index` window by window (whole ggml rows, about [`CHUNK_ELEMENTS`] elements each), handing
 /// each window and the flat index of its first element to `each`.
 pub fn for_each_window(
@@ -60,15 +82,7 @@ pub fn for_each_window(
     mut each: impl FnMut(&[f32], usize) -> Result<()>,
 ) -> Result<()> {
     let info = &file.tensors()[index];
-    let codec = block_codec(info.ty).ok_or_else(|| {
-        QuantError::format(
-            file.path(),
-            format!(
-                "tensor '{}' is {}, which this build cannot decode",
-                info.name, info.ty
-            ),
-        )
-    })?;
+    let codec = tensor_codec(file, index)?;
     let cols = info.shape.last().copied().unwrap_or(1).max(1);
     let row_bytes = info.ty.row_bytes(cols).unwrap_or(0);
     let rows_per_window = (CHUNK_ELEMENTS / cols).max(1);
@@ -168,10 +182,7 @@ pub fn export_gguf(path: &Path, output: &Path, dtype: Option<ExportDtype>) -> Re
     let file = GgufFile::open(path)?;
     check_export_extension(output)?;
     check_output(output, &[("the GGUF file", path)])?;
-    let source_dtypes = match file.get(GGUF_SOURCE_DTYPES_KEY) {
-        Some(MetaValue::Array(MetaArray::String(v))) if v.len() == file.tensors().len() => Some(v),
-        _ => None,
-    };
+    let source_dtypes = source_dtypes(&file);
     let out_file = AtomicFile::create(output)?;
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
