@@ -9,7 +9,10 @@ Sections:
   block-32 types); best of `--repeats` runs each.
 - `e2e`: for every type, the output error of the terrain UNet and the MiniLM embedding error when the tensors the
   type applies to (2-D view [shape[0], prod(shape[1:])] rows a whole number of its blocks, as the e2e bench's
-  peers see them) are replaced by ours / by llama.cpp's (the rest float32).
+  peers see them) are replaced by ours / by llama.cpp's (the rest float32). Ours follows the GGUF runs' layer
+  policy: convolution kernels and conditioning projections get llama.cpp's reference rounding (`method="rtn"`) at
+  Q4_0 / Q4_1 / Q5_0 / Q5_1 (so those tensors equal llama.cpp's there), the rest our search; the all-searched
+  figure is reported beside it.
 - `files`: whole-model GGUF files: the terrain UNet through `arrow-quant quantize ... --type Q4_K_M`, read back with
   gguf-py's GGUFReader and dequantizers and run, against "the llama.cpp way" (llama.cpp's Q4_K where rows fit,
   float16 elsewhere: what llama-quantize does to a diffusion model) and llama.cpp's Q4_0 on the tensors our file
@@ -116,12 +119,22 @@ def type_section(g: Any, repeats: int) -> dict[str, Any]:
     return rows
 
 
+REFERENCE_ROUNDED = {"Q4_0", "Q4_1", "Q5_0", "Q5_1"}  # pipeline::policy::gguf_rounding's types
+
+
+def plain_rounded(name: str, ndim: int, patterns: list[str]) -> bool:
+    """The GGUF runs' layer policy (pipeline::policy::plain_rounding): convolution kernels and conditioning
+    projections get llama.cpp's reference rounding at the REFERENCE_ROUNDED types."""
+    return ndim >= 3 or any(p.lower() in name.lower() for p in patterns)
+
+
 def e2e_section(g: Any) -> dict[str, Any]:
     from _e2e_models import MiniLM, Terrain, output_metrics
 
     import arrow_quant_v2 as aq
 
     q = aq.ArrowQuantV2()
+    patterns = aq.DiffusionQuantConfig().unclipped_patterns
     out: dict[str, Any] = {}
     for model in (Terrain.shared(), MiniLM.shared()):
         weights = model.weights()
@@ -131,22 +144,31 @@ def e2e_section(g: Any) -> dict[str, Any]:
             names = [n for n, w in weights.items() if fits(ty, int(np.prod(w.shape[1:])), g)]
             if not names:
                 continue
-            ours, peer = {}, {}
+            ours, searched, peer = {}, {}, {}
+            plain = [n for n in names if ty in REFERENCE_ROUNDED and plain_rounded(n, weights[n].ndim, patterns)]
             for n in names:
                 w2 = np.ascontiguousarray(weights[n].reshape(weights[n].shape[0], -1))
-                ours[n] = q.quantize(w2, encoding=ty).dequantize().reshape(weights[n].shape)
+                searched[n] = q.quantize(w2, encoding=ty).dequantize().reshape(weights[n].shape)
+                ours[n] = (q.quantize(w2, encoding=ty, method="rtn").dequantize().reshape(weights[n].shape)
+                           if n in plain else searched[n])
                 peer[n] = g.dequantize(g.quantize(w2, ty), ty, w2.shape).reshape(weights[n].shape)
             if model.name == "terrain":
-                a = output_metrics(ref, model.run(ours))["rel_error"]
-                b = output_metrics(ref, model.run(peer))["rel_error"]
+                def score(rep, model=model, ref=ref):
+                    return output_metrics(ref, model.run(rep))["rel_error"]
                 metric = "output rel-error"
             else:
-                a, b = model.cos_error(ours), model.cos_error(peer)
-                metric = "1 - cos"
-            section[ty] = {"tensors": len(names), "weights": int(sum(weights[n].size for n in names)),
-                           "ours": a, "llama": b, "ratio": a / b if b else float("nan"), "ok": a <= b}
+                score, metric = model.cos_error, "1 - cos"
+            a, b = score(ours), score(peer)
+            row = {"tensors": len(names), "weights": int(sum(weights[n].size for n in names)),
+                   "plain_rounded": len(plain), "ours": a, "llama": b, "ratio": a / b if b else float("nan"),
+                   "ok": a <= b}
+            if plain:
+                row["ours_all_searched"] = score(searched)
+            section[ty] = row
+            extra = (f" (policy: {len(plain)} reference-rounded; all searched {row['ours_all_searched']:.4e})"
+                     if plain else "")
             print(f"[{model.name}] {ty:<7} {len(names):>3} tensors: {metric} ours {a:.4e} llama.cpp {b:.4e} "
-                  f"ratio {section[ty]['ratio']:.3f}", flush=True)
+                  f"ratio {row['ratio']:.3f}{extra}", flush=True)
         out[model.name] = section
     return out
 

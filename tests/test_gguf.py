@@ -265,3 +265,58 @@ def test_rows_no_k_block_fits_get_q8_0_or_with_fallback_size_the_table(tmp_path,
     r = run_cli("quantize", src, tmp_path / "x.gguf", "--fallback", "smallest")
     assert r.returncode == 2 and "smallest" in r.stderr and not (tmp_path / "x.gguf").exists()
     assert aq.DiffusionQuantConfig(gguf_fallback="size").gguf_fallback == "size"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# llama.cpp's reference rounding: method="rtn", and the layer policy of GGUF runs
+
+REFERENCE_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+
+
+def _reference_bytes(w: np.ndarray, ty: str) -> bytes:
+    """gguf-py's quantizer (llama.cpp's reference rounding, bit-exact) on ggml rows of 32-element blocks."""
+    return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32).reshape(-1, 32),
+                                GGMLQuantizationType[ty]).tobytes()
+
+
+@pytest.mark.parametrize("ty", REFERENCE_TYPES)
+@pytest.mark.parametrize("shape", [(3, 96), (2, 5, 64), (7, 32)])
+def test_rtn_is_llama_cpps_reference_rounding_byte_for_byte(quantizer, rng, ty, shape):
+    w = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    w.flat[5] = -0.4  # a negative extreme
+    w[..., :32] = 0.0  # an all-zero block per row (+0.0: gguf-py takes the sign of its first zero, ggml +0.0)
+    w.flat[-1] = 0.25
+    q = quantizer.quantize(w, encoding=ty, method="rtn")
+    assert q.method == "rtn" and quantizer.quantize(w, encoding=ty).method is None
+    assert q.data.tobytes() == _reference_bytes(w, ty)
+    np.testing.assert_array_equal(_bits(q.dequantize()), _bits(_gguf_py_decode(q.data, ty, shape)))
+    searched = quantizer.quantize(w, encoding=ty)
+    assert searched.rel_mse <= q.rel_mse  # the search's weight error is never above plain rounding's
+
+
+def test_rtn_errors_name_what_is_wrong(quantizer):
+    w = np.ones((2, 256), dtype=np.float32)
+    with pytest.raises(aq.ConfigurationError, match="reference rounding"):
+        quantizer.quantize(w, encoding="Q4_K", method="rtn")
+    with pytest.raises(aq.ConfigurationError, match="importance"):
+        quantizer.quantize(w, encoding="Q4_0", method="rtn", importance=np.ones(256, dtype=np.float32))
+    with pytest.raises(aq.ConfigurationError, match="method"):
+        quantizer.quantize(w, encoding="Q4_0", method="mse")
+
+
+def test_gguf_runs_round_convolutions_and_conditioning_plainly_below_8_bits(tmp_path, rng):
+    src = tmp_path / "m.safetensors"
+    tensors = _checkpoint(src, {"input_blocks.1.0.in_layers.2.weight": (128, 64, 3, 3),
+                                "input_blocks.1.0.emb_layers.1.weight": (256, 512),
+                                "input_blocks.1.1.proj_in.weight": (256, 512)}, rng)
+    conv, emb, proj = list(tensors)
+    for ty in ("Q4_0", "Q5_1", "Q8_0"):
+        out = tmp_path / f"m-{ty}.gguf"
+        r = run_cli("quantize", src, out, "--type", ty, "--json", "--quiet")
+        assert r.returncode == 0, r.stderr
+        data = {t.name: t for t in GGUFReader(str(out)).tensors}
+        assert {t.tensor_type.name for t in data.values()} == {ty}
+        plain = {n: data[n].data.tobytes() == _reference_bytes(tensors[n].astype(np.float32), ty)
+                 for n in (conv, emb, proj)}
+        # the policy's layers get llama.cpp's reference rounding below 8 bits; linear layers (and Q8_0) our search
+        assert plain == {conv: ty != "Q8_0", emb: ty != "Q8_0", proj: False}, ty

@@ -56,7 +56,7 @@ def test_unclipped_patterns_can_be_changed_and_hold_under_mixed_precision(quanti
     ckpt = ldm_checkpoint(tmp_path / "unet.safetensors", rng)
     assert aq.DiffusionQuantConfig().unclipped_patterns == [
         "emb_layers", "label_emb", "time_emb_proj", "adaln", "y_embedder", "time_in", "guidance_in", "vector_in",
-        "_mod.", "modulation", "time_projection"]
+        "_mod.", "modulation", "time_projection", "time_embed"]
     out = tmp_path / "plain.parquet"
     quantizer.quantize_diffusion_model(
         ckpt, out, aq.DiffusionQuantConfig(unclipped_patterns=[], auto_mixed_precision=False)

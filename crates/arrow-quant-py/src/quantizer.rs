@@ -18,7 +18,7 @@ use arrow_quant::arrow::{
 };
 use arrow_quant::diffusion::calibration::Calibration;
 use arrow_quant::diffusion::channel_scaling::quantize_channel_scaled;
-use arrow_quant::gguf::GgmlType;
+use arrow_quant::gguf::{GgmlType, Rounding};
 use arrow_quant::pipeline::Report;
 use arrow_quant::{quantize_batch, OnError, QuantConfig, QuantError, QuantizedTensor, TensorView};
 use pyo3::prelude::*;
@@ -290,7 +290,8 @@ impl ArrowQuantV2 {
     /// "Q6_K", "IQ4_NL", "IQ4_XS", case-insensitive): `data` is then exactly that type's blocks, row by row along
     /// the last axis (which must be a whole number of its blocks). The type fixes width, layout and search, so
     /// `bit_width` (other than the default), `layout`, `group_size`, `symmetric`, `scale_dtype`, `method` (other
-    /// than "auto") and `channel_absmax` cannot be combined with it; `importance` can.
+    /// than "auto", or "rtn" for llama.cpp's reference rounding of Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1, which takes no
+    /// `importance`) and `channel_absmax` cannot be combined with it; `importance` can.
     #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = None, method = "auto",
                         scale_dtype = None, name = "weights", importance = None,
                         channel_absmax = None, layout = None, encoding = None))]
@@ -318,14 +319,17 @@ impl ArrowQuantV2 {
                 (group_size.is_some(), "group_size"),
                 (symmetric.is_some(), "symmetric"),
                 (scale_dtype.is_some(), "scale_dtype"),
-                (method != "auto", "method"),
+                (!matches!(method, "auto" | "rtn"), "method"),
                 (channel_absmax.is_some(), "channel_absmax"),
             ];
             if let Some((_, option)) = given.iter().find(|(g, _)| *g) {
                 return Err(QuantError::config(
                     option,
                     format!("given together with encoding={encoding:?}"),
-                    format!("no {option}: a ggml type fixes its own width, layout and search"),
+                    format!(
+                        "no {option}: a ggml type fixes its own width, layout and search (method may be \
+                         \"auto\", its search, or \"rtn\", llama.cpp's reference rounding)"
+                    ),
                 )
                 .into());
             }
@@ -336,7 +340,14 @@ impl ArrowQuantV2 {
                 .as_ref()
                 .map(|a| a.as_slice().map_err(|e| schema(name, e)))
                 .transpose()?;
-            let q = without_gil(py, || arrow_quant::quantize_ggml(&view, ty, importance))?;
+            let rounding = if method == "rtn" {
+                Rounding::Reference
+            } else {
+                Rounding::Searched
+            };
+            let q = without_gil(py, || {
+                arrow_quant::quantize_ggml(&view, ty, importance, rounding)
+            })?;
             return Ok(PyQuantizedTensor::from_core(py, q));
         }
         let config = Overrides::new(

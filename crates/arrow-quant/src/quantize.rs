@@ -36,16 +36,38 @@ pub fn quantize_tensor_with(
 
 /// Quantizes one tensor to the ggml block type `ty` (`Q4_K`, `IQ4_XS`, ...): the result's `data` is exactly that
 /// type's blocks, row by row along the tensor's last axis, as a GGUF file stores them. `importance` (one value
-/// per column of the 2-D view, like [`quantize_tensor_with`]) weights the parameter search.
+/// per column of the 2-D view, like [`quantize_tensor_with`]) weights the parameter search; with
+/// [`Rounding::Reference`](crate::gguf::Rounding) the blocks are llama.cpp's reference rounding instead (Q8_0, Q4_0,
+/// Q4_1, Q5_0 and Q5_1 only; importance is then refused).
 ///
-/// Errors: a float type (F32 / F16 / BF16 are not quantized), rows that are not a whole number of the type's
+/// Errors: a float type (F32 / F16 / BF16 are not quantized), reference rounding of another type or with
+/// importance ([`crate::QuantError::InvalidConfig`]), rows that are not a whole number of the type's
 /// blocks ([`crate::QuantError::Schema`]), non-finite elements, a scale beyond float16
 /// ([`crate::QuantError::Range`]).
 pub fn quantize_ggml(
     tensor: &TensorView<'_>,
     ty: crate::gguf::GgmlType,
     importance: Option<&[f32]>,
+    rounding: crate::gguf::Rounding,
 ) -> Result<QuantizedTensor> {
+    use crate::gguf::Rounding;
+    if rounding == Rounding::Reference {
+        if !rounding.applies_to(ty) {
+            return Err(crate::QuantError::config(
+                "method",
+                format!("\"rtn\" with {}", ty.name()),
+                "\"auto\": only Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 have llama.cpp's reference rounding (the \
+                 others' quantizers are searches)",
+            ));
+        }
+        if importance.is_some() {
+            return Err(crate::QuantError::config(
+                "importance",
+                "given with method \"rtn\"",
+                "no importance: reference rounding has no search to weight",
+            ));
+        }
+    }
     let Some(encoding) = crate::codec::Encoding::ggml(ty) else {
         return Err(crate::QuantError::config(
             "encoding",
@@ -60,7 +82,11 @@ pub fn quantize_ggml(
         plan: Plan {
             encoding,
             flat: crate::config::FlatLayout::default(),
-            method: crate::config::Method::Auto,
+            method: if rounding == Rounding::Reference {
+                crate::config::Method::Rtn
+            } else {
+                crate::config::Method::Auto
+            },
         },
         weights: ChannelWeights::new(tensor.name, importance, cols)?,
     };
@@ -259,7 +285,8 @@ mod tests {
                 let view = TensorView::new("g", &shape, TensorData::F32(&w)).unwrap();
                 let importance: Vec<f32> = (0..shape[1]).map(|c| 0.5 + (c % 7) as f32).collect();
                 for imp in [None, Some(importance.as_slice())] {
-                    let whole = quantize_ggml(&view, ty, imp).unwrap();
+                    let whole =
+                        quantize_ggml(&view, ty, imp, crate::gguf::Rounding::Searched).unwrap();
                     encodings.insert(whole.encoding);
                     let parts = Parts {
                         tensor: &view,

@@ -210,8 +210,9 @@ pub struct QuantizedTensor {
     pub source_dtype: SourceDtype,
     /// How the codes and parameters are stored.
     pub encoding: Encoding,
-    /// The flat parameter search that chose the parameters (`rtn`, `mse`, `hqq`); `None` for block encodings
-    /// (they have one search of their own) and for tensors read back from a file (the method is not stored).
+    /// The flat parameter search that chose the parameters (`rtn`, `mse`, `hqq`); for a ggml type `rtn` when it
+    /// is llama.cpp's reference rounding, `None` for its search; `None` for the other block encodings (they have
+    /// one search of their own) and for tensors read back from a file (the method is not stored).
     pub method: Option<Method>,
     /// Packed codes, `ceil(n * bits / 8)` bytes.
     pub data: Vec<u8>,

@@ -4,9 +4,9 @@
 
 use super::driver::{QualitySums, CHUNK_ELEMENTS};
 use super::{part_shape, Codec, Encoding, Plan};
-use crate::config::BitWidth;
+use crate::config::{BitWidth, Method};
 use crate::error::{QuantError, Result};
-use crate::gguf::{ggml_row_len, quantize_rows_with, GgmlType, RowWeights};
+use crate::gguf::{ggml_row_len, quantize_rows_with, GgmlType, Rounding, RowWeights};
 use crate::importance::ChannelWeights;
 use crate::quantized::{Payload, PayloadRef, QuantizedTensor, QuantizedView};
 use crate::tensor::TensorView;
@@ -84,10 +84,16 @@ impl Codec for GgmlCodec {
     fn quantize(
         &self,
         tensor: &TensorView<'_>,
-        _plan: &Plan,
+        plan: &Plan,
         weights: &ChannelWeights,
         rows: Range<usize>,
     ) -> Result<(QuantizedTensor, QualitySums)> {
+        // `rtn` is llama.cpp's reference rounding; every other method our search
+        let rounding = if plan.method == Method::Rtn {
+            Rounding::Reference
+        } else {
+            Rounding::Searched
+        };
         let (_, view_cols) = tensor.rows_cols();
         let elements = rows.start * view_cols..rows.end * view_cols;
         let offset = elements.start;
@@ -98,13 +104,13 @@ impl Codec for GgmlCodec {
             data: tensor.data.slice(elements),
         };
         let weights = RowWeights::columns(weights, view_cols, offset);
-        let (data, sums) = quantize_rows_with(&part, self.ty, weights)?;
+        let (data, sums) = quantize_rows_with(&part, self.ty, weights, rounding)?;
         let q = QuantizedTensor {
             name: tensor.name.to_string(),
             shape,
             source_dtype: tensor.data.dtype(),
             encoding: Encoding::Ggml(self.ty),
-            method: None,
+            method: (rounding == Rounding::Reference).then_some(Method::Rtn),
             data,
             payload: Payload::Blocks(Vec::new()),
             channel_scales: None,

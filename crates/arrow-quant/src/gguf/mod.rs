@@ -36,7 +36,9 @@ pub use layout::{
 pub use metadata::{MetaArray, MetaValue};
 pub use overrides::{TypeOverride, TypeOverrides};
 pub use preset::{Preset, Role};
-pub use rows::{dequantize_rows, ggml_row_len, quantize_rows, sum_granule_rows, unfit_reason};
+pub use rows::{
+    dequantize_rows, ggml_row_len, quantize_rows, sum_granule_rows, unfit_reason, Rounding,
+};
 pub(crate) use rows::{quantize_rows_with, RowWeights};
 pub use stored_shape::{orig_shape_key, StoredShape};
 pub use type_choice::{check_tensor_name, RowFallback, TypeChoice, TypePlan};

@@ -3,7 +3,7 @@
 
 use crate::codec::driver::{QualitySums, CHUNK_ELEMENTS};
 use crate::error::{QuantError, Result};
-use crate::gguf::blocks::block_codec;
+use crate::gguf::blocks::{block_codec, reference_codec};
 use crate::gguf::GgmlType;
 use crate::importance::ChannelWeights;
 use crate::simd::multiversion;
@@ -25,6 +25,24 @@ pub fn unfit_reason(ty: GgmlType, shape: &[usize]) -> Option<String> {
             ty.block_len()
         )
     })
+}
+
+/// How a row's block parameters are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rounding {
+    /// Our own parameter search, importance-weighted when weights are given.
+    #[default]
+    Searched,
+    /// llama.cpp's reference rounding (the scale from the block's extreme or range, no search, no importance),
+    /// byte for byte; only the block-32 types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) have it.
+    Reference,
+}
+
+impl Rounding {
+    /// True when `ty` can be quantized this way.
+    pub fn applies_to(self, ty: GgmlType) -> bool {
+        self == Self::Searched || reference_codec(ty).is_some()
+    }
 }
 
 /// Where the importance of each element of a ggml row comes from.
@@ -92,14 +110,16 @@ pub fn quantize_rows(
         }
     }
     let weights = importance.map_or(RowWeights::None, RowWeights::Row);
-    quantize_rows_with(tensor, ty, weights)
+    quantize_rows_with(tensor, ty, weights, Rounding::Searched)
 }
 
-/// [`quantize_rows`] with the weights given as [`RowWeights`].
+/// [`quantize_rows`] with the weights given as [`RowWeights`] and the [`Rounding`] (a type without reference
+/// rounding is a configuration error; reference rounding ignores the weights).
 pub(crate) fn quantize_rows_with(
     tensor: &TensorView<'_>,
     ty: GgmlType,
     weights: RowWeights<'_>,
+    rounding: Rounding,
 ) -> Result<(Vec<u8>, QualitySums)> {
     let cols = ggml_row_len(tensor.shape);
     if let Some(reason) = unfit_reason(ty, tensor.shape) {
@@ -111,8 +131,23 @@ pub(crate) fn quantize_rows_with(
             ),
         ));
     }
-    let codec = block_codec(ty)
-        .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?;
+    let codec = match rounding {
+        Rounding::Searched => block_codec(ty)
+            .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?,
+        Rounding::Reference => reference_codec(ty).ok_or_else(|| {
+            QuantError::config(
+                "method",
+                format!("\"rtn\" with {}", ty.name()),
+                "\"auto\": only Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 have llama.cpp's reference rounding (the others' \
+                 quantizers are searches)",
+            )
+        })?,
+    };
+    let weights = if rounding == Rounding::Reference {
+        RowWeights::None
+    } else {
+        weights
+    };
     let row_bytes = ty.row_bytes(cols).unwrap_or(0);
     let n = tensor.data.len();
     let rows = n.checked_div(cols).unwrap_or(0);

@@ -64,11 +64,13 @@ pub const DEFAULT_KEEP_PATTERNS: [&str; 8] = [
 /// at 4 bits and below like convolution kernels (see `policy::layer_quant`): the timestep / class embedding
 /// projected into each block (`emb_layers`, `label_emb` in OpenAI / LDM UNets, `time_emb_proj` in diffusers), the
 /// DiT and SD3 modulation (`adaLN`, `y_embedder`), Flux's conditioning inputs and modulations (`time_in`,
-/// `guidance_in`, `vector_in`, `_mod.`, `modulation`) and Wan's (`modulation`, `time_projection`). Their output
+/// `guidance_in`, `vector_in`, `_mod.`, `modulation`) and Wan's (`modulation`, `time_projection`), and the timestep
+/// embedding MLPs themselves (`time_embed`, also matching diffusers' `time_embedding`). Their output
 /// is one vector per sample that shifts or scales a whole feature map, so a bias in their rounding moves the whole
 /// output: on the terrain UNet, rounding `emb_layers` plainly instead of by the clipping search lowered the INT4
-/// output error; the timestep embeddings themselves are kept in 16-bit by [`DEFAULT_KEEP_PATTERNS`].
-pub const DEFAULT_UNCLIPPED_PATTERNS: [&str; 11] = [
+/// output error. The timestep embedding MLPs are kept in 16-bit by [`DEFAULT_KEEP_PATTERNS`]; their pattern here
+/// is for runs that quantize them anyway (other keep patterns, `--tensor-type` overrides, the e2e benchmarks).
+pub const DEFAULT_UNCLIPPED_PATTERNS: [&str; 12] = [
     "emb_layers",
     "label_emb",
     "time_emb_proj",
@@ -80,6 +82,7 @@ pub const DEFAULT_UNCLIPPED_PATTERNS: [&str; 11] = [
     "_mod.",
     "modulation",
     "time_projection",
+    "time_embed",
 ];
 
 /// Everything a whole-model run needs.

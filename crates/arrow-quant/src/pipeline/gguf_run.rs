@@ -6,11 +6,12 @@
 use super::config::PipelineConfig;
 use super::config::DEFAULT_GGUF_TYPE;
 use super::gguf_tensor::encode_tensor;
-use super::policy::{decide, Decision};
+use super::policy::{self, decide, Decision};
 use super::report::{LayerReport, Report};
 use super::run::Progress;
 use super::units::CalibratedLayers;
 use crate::checkpoint::{float_values, Checkpoint, TensorEntry};
+use crate::config::Method;
 use crate::diffusion::calibration::Calibration;
 use crate::error::{QuantError, Result};
 use crate::gguf::{
@@ -224,10 +225,15 @@ pub(crate) fn quantize_model_gguf(
             let view_cols = p.entry.shape.iter().skip(1).product::<usize>().max(1);
             let channel = ChannelWeights::new(&p.entry.name, p.importance.as_deref(), view_cols)?;
             let weights = RowWeights::columns(&channel, view_cols, 0);
+            // calibration importance is searched with, as llama.cpp's imatrix path does
+            let plain = config.quant.method == Method::Auto
+                && p.importance.is_none()
+                && policy::plain_rounding(config, &p.entry.name, p.entry.shape.len());
             let encoded = encode_tensor(
                 &view,
                 choice.ty,
                 weights,
+                plain,
                 if p.kept.is_some() {
                     0.0
                 } else {

@@ -3,10 +3,11 @@
 //! a tensor of any size needs a bounded amount of memory.
 
 use super::chunked::part_bytes;
+use super::policy;
 use crate::codec::driver::QualitySums;
 use crate::error::{QuantError, Result};
 use crate::gguf::fallback::wider_type as wider_range;
-use crate::gguf::{ggml_row_len, quantize_rows_with, GgmlType, RowWeights};
+use crate::gguf::{ggml_row_len, quantize_rows_with, GgmlType, Rounding, RowWeights};
 use crate::quantized::Quality;
 use crate::tensor::TensorView;
 use std::ops::Range;
@@ -90,7 +91,8 @@ fn rows_view<'a>(
 }
 
 /// Quantizes `tensor` to `first` (or wider, see [`wider_type`]) and hands its bytes to `sink` in order: first
-/// the type, then the blocks part by part. `weights` weight each element's error.
+/// the type, then the blocks part by part. `weights` weight each element's error; `plain` is the layer policy's
+/// plain rounding (llama.cpp's reference rounding at the types [`policy::gguf_rounding`] gives it to).
 /// Below `floor` (cosine) the next wider type is tried, or with `fail_fast` the run stops with a quality error.
 /// A tensor of one part is quantized once; a larger one is measured part by part first and written in a second
 /// pass, so that memory stays bounded.
@@ -98,6 +100,7 @@ pub(crate) fn encode_tensor(
     tensor: &TensorView<'_>,
     first: GgmlType,
     weights: RowWeights<'_>,
+    plain: bool,
     floor: f64,
     fail_fast: bool,
     sink: &mut dyn TensorSink,
@@ -118,7 +121,8 @@ pub(crate) fn encode_tensor(
     let mut ty = first;
     let mut fallback: Option<String> = None;
     loop {
-        let attempt = measure(tensor, ty, weights, &ranges, &part_shapes);
+        let rounding = policy::gguf_rounding(plain, ty);
+        let attempt = measure(tensor, ty, weights, rounding, &ranges, &part_shapes);
         let why = match attempt {
             Ok((sums, single)) => {
                 let quality = sums.quality();
@@ -130,7 +134,7 @@ pub(crate) fn encode_tensor(
                             for (r, shape) in ranges.iter().zip(&part_shapes) {
                                 let part = rows_view(tensor, shape, r);
                                 let w = part_weights(weights, r.start * cols);
-                                let (bytes, _) = quantize_rows_with(&part, ty, w)?;
+                                let (bytes, _) = quantize_rows_with(&part, ty, w, rounding)?;
                                 sink.write(&bytes)?;
                             }
                         }
@@ -205,18 +209,20 @@ fn measure(
     tensor: &TensorView<'_>,
     ty: GgmlType,
     weights: RowWeights<'_>,
+    rounding: Rounding,
     ranges: &[Range<usize>],
     shapes: &[Vec<usize>],
 ) -> Result<(QualitySums, Option<Vec<u8>>)> {
     if ranges.len() <= 1 {
-        let (bytes, sums) = quantize_rows_with(tensor, ty, weights)?;
+        let (bytes, sums) = quantize_rows_with(tensor, ty, weights, rounding)?;
         return Ok((sums, Some(bytes)));
     }
     let cols = ggml_row_len(tensor.shape);
     let mut sums = QualitySums::default();
     for (r, shape) in ranges.iter().zip(shapes) {
         let part = rows_view(tensor, shape, r);
-        let (_, s) = quantize_rows_with(&part, ty, part_weights(weights, r.start * cols))?;
+        let (_, s) =
+            quantize_rows_with(&part, ty, part_weights(weights, r.start * cols), rounding)?;
         sums.add(s);
     }
     Ok((sums, None))
@@ -254,7 +260,16 @@ mod tests {
             }
         }
         let mut sink = Collect::default();
-        let e = encode_tensor(&t, GgmlType::F16, RowWeights::None, 0.9, false, &mut sink).unwrap();
+        let e = encode_tensor(
+            &t,
+            GgmlType::F16,
+            RowWeights::None,
+            false,
+            0.9,
+            false,
+            &mut sink,
+        )
+        .unwrap();
         assert_eq!((e.ty, sink.0), (GgmlType::BF16, vec![GgmlType::BF16]));
         assert_eq!(sink.1.len(), 8);
         assert!(e.fallback.unwrap().contains("F16"));

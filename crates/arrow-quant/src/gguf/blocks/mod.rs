@@ -15,8 +15,11 @@ mod float;
 mod iq4;
 mod k_quants;
 mod lanes;
+mod reference;
 mod sums;
 mod symmetric;
+
+pub(crate) use reference::reference_codec;
 
 use crate::codec::driver::QualitySums;
 use crate::gguf::GgmlType;
