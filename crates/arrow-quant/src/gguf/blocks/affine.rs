@@ -57,6 +57,9 @@ const Q5_1: Affine = Affine {
     payload: Payload::HighBitsNibbles,
 };
 
+/// A quad's searched scales, minima (float16 values) and codes.
+type Found<V> = (V, V, Quad<V>);
+
 /// Sums over each block that do not depend on the codes.
 #[derive(Clone, Copy)]
 struct Moments<V> {
@@ -108,7 +111,7 @@ impl Affine {
         l: L,
         x: &[Quad<L::V>; N],
         w: &[Quad<L::V>; N],
-    ) -> [(L::V, L::V, Quad<L::V>); N] {
+    ) -> [Found<L::V>; N] {
         let one = l.splat(1.0);
         let mut lo = [one; N];
         let mut span = [one; N];
@@ -190,7 +193,7 @@ impl Affine {
     fn write<L: Lanes>(
         &self,
         l: L,
-        (d, m, q): (L::V, L::V, Quad<L::V>),
+        (d, m, q): Found<L::V>,
         out: &mut [u8],
     ) -> Result<Quad<L::V>, usize> {
         let limit = l.splat(65504.0);

@@ -30,6 +30,7 @@ pub(super) fn to_lanes<const S: usize>(src: &[f32], dst: &mut [[f32; LANES]; S])
 /// `15 * stride + 16` elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn transpose16(src: &[f32], stride: usize, dst: &mut [[f32; LANES]]) {
     use std::arch::x86_64::*;
     let p = src.as_ptr();
