@@ -105,7 +105,7 @@ impl<'a> TensorData<'a> {
         let end = start + out.len();
         match self {
             Self::F32(x) => out.copy_from_slice(&x[start..end]),
-            Self::F16(x) => x[start..end].convert_to_f32_slice(out),
+            Self::F16(x) => crate::simd::f16_to_f32(&x[start..end], out),
             Self::BF16(x) => x[start..end].convert_to_f32_slice(out),
         }
     }

@@ -57,7 +57,11 @@ const Q5_1: Affine = Affine {
     payload: Payload::HighBitsNibbles,
 };
 
+/// A quad's searched scales, minima (float16 values) and codes.
+type Found<V> = (V, V, Quad<V>);
+
 /// Sums over each block that do not depend on the codes.
+#[derive(Clone, Copy)]
 struct Moments<V> {
     /// `Σ w`
     sw: V,
@@ -68,6 +72,7 @@ struct Moments<V> {
 /// A least-squares fit of a block's codes, kept as fractions over `det` so that comparing candidates needs no
 /// division: `d = d_num / det`, `m = m_num / det`, and the energy the fit explains (the error is `Σwx² - score`)
 /// is `score_num / det`.
+#[derive(Clone, Copy)]
 struct Fit<V> {
     d_num: V,
     m_num: V,
@@ -80,11 +85,7 @@ struct Fit<V> {
 /// Sum of the eight vectors of a quad, per block.
 #[inline(always)]
 fn block_sum<L: Lanes>(l: L, v: &Quad<L::V>) -> L::V {
-    let mut s = v[0];
-    for x in &v[1..] {
-        s = l.add(s, *x);
-    }
-    l.group_sum(s)
+    l.group_sum(l.quad_sum(v))
 }
 
 impl Affine {
@@ -100,68 +101,118 @@ impl Affine {
         q
     }
 
-    /// The searched scale and minimum of each block (float16 values) and the codes.
+    /// The searched scale and minimum of each block (float16 values) and the codes, for `N` quads at once: each
+    /// step runs over the quads before the next, so that their dependency chains interleave (one quad alone is
+    /// latency-bound).
     #[inline(always)]
-    fn search<L: Lanes, const W: bool>(
+    #[allow(clippy::needless_range_loop)] // quads index several arrays at once
+    fn search<L: Lanes, const W: bool, const N: usize>(
         &self,
         l: L,
-        x: &Quad<L::V>,
-        w: &Quad<L::V>,
-    ) -> (L::V, L::V, Quad<L::V>) {
-        let (mut lo, mut hi) = (x[0], x[0]);
-        for v in &x[1..] {
-            lo = l.min(lo, *v);
-            hi = l.max(hi, *v);
+        x: &[Quad<L::V>; N],
+        w: &[Quad<L::V>; N],
+    ) -> [Found<L::V>; N] {
+        let one = l.splat(1.0);
+        let mut lo = [one; N];
+        let mut span = [one; N];
+        let mut inv_span = [one; N];
+        for k in 0..N {
+            let (a, b) = l.quad_min_max(&x[k]);
+            lo[k] = l.group_min(a);
+            span[k] = l.sub(l.group_max(b), lo[k]);
+            inv_span[k] = l.recip_or_zero(span[k]);
         }
-        let (lo, hi) = (l.group_min(lo), l.group_max(hi));
-        let span = l.sub(hi, lo);
         let mut wx = *x;
         if W {
-            for j in 0..8 {
-                wx[j] = l.mul(w[j], x[j]);
+            for k in 0..N {
+                for j in 0..8 {
+                    wx[k][j] = l.mul(w[k][j], x[k][j]);
+                }
             }
         }
-        let mo = Moments {
-            sw: if W {
-                block_sum(l, w)
-            } else {
-                l.splat(QK as f32)
-            },
-            sx: block_sum(l, &wx),
-        };
-        let one = l.splat(1.0);
+        // (plain loops, not `array::from_fn`: a closure would not inherit the target features)
+        let sw = l.splat(QK as f32);
+        let mut mo = [Moments { sw, sx: sw }; N];
         // llama.cpp's range until a candidate fits; `best` is the incumbent as fractions over `best.det`
-        let mut best = Fit {
-            d_num: l.mul(span, l.splat(1.0 / self.nq)),
-            m_num: lo,
+        let mut best = [Fit {
+            d_num: one,
+            m_num: one,
             score_num: l.splat(f32::MIN),
             det: one,
             ok: 0,
-        };
-        let inv_span = l.recip_or_zero(span);
+        }; N];
+        for k in 0..N {
+            if W {
+                mo[k].sw = block_sum(l, &w[k]);
+            }
+            mo[k].sx = block_sum(l, &wx[k]);
+            best[k].d_num = l.mul(span[k], l.splat(1.0 / self.nq));
+            best[k].m_num = lo[k];
+        }
         for &(a, b) in self.shrinks[usize::from(W)] {
-            let cl = l.fma(span, l.splat(a), lo);
-            let inv = l.mul(inv_span, l.splat(self.nq / (1.0 - a - b)));
-            let f = fit::<L, W>(l, &mo, &wx, w, &self.codes(l, x, cl, inv));
-            let better = f.ok & l.gt(l.mul(f.score_num, best.det), l.mul(best.score_num, f.det));
-            best = Fit {
-                d_num: l.select(better, f.d_num, best.d_num),
-                m_num: l.select(better, f.m_num, best.m_num),
-                score_num: l.select(better, f.score_num, best.score_num),
-                det: l.select(better, f.det, best.det),
-                ok: best.ok | better,
-            };
+            for k in 0..N {
+                let cl = l.fma(span[k], l.splat(a), lo[k]);
+                let inv = l.mul(inv_span[k], l.splat(self.nq / (1.0 - a - b)));
+                let f = fit::<L, W>(l, &mo[k], &wx[k], &w[k], &self.codes(l, &x[k], cl, inv));
+                let bk = &best[k];
+                let better = f.ok & l.gt(l.mul(f.score_num, bk.det), l.mul(bk.score_num, f.det));
+                best[k] = Fit {
+                    d_num: l.select(better, f.d_num, bk.d_num),
+                    m_num: l.select(better, f.m_num, bk.m_num),
+                    score_num: l.select(better, f.score_num, bk.score_num),
+                    det: l.select(better, f.det, bk.det),
+                    ok: bk.ok | better,
+                };
+            }
         }
-        let r = l.div(one, best.det);
-        let (mut d, mut m) = (l.mul(best.d_num, r), l.mul(best.m_num, r));
+        let mut d = [one; N];
+        let mut m = [one; N];
+        for k in 0..N {
+            let r = l.div(one, best[k].det);
+            (d[k], m[k]) = (l.mul(best[k].d_num, r), l.mul(best[k].m_num, r));
+        }
         for _ in 0..self.lloyd[usize::from(W)] {
-            let f = fit::<L, W>(l, &mo, &wx, w, &self.codes(l, x, m, l.recip_or_zero(d)));
-            let r = l.div(one, f.det);
-            d = l.select(f.ok, l.mul(f.d_num, r), d);
-            m = l.select(f.ok, l.mul(f.m_num, r), m);
+            for k in 0..N {
+                let q = self.codes(l, &x[k], m[k], l.recip_or_zero(d[k]));
+                let f = fit::<L, W>(l, &mo[k], &wx[k], &w[k], &q);
+                let r = l.div(one, f.det);
+                d[k] = l.select(f.ok, l.mul(f.d_num, r), d[k]);
+                m[k] = l.select(f.ok, l.mul(f.m_num, r), m[k]);
+            }
         }
-        let (d, m) = (l.to_f16(d), l.to_f16(m));
-        (d, m, self.codes(l, x, m, l.recip_or_zero(d)))
+        let mut out = [(one, one, x[0]); N];
+        for k in 0..N {
+            let (d, m) = (l.to_f16(d[k]), l.to_f16(m[k]));
+            out[k] = (d, m, self.codes(l, &x[k], m, l.recip_or_zero(d)));
+        }
+        out
+    }
+
+    /// Writes the blocks of one quad from its searched `(d, m, codes)` and returns its reconstruction.
+    #[inline(always)]
+    fn write<L: Lanes>(
+        &self,
+        l: L,
+        (d, m, q): Found<L::V>,
+        out: &mut [u8],
+    ) -> Result<Quad<L::V>, usize> {
+        let limit = l.splat(65504.0);
+        if let Some(k) = first_block(l.gt(l.abs(d), limit) | l.gt(l.abs(m), limit)) {
+            return Err(k);
+        }
+        let bb = self.block_bytes();
+        let (ds, ms) = (f16_bits(l, d), f16_bits(l, m));
+        for k in 0..4 {
+            out[k * bb..k * bb + 2].copy_from_slice(&ds[k]);
+            out[k * bb + 2..k * bb + 4].copy_from_slice(&ms[k]);
+        }
+        self.payload.write(l, q, out, bb, 4);
+        let mut y = q;
+        for j in 0..8 {
+            // the decoder's `(q * d) + m`, each rounded
+            y[j] = l.add(l.mul(q[j], d), m);
+        }
+        Ok(y)
     }
 }
 
@@ -212,24 +263,24 @@ impl QuadEncoder for Affine {
         w: &Quad<L::V>,
         out: &mut [u8],
     ) -> Result<Quad<L::V>, usize> {
-        let (d, m, q) = self.search::<L, W>(l, x, w);
-        let limit = l.splat(65504.0);
-        if let Some(k) = first_block(l.gt(l.abs(d), limit) | l.gt(l.abs(m), limit)) {
-            return Err(k);
-        }
-        let bb = self.block_bytes();
-        let (ds, ms) = (f16_bits(l, d), f16_bits(l, m));
-        for k in 0..4 {
-            out[k * bb..k * bb + 2].copy_from_slice(&ds[k]);
-            out[k * bb + 2..k * bb + 4].copy_from_slice(&ms[k]);
-        }
-        self.payload.write(l, q, out, bb, 4);
-        let mut y = q;
-        for j in 0..8 {
-            // the decoder's `(q * d) + m`, each rounded
-            y[j] = l.add(l.mul(q[j], d), m);
-        }
-        Ok(y)
+        let [found] = self.search::<L, W, 1>(l, &[*x], &[*w]);
+        self.write(l, found, out)
+    }
+
+    #[inline(always)]
+    fn encode_pair<L: Lanes, const W: bool>(
+        &self,
+        l: L,
+        x: &[Quad<L::V>; 2],
+        w: &[Quad<L::V>; 2],
+        out: &mut [u8],
+    ) -> Result<[Quad<L::V>; 2], usize> {
+        let [a, b] = self.search::<L, W, 2>(l, x, w);
+        let (oa, ob) = out.split_at_mut(4 * self.block_bytes());
+        Ok([
+            self.write(l, a, oa)?,
+            self.write(l, b, ob).map_err(|k| 4 + k)?,
+        ])
     }
 }
 

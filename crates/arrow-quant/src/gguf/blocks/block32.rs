@@ -1,7 +1,7 @@
 //! What the types with 32-element blocks share: the walk over a row four blocks at a time (the quad layout of
 //! `lanes.rs`), the float16 fields, and the packing of codes into ggml's nibble and high-bit layouts.
 
-use super::lanes::{Lanes, Quad, QUAD};
+use super::lanes::{Lanes, LanesExt, Quad, QUAD};
 use super::OutOfRange;
 use crate::codec::driver::QualitySums;
 use half::f16;
@@ -30,6 +30,25 @@ pub(super) trait QuadEncoder {
         w: &Quad<L::V>,
         out: &mut [u8],
     ) -> Result<Quad<L::V>, usize>;
+
+    /// [`encode`](Self::encode) of two consecutive quads (`out` is `8 * block_bytes` bytes; a failing block's
+    /// index counts from the first quad). Encoders whose search is latency-bound override it with one that
+    /// interleaves the two.
+    #[inline(always)]
+    fn encode_pair<L: Lanes, const W: bool>(
+        &self,
+        l: L,
+        x: &[Quad<L::V>; 2],
+        w: &[Quad<L::V>; 2],
+        out: &mut [u8],
+    ) -> Result<[Quad<L::V>; 2], usize> {
+        let (oa, ob) = out.split_at_mut(4 * self.block_bytes());
+        let a = self.encode::<L, W>(l, &x[0], &w[0], oa)?;
+        let b = self
+            .encode::<L, W>(l, &x[1], &w[1], ob)
+            .map_err(|k| 4 + k)?;
+        Ok([a, b])
+    }
 }
 
 /// Quads between two flushes of the f32 quality sums into f64.
@@ -56,15 +75,18 @@ impl<V: Copy> RowSums<V> {
     /// Adds a quad `x` and its reconstruction `y`.
     #[inline(always)]
     pub(super) fn add<L: Lanes<V = V>>(&mut self, l: L, x: &Quad<V>, y: &Quad<V>) {
-        let [mut xx, mut ee, mut xy, mut yy] = self.acc;
+        // each quad's sums as trees, then one add per accumulator (a short loop-carried chain)
+        let mut e = *x;
         for j in 0..8 {
-            let e = l.sub(x[j], y[j]);
-            xx = l.fma(x[j], x[j], xx);
-            ee = l.fma(e, e, ee);
-            xy = l.fma(x[j], y[j], xy);
-            yy = l.fma(y[j], y[j], yy);
+            e[j] = l.sub(x[j], y[j]);
         }
-        self.acc = [xx, ee, xy, yy];
+        let [xx, ee, xy, yy] = self.acc;
+        self.acc = [
+            l.add(xx, l.quad_dot(x, x)),
+            l.add(ee, l.quad_dot(&e, &e)),
+            l.add(xy, l.quad_dot(x, y)),
+            l.add(yy, l.quad_dot(y, y)),
+        ];
         self.quads += 1;
         if self.quads == FLUSH_QUADS {
             self.flush(l);
@@ -127,7 +149,25 @@ fn walk<L: Lanes, E: QuadEncoder, const W: bool>(
     let full = blocks / 4;
     let ones = [l.splat(1.0); 8];
     let mut sums = RowSums::new(l);
-    for qi in 0..full {
+    let pairs = full / 2;
+    for pi in 0..pairs {
+        let at = 2 * pi * QUAD;
+        let xs = [l.load_quad(&x[at..]), l.load_quad(&x[at + QUAD..])];
+        let ws = if W {
+            [l.load_quad(&w[at..]), l.load_quad(&w[at + QUAD..])]
+        } else {
+            [ones; 2]
+        };
+        let o = &mut out[2 * pi * quad_bytes..(2 * pi + 2) * quad_bytes];
+        match e.encode_pair::<L, W>(l, &xs, &ws, o) {
+            Ok([ya, yb]) => {
+                sums.add(l, &xs[0], &ya);
+                sums.add(l, &xs[1], &yb);
+            }
+            Err(k) => return Err(OutOfRange { block: 8 * pi + k }),
+        }
+    }
+    for qi in 2 * pairs..full {
         let xs = l.load_quad(&x[qi * QUAD..]);
         let ws = if W {
             l.load_quad(&w[qi * QUAD..])

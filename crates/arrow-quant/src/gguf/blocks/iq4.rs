@@ -207,11 +207,7 @@ fn weighted<L: Lanes, const W: bool>(l: L, x: &Quad<L::V>, w: &Quad<L::V>) -> Qu
 #[inline(always)]
 fn search<L: Lanes, const W: bool>(l: L, g: &Grid<L>, x: &Quad<L::V>, w: &Quad<L::V>) -> L::V {
     let zero = l.splat(0.0);
-    let (mut lo, mut hi) = (x[0], x[0]);
-    for v in &x[1..] {
-        lo = l.min(lo, *v);
-        hi = l.max(hi, *v);
-    }
+    let (lo, hi) = l.quad_min_max(x);
     let (lo, hi) = (l.group_min(lo), l.group_max(hi));
     let m = l.select(l.gt(l.sub(zero, lo), hi), lo, hi);
     let rm = l.recip_or_zero(m);

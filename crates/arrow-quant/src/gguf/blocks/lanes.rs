@@ -87,14 +87,45 @@ pub(super) trait LanesExt: Lanes {
         self.select(finite, r, self.splat(0.0))
     }
 
-    /// Per-block sum over the eight vectors of a quad, `acc` summed in vector order then reduced per group.
+    /// Per-block sum of `a[j] * b[j]` over the eight vectors of a quad: pairs fused (`a1 b1 + a0 b0`), then a
+    /// tree of adds (a short dependency chain: the block-32 searches are latency-bound), reduced per group.
     #[inline(always)]
     fn block_dot(self, a: &Quad<Self::V>, b: &Quad<Self::V>) -> Self::V {
-        let mut acc = self.mul(a[0], b[0]);
-        for j in 1..8 {
-            acc = self.fma(a[j], b[j], acc);
+        self.group_sum(self.quad_dot(a, b))
+    }
+
+    /// Lane-wise sum of `a[j] * b[j]` over the eight vectors of a quad, in [`block_dot`](Self::block_dot)'s
+    /// order.
+    #[inline(always)]
+    fn quad_dot(self, a: &Quad<Self::V>, b: &Quad<Self::V>) -> Self::V {
+        let mut p = [a[0]; 4];
+        for (k, v) in p.iter_mut().enumerate() {
+            *v = self.fma(a[2 * k + 1], b[2 * k + 1], self.mul(a[2 * k], b[2 * k]));
         }
-        self.group_sum(acc)
+        self.add(self.add(p[0], p[1]), self.add(p[2], p[3]))
+    }
+
+    /// The eight vectors of a quad added lane-wise as a tree (`((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))`).
+    #[inline(always)]
+    fn quad_sum(self, v: &Quad<Self::V>) -> Self::V {
+        let (a, b) = (self.add(v[0], v[1]), self.add(v[2], v[3]));
+        let (c, d) = (self.add(v[4], v[5]), self.add(v[6], v[7]));
+        self.add(self.add(a, b), self.add(c, d))
+    }
+
+    /// Lane-wise minimum and maximum of the eight vectors of a quad, as trees.
+    #[inline(always)]
+    fn quad_min_max(self, v: &Quad<Self::V>) -> (Self::V, Self::V) {
+        let mut lo = [v[0]; 4];
+        let mut hi = [v[0]; 4];
+        for k in 0..4 {
+            lo[k] = self.min(v[2 * k], v[2 * k + 1]);
+            hi[k] = self.max(v[2 * k], v[2 * k + 1]);
+        }
+        (
+            self.min(self.min(lo[0], lo[1]), self.min(lo[2], lo[3])),
+            self.max(self.max(hi[0], hi[1]), self.max(hi[2], hi[3])),
+        )
     }
 }
 

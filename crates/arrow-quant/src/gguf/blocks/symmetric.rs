@@ -103,11 +103,7 @@ impl Symmetric {
         w: &Quad<L::V>,
     ) -> (L::V, Quad<L::V>) {
         let zero = l.splat(0.0);
-        let (mut lo, mut hi) = (x[0], x[0]);
-        for v in &x[1..] {
-            lo = l.min(lo, *v);
-            hi = l.max(hi, *v);
-        }
+        let (lo, hi) = l.quad_min_max(x);
         let (lo, hi) = (l.group_min(lo), l.group_max(hi));
         // the signed extreme
         let m = l.select(l.gt(l.sub(zero, lo), hi), lo, hi);

@@ -8,7 +8,7 @@
 use super::row_sums;
 use super::row_weights;
 use super::scales::{pack_q3_scales, read_f16, unpack_q3_scales, write_f16};
-use super::sym::{search_row, SymBlock, SymSearch};
+use super::sym::{search_row, SymBlock, SymLayout, SymSearch};
 use super::QK_K;
 use crate::codec::driver::QualitySums;
 use crate::gguf::blocks::{BlockCodec, OutOfRange};
@@ -45,32 +45,35 @@ const SEARCH_WEIGHTED: SymSearch = SymSearch {
     rounds: 2,
 };
 
-/// Writes one block.
-#[inline(always)]
-fn write_block(blk: &SymBlock, out: &mut [u8]) {
-    let u = &blk.codes;
-    for l in 0..32 {
-        let mut h = 0u8;
-        for k in 0..8 {
-            h |= (u[k * 32 + l] >> 2) << k;
-        }
-        out[l] = h;
-    }
-    for h in 0..2 {
+impl SymLayout for Q3K {
+    const BYTES: usize = BLOCK_BYTES;
+
+    #[inline(always)]
+    fn write_block(blk: &SymBlock, out: &mut [u8]) {
+        let u = &blk.codes;
         for l in 0..32 {
-            let e = h * 128 + l;
-            out[32 + h * 32 + l] = (u[e] & 3)
-                | ((u[e + 32] & 3) << 2)
-                | ((u[e + 64] & 3) << 4)
-                | ((u[e + 96] & 3) << 6);
+            let mut h = 0u8;
+            for k in 0..8 {
+                h |= (u[k * 32 + l] >> 2) << k;
+            }
+            out[l] = h;
         }
+        for h in 0..2 {
+            for l in 0..32 {
+                let e = h * 128 + l;
+                out[32 + h * 32 + l] = (u[e] & 3)
+                    | ((u[e + 32] & 3) << 2)
+                    | ((u[e + 64] & 3) << 4)
+                    | ((u[e + 96] & 3) << 6);
+            }
+        }
+        let mut fields = [0u8; 16];
+        for (f, &s) in fields.iter_mut().zip(&blk.sc) {
+            *f = (i16::from(s) + 32) as u8;
+        }
+        pack_q3_scales(&fields, &mut out[96..108]);
+        write_f16(blk.d, &mut out[108..110]);
     }
-    let mut fields = [0u8; 16];
-    for (f, &s) in fields.iter_mut().zip(&blk.sc) {
-        *f = (i16::from(s) + 32) as u8;
-    }
-    pack_q3_scales(&fields, &mut out[96..108]);
-    write_f16(blk.d, &mut out[108..110]);
 }
 
 multiversion! {
@@ -78,9 +81,7 @@ multiversion! {
     fn quantize(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
         let weights = row_weights(importance);
         let search = if weights.is_some() { &SEARCH_WEIGHTED } else { &SEARCH };
-        search_row(search, x, weights, |b, blk| {
-            write_block(blk, &mut out[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]);
-        })
+        search_row::<Q3K>(search, x, weights, out)
     }
 }
 
@@ -120,6 +121,12 @@ impl BlockCodec for Q3K {
 
     fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
         dequantize(blocks, out);
+    }
+
+    fn tolerates_non_finite(&self) -> bool {
+        // NaN or infinite elements make the search fail or write garbage, never panic, and their Σx² is not
+        // finite
+        true
     }
 
     fn quantize_row_with_sums(

@@ -131,6 +131,12 @@ impl BlockCodec for Q5K {
         dequantize(blocks, out);
     }
 
+    fn tolerates_non_finite(&self) -> bool {
+        // NaN or infinite elements make the search fail or write garbage, never panic, and their Σx² is not
+        // finite
+        true
+    }
+
     fn quantize_row_with_sums(
         &self,
         x: &[f32],

@@ -8,7 +8,7 @@
 use super::row_sums;
 use super::row_weights;
 use super::scales::{read_f16, write_f16};
-use super::sym::{search_row, SymBlock, SymSearch};
+use super::sym::{search_row, SymBlock, SymLayout, SymSearch};
 use super::QK_K;
 use crate::codec::driver::QualitySums;
 use crate::gguf::blocks::{BlockCodec, OutOfRange};
@@ -45,25 +45,28 @@ const SEARCH_WEIGHTED: SymSearch = SymSearch {
     rounds: 2,
 };
 
-/// Writes one block.
-#[inline(always)]
-fn write_block(blk: &SymBlock, out: &mut [u8]) {
-    let u = &blk.codes;
-    for h in 0..2 {
-        let e = h * 128;
-        for l in 0..32 {
-            out[h * 64 + l] = (u[e + l] & 0xF) | ((u[e + 64 + l] & 0xF) << 4);
-            out[h * 64 + 32 + l] = (u[e + 32 + l] & 0xF) | ((u[e + 96 + l] & 0xF) << 4);
-            out[128 + h * 32 + l] = (u[e + l] >> 4)
-                | ((u[e + 32 + l] >> 4) << 2)
-                | ((u[e + 64 + l] >> 4) << 4)
-                | ((u[e + 96 + l] >> 4) << 6);
+impl SymLayout for Q6K {
+    const BYTES: usize = BLOCK_BYTES;
+
+    #[inline(always)]
+    fn write_block(blk: &SymBlock, out: &mut [u8]) {
+        let u = &blk.codes;
+        for h in 0..2 {
+            let e = h * 128;
+            for l in 0..32 {
+                out[h * 64 + l] = (u[e + l] & 0xF) | ((u[e + 64 + l] & 0xF) << 4);
+                out[h * 64 + 32 + l] = (u[e + 32 + l] & 0xF) | ((u[e + 96 + l] & 0xF) << 4);
+                out[128 + h * 32 + l] = (u[e + l] >> 4)
+                    | ((u[e + 32 + l] >> 4) << 2)
+                    | ((u[e + 64 + l] >> 4) << 4)
+                    | ((u[e + 96 + l] >> 4) << 6);
+            }
         }
+        for j in 0..16 {
+            out[192 + j] = blk.sc[j] as u8;
+        }
+        write_f16(blk.d, &mut out[208..210]);
     }
-    for j in 0..16 {
-        out[192 + j] = blk.sc[j] as u8;
-    }
-    write_f16(blk.d, &mut out[208..210]);
 }
 
 multiversion! {
@@ -71,9 +74,7 @@ multiversion! {
     fn quantize(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
         let weights = row_weights(importance);
         let search = if weights.is_some() { &SEARCH_WEIGHTED } else { &SEARCH };
-        search_row(search, x, weights, |b, blk| {
-            write_block(blk, &mut out[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]);
-        })
+        search_row::<Q6K>(search, x, weights, out)
     }
 }
 
@@ -119,6 +120,12 @@ impl BlockCodec for Q6K {
 
     fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
         dequantize(blocks, out);
+    }
+
+    fn tolerates_non_finite(&self) -> bool {
+        // NaN or infinite elements make the search fail or write garbage, never panic, and their Σx² is not
+        // finite
+        true
     }
 
     fn quantize_row_with_sums(

@@ -17,7 +17,6 @@ use super::QK_K;
 use crate::codec::flat::group::{F16_MAX, LANES, MAGIC};
 use crate::codec::two_level::search::argmin;
 use crate::gguf::blocks::OutOfRange;
-use half::f16;
 
 /// Elements of a sub-block.
 const SUB: usize = 16;
@@ -83,10 +82,28 @@ fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
     }
 }
 
-/// `v` rounded to the nearest float16 value (as f32).
+/// Smallest normal float16.
+const F16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+
+/// `v` rounded to the nearest float16 value (ties to even, infinite beyond the float16 range, NaN kept), as f32:
+/// plain arithmetic on the bits, which vectorises (`half`'s conversion is a call per value outside an F16C build).
 #[inline(always)]
 fn to_f16(v: f32) -> f32 {
-    f16::from_f32(v).to_f32()
+    let bits = v.to_bits();
+    let ab = bits & 0x7fff_ffff;
+    let a = f32::from_bits(ab);
+    // Normal float16: keep 10 mantissa bits, ties to even (a carry moves into the exponent, as it should).
+    let normal = f32::from_bits((ab + 0x0fff + ((ab >> 13) & 1)) & !0x1fff);
+    // Subnormal float16: multiples of 2^-24.
+    let subnormal = (a * 16_777_216.0).round_ties_even() * (1.0 / 16_777_216.0);
+    let r = if a < F16_MIN_NORMAL {
+        subnormal
+    } else {
+        normal
+    };
+    let r = if r > F16_MAX { f32::INFINITY } else { r };
+    let r = if a.is_nan() { a } else { r };
+    f32::from_bits(r.to_bits() | (bits & 0x8000_0000))
 }
 
 /// One super-block, transposed: `x[i][lane]` is element `i` of sub-block `lane`.
@@ -120,7 +137,12 @@ fn code_pass<const W: bool>(t: &Tile, inv: &Lanes, nmax: f32) -> (Lanes, Lanes) 
 /// scale would not be finite as float16.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // lanes index several arrays at once
-fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> Option<[f32; 3]> {
+fn search_block<const W: bool>(
+    s: &SymSearch,
+    xs: &[f32],
+    t: &Tile,
+    out: &mut SymBlock,
+) -> Option<[f32; 3]> {
     let nmax = s.nmax;
     let fneg = s.fneg;
     // Element of largest magnitude per sub-block (signed), and the block's range.
@@ -219,34 +241,33 @@ fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> O
     if d.is_nan() || d.abs() > F16_MAX {
         return None;
     }
-    // Final codes and sums, the values computed exactly as decoding does: (d * sc) * q.
+    // Final codes and sums, the values computed exactly as decoding does: (d * sc) * q. In element order (one
+    // sub-block per vector), so the codes need no transposing back.
     let step = lanes(|l| d * sc[l]);
     let inv = lanes(|l| inverse(step[l]));
     let (lo, hi) = (MAGIC - nmax, MAGIC + nmax - 1.0);
-    let mut xx = [0.0f32; LANES];
-    let mut ee = [0.0f32; LANES];
-    let mut yy = [0.0f32; LANES];
-    let mut codes = [[0u8; LANES]; SUB];
+    let mut xx = [0.0f32; SUB];
+    let mut ee = [0.0f32; SUB];
+    let mut yy = [0.0f32; SUB];
     let offset = nmax as u8;
-    for i in 0..SUB {
-        for l in 0..LANES {
-            let x = t.x[i][l];
-            let v = x * inv[l] + MAGIC;
+    let xs = &xs[..QK_K];
+    for j in 0..LANES {
+        let (inv, step) = (inv[j], step[j]);
+        let xj = &xs[j * SUB..j * SUB + SUB];
+        let cj = &mut out.codes[j * SUB..j * SUB + SUB];
+        for i in 0..SUB {
+            let x = xj[i];
+            let v = x * inv + MAGIC;
             let v = if v < lo { lo } else { v };
             let v = if v > hi { hi } else { v };
             let q = v - MAGIC;
-            let y = step[l] * q;
+            let y = step * q;
             // The low byte of MAGIC + q is q (two's complement).
-            codes[i][l] = (v.to_bits() as u8).wrapping_add(offset);
+            cj[i] = (v.to_bits() as u8).wrapping_add(offset);
             let e = x - y;
-            xx[l] = x.mul_add(x, xx[l]);
-            ee[l] = e.mul_add(e, ee[l]);
-            yy[l] = y.mul_add(y, yy[l]);
-        }
-    }
-    for (i, row) in codes.iter().enumerate() {
-        for (l, &c) in row.iter().enumerate() {
-            out.codes[l * SUB + i] = c;
+            xx[i] = x.mul_add(x, xx[i]);
+            ee[i] = e.mul_add(e, ee[i]);
+            yy[i] = y.mul_add(y, yy[i]);
         }
     }
     out.d = d;
@@ -256,21 +277,31 @@ fn search_block<const W: bool>(s: &SymSearch, t: &Tile, out: &mut SymBlock) -> O
     Some([xx.iter().sum(), ee.iter().sum(), yy.iter().sum()])
 }
 
-/// Searches the super-blocks of one row `x` and hands each one's result to `emit(index, block)`. Returns the
+/// A symmetric type's block bytes.
+pub(super) trait SymLayout {
+    /// Bytes of one block.
+    const BYTES: usize;
+
+    /// Writes one block (`out` is [`Self::BYTES`] long). A trait method rather than a closure, so that it is
+    /// compiled with the SIMD features of the search that calls it.
+    fn write_block(blk: &SymBlock, out: &mut [u8]);
+}
+
+/// Searches the super-blocks of one row `x` and writes each one's block to `out` in `T`'s layout. Returns the
 /// sums of the reconstruction (`sum x^2`, `sum (x - y)^2`, `sum y^2`, f32 per super-block, added up in f64).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // lanes index several arrays at once
-pub(super) fn search_row(
+pub(super) fn search_row<T: SymLayout>(
     s: &SymSearch,
     x: &[f32],
     weights: Option<(&[f32], f32)>,
-    mut emit: impl FnMut(usize, &SymBlock),
+    out: &mut [u8],
 ) -> Result<[f64; 3], OutOfRange> {
     let mut t = Tile {
         x: [[0.0; LANES]; SUB],
         w: [[1.0; LANES]; SUB],
     };
-    let mut out = SymBlock {
+    let mut found = SymBlock {
         d: 0.0,
         sc: [0; 16],
         codes: [0; QK_K],
@@ -279,7 +310,7 @@ pub(super) fn search_row(
     for (b, xs) in x.chunks_exact(QK_K).enumerate() {
         to_lanes::<SUB>(xs, &mut t.x);
         let sums = match weights {
-            None => search_block::<false>(s, &t, &mut out),
+            None => search_block::<false>(s, xs, &t, &mut found),
             Some((w, scale)) => {
                 let ws = &w[b * QK_K..(b + 1) * QK_K];
                 to_lanes::<SUB>(ws, &mut t.w);
@@ -288,14 +319,57 @@ pub(super) fn search_row(
                         *v *= scale;
                     }
                 }
-                search_block::<true>(s, &t, &mut out)
+                search_block::<true>(s, xs, &t, &mut found)
             }
         }
         .ok_or(OutOfRange { block: b })?;
-        emit(b, &out);
+        T::write_block(&found, &mut out[b * T::BYTES..(b + 1) * T::BYTES]);
         for (t, s) in total.iter_mut().zip(sums) {
             *t += f64::from(s);
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    #[test]
+    fn to_f16_rounds_as_the_half_crate_does() {
+        let mut v = vec![
+            0.0f32,
+            -0.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            -65520.0,
+            1e9,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            F16_MIN_NORMAL,
+            F16_MIN_NORMAL * 0.99999,
+            2.9802322e-8,
+            2.9802326e-8,
+            1e-10,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ];
+        let mut s = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            // exponents around the float16 range, any mantissa and sign
+            v.push(f32::from_bits(
+                (s & 0x807f_ffff) | ((96 + (s >> 23) % 48) << 23),
+            ));
+        }
+        for x in v {
+            let want = f16::from_f32(x).to_f32();
+            assert_eq!(to_f16(x).to_bits(), want.to_bits(), "{x:e}");
+        }
+        assert!(to_f16(f32::NAN).is_nan());
+    }
 }

@@ -114,6 +114,25 @@ fn a_scale_beyond_float16_is_out_of_range_at_its_block() {
 }
 
 #[test]
+fn a_non_finite_element_is_reported_by_its_index() {
+    use crate::gguf::quantize_rows;
+    use crate::{QuantError, TensorData, TensorView};
+    for (ty, _) in TYPES {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = gaussian(4 * 512, 6);
+            x[2 * 512 + 300] = bad;
+            let shape = [4, 512];
+            let t = TensorView::new("w", &shape, TensorData::F32(&x)).unwrap();
+            let e = quantize_rows(&t, ty, None).unwrap_err();
+            assert!(
+                matches!(e, QuantError::NonFinite { index: 1324, .. }),
+                "{ty} {bad}: {e}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_search_sums_are_those_of_the_decoded_row() {
     let cols = 1024;
     // a row of ordinary values and one of values so small that their squares underflow float32 (the decoded path)

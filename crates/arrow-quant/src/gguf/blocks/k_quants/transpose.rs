@@ -1,6 +1,7 @@
 //! Sixteen consecutive sub-blocks of `S` elements turned into SIMD lanes (`dst[i][lane]`), the layout of the
-//! tile searches: AVX-512 gathers (one per element index) when the CPU has them, a plain loop otherwise (which
-//! compilers turn into scatters, several times slower).
+//! tile searches: 16 x 16 transposes by AVX-512 shuffles (unpacks, in-lane shuffles, then a 4 x 4 transpose of
+//! 128-bit lanes; about twice as fast as the sixteen gathers it replaces) when the CPU has them, a plain loop
+//! otherwise (which compilers turn into scatters, several times slower).
 
 use crate::codec::flat::group::LANES;
 
@@ -9,10 +10,13 @@ use crate::codec::flat::group::LANES;
 pub(super) fn to_lanes<const S: usize>(src: &[f32], dst: &mut [[f32; LANES]; S]) {
     let src = &src[..LANES * S];
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx512() {
-        // SAFETY: the CPU reports AVX-512 F (checked just above); every gathered index `l * S + i` is below
-        // `16 * S`, the length of `src`.
-        unsafe { gather::<S>(src, dst) };
+    if S.is_multiple_of(LANES) && crate::simd::has_avx512() {
+        for c in 0..S / LANES {
+            let (rows, _) = dst[c * LANES..].split_at_mut(LANES);
+            // SAFETY: the CPU reports AVX-512 F (checked just above); the rows read, `src[l * S + c * 16..][..16]`
+            // for `l < 16`, end at `15 * S + S` at most, the length of `src`.
+            unsafe { transpose16(&src[c * LANES..], S, rows) };
+        }
         return;
     }
     for i in 0..S {
@@ -22,36 +26,50 @@ pub(super) fn to_lanes<const S: usize>(src: &[f32], dst: &mut [[f32; LANES]; S])
     }
 }
 
-/// [`to_lanes`] by gathers. Safety: the CPU must have AVX-512 F and `src` at least `16 * S` elements.
+/// `dst[i][l] = src[l * stride + i]` for `i, l < 16`. Safety: the CPU must have AVX-512 F, and `src` must hold
+/// `15 * stride + 16` elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gather<const S: usize>(src: &[f32], dst: &mut [[f32; LANES]; S]) {
+#[inline]
+unsafe fn transpose16(src: &[f32], stride: usize, dst: &mut [[f32; LANES]]) {
     use std::arch::x86_64::*;
-    let stride = S as i32;
-    let rows = _mm512_setr_epi32(
-        0,
-        stride,
-        2 * stride,
-        3 * stride,
-        4 * stride,
-        5 * stride,
-        6 * stride,
-        7 * stride,
-        8 * stride,
-        9 * stride,
-        10 * stride,
-        11 * stride,
-        12 * stride,
-        13 * stride,
-        14 * stride,
-        15 * stride,
-    );
-    for (i, row) in dst.iter_mut().enumerate() {
-        let at = _mm512_add_epi32(rows, _mm512_set1_epi32(i as i32));
-        // SAFETY: the indices are below 16 * S (the caller's promise on src's length).
-        let v = unsafe { _mm512_i32gather_ps::<4>(at, src.as_ptr()) };
-        // SAFETY: `row` is 16 f32.
-        unsafe { _mm512_storeu_ps(row.as_mut_ptr(), v) };
+    let p = src.as_ptr();
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (l, v) in r.iter_mut().enumerate() {
+        // SAFETY: row l is in bounds (the caller's promise on src's length).
+        *v = unsafe { _mm512_loadu_ps(p.add(l * stride)) };
+    }
+    // Pairs of rows interleaved: t[2p] holds rows 2p, 2p + 1 at columns 4m, 4m + 1 of 128-bit lane m, t[2p + 1]
+    // at columns 4m + 2, 4m + 3.
+    let mut t = r;
+    for p in 0..8 {
+        t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+        t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+    }
+    // u[4k + j]: lane m holds column 4m + j of rows 4k..4k + 4.
+    let mut u = t;
+    for k in 0..4 {
+        u[4 * k] = _mm512_shuffle_ps::<0x44>(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 2] = _mm512_shuffle_ps::<0x44>(t[4 * k + 1], t[4 * k + 3]);
+        u[4 * k + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * k + 1], t[4 * k + 3]);
+    }
+    // Column 4m + j takes lane m of u[j], u[4 + j], u[8 + j], u[12 + j] (a 4 x 4 transpose of 128-bit lanes).
+    for j in 0..4 {
+        let t0 = _mm512_shuffle_f32x4::<0x44>(u[j], u[4 + j]);
+        let t1 = _mm512_shuffle_f32x4::<0xEE>(u[j], u[4 + j]);
+        let t2 = _mm512_shuffle_f32x4::<0x44>(u[8 + j], u[12 + j]);
+        let t3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + j], u[12 + j]);
+        let cols = [
+            _mm512_shuffle_f32x4::<0x88>(t0, t2),
+            _mm512_shuffle_f32x4::<0xDD>(t0, t2),
+            _mm512_shuffle_f32x4::<0x88>(t1, t3),
+            _mm512_shuffle_f32x4::<0xDD>(t1, t3),
+        ];
+        for (m, v) in cols.into_iter().enumerate() {
+            // SAFETY: `dst[4m + j]` is 16 f32.
+            unsafe { _mm512_storeu_ps(dst[4 * m + j].as_mut_ptr(), v) };
+        }
     }
 }
 
