@@ -51,22 +51,13 @@ pub fn quantize_ggml(
     rounding: crate::gguf::Rounding,
 ) -> Result<QuantizedTensor> {
     use crate::gguf::Rounding;
-    if rounding == Rounding::Reference {
-        if !rounding.applies_to(ty) {
-            return Err(crate::QuantError::config(
-                "method",
-                format!("\"rtn\" with {}", ty.name()),
-                "\"auto\": only Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 have llama.cpp's reference rounding (the \
-                 others' quantizers are searches)",
-            ));
-        }
-        if importance.is_some() {
-            return Err(crate::QuantError::config(
-                "importance",
-                "given with method \"rtn\"",
-                "no importance: reference rounding has no search to weight",
-            ));
-        }
+    rounding.check(ty)?;
+    if rounding == Rounding::Reference && importance.is_some() {
+        return Err(crate::QuantError::config(
+            "importance",
+            "given with method \"rtn\"",
+            "no importance: reference rounding has no search to weight",
+        ));
     }
     let Some(encoding) = crate::codec::Encoding::ggml(ty) else {
         return Err(crate::QuantError::config(

@@ -43,6 +43,19 @@ impl Rounding {
     pub fn applies_to(self, ty: GgmlType) -> bool {
         self == Self::Searched || reference_codec(ty).is_some()
     }
+
+    /// [`applies_to`](Self::applies_to) as a result: a configuration error naming the method and the type.
+    pub fn check(self, ty: GgmlType) -> Result<()> {
+        if self.applies_to(ty) {
+            return Ok(());
+        }
+        Err(QuantError::config(
+            "method",
+            format!("\"rtn\" with {}", ty.name()),
+            "\"auto\": only Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 have llama.cpp's reference rounding (the others' \
+             quantizers are searches)",
+        ))
+    }
 }
 
 /// Where the importance of each element of a ggml row comes from.
@@ -131,18 +144,12 @@ pub(crate) fn quantize_rows_with(
             ),
         ));
     }
+    rounding.check(ty)?;
     let codec = match rounding {
-        Rounding::Searched => block_codec(ty)
-            .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?,
-        Rounding::Reference => reference_codec(ty).ok_or_else(|| {
-            QuantError::config(
-                "method",
-                format!("\"rtn\" with {}", ty.name()),
-                "\"auto\": only Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 have llama.cpp's reference rounding (the others' \
-                 quantizers are searches)",
-            )
-        })?,
-    };
+        Rounding::Searched => block_codec(ty),
+        Rounding::Reference => reference_codec(ty),
+    }
+    .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?;
     let weights = if rounding == Rounding::Reference {
         RowWeights::None
     } else {

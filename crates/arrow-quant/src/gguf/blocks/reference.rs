@@ -75,13 +75,15 @@ fn range(x: &[f32]) -> (f32, f32) {
         .fold((f32::MAX, -f32::MAX), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
-/// Packs 32 codes of up to 5 bits: low nibbles of elements `j` and `16 + j` in byte `j` of `qs`, the fifth bits
-/// (when `qh` is given) as the little-endian bit `j` of `qh`.
-fn pack(codes: &[u8; QK], qs: &mut [u8], qh: Option<&mut [u8]>) {
+/// Writes 32 codes into a block's payload after its float16 fields: 16 bytes of nibbles (elements `j` and
+/// `16 + j` in byte `j`), preceded, when the payload is 20 bytes (Q5_0, Q5_1), by the fifth bits as the 32-bit
+/// little-endian `qh` (bit `j` for element `j`).
+fn pack(codes: &[u8; QK], payload: &mut [u8]) {
+    let (qh, qs) = payload.split_at_mut(payload.len() - 16);
     for j in 0..16 {
         qs[j] = (codes[j] & 0x0F) | ((codes[16 + j] & 0x0F) << 4);
     }
-    if let Some(qh) = qh {
+    if !qh.is_empty() {
         let bits = codes
             .iter()
             .enumerate()
@@ -116,12 +118,7 @@ impl Reference {
                 for (c, &v) in codes.iter_mut().zip(x) {
                     *c = ((v * id + (n + 0.5)) as u8).min(top);
                 }
-                if self.ty == GgmlType::Q4_0 {
-                    pack(&codes, &mut out[2..18], None);
-                } else {
-                    let (qh, qs) = out[2..22].split_at_mut(4);
-                    pack(&codes, qs, Some(qh));
-                }
+                pack(&codes, &mut out[2..]);
             }
             GgmlType::Q4_1 | GgmlType::Q5_1 => {
                 let top = if self.ty == GgmlType::Q4_1 { 15 } else { 31 };
@@ -133,12 +130,7 @@ impl Reference {
                 for (c, &v) in codes.iter_mut().zip(x) {
                     *c = (((v - lo) * id + 0.5) as u8).min(top);
                 }
-                if self.ty == GgmlType::Q4_1 {
-                    pack(&codes, &mut out[4..20], None);
-                } else {
-                    let (qh, qs) = out[4..24].split_at_mut(4);
-                    pack(&codes, qs, Some(qh));
-                }
+                pack(&codes, &mut out[4..]);
             }
             _ => unreachable!("reference_codec gives only the block-32 types"),
         }
