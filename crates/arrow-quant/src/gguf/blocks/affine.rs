@@ -4,7 +4,9 @@
 //! llama.cpp's reference rounding spans the block's minimum to maximum. Our search tries that range and a few
 //! shrunk ones, refits `(d, m)` of each candidate's codes by weighted least squares (a 2x2 system), keeps the
 //! candidate that explains the most energy, then alternates code assignment and refit (Lloyd) before rounding
-//! both to float16 and assigning the final codes with them.
+//! both to float16. The weighted search then assigns the final codes with them; the unweighted one keeps the
+//! codes of its last pass (`(d, m)` is their least-squares fit, so only its float16 rounding separates it from
+//! their optimum; assigning them again bought too little for a full pass).
 
 use super::block32::{
     codes4, codes5, encode_row, f16_bits, first_block, read_f16, Payload, QuadEncoder, RowResult,
@@ -22,6 +24,9 @@ pub(super) struct Affine {
     shrinks: [&'static [(f32, f32)]; 2],
     /// Lloyd rounds after the candidate search, without and with importance.
     lloyd: [usize; 2],
+    /// Whether the final codes are assigned again at the float16 `(d, m)`, without and with importance (else the
+    /// last pass's codes are kept).
+    recode: [bool; 2],
     payload: Payload,
 }
 
@@ -43,17 +48,23 @@ const WEIGHTED_SHRINKS: [(f32, f32); 49] = {
 // and each candidate or Lloyd round adds a fifth to a quarter. rel-MSE here, llama.cpp's in brackets.
 const Q4_1: Affine = Affine {
     nq: 15.0,
-    // llama.cpp's range refitted, 5.67e-3 (6.19e-3); a shrunk range (0.05 of the span off the top) gives 5.35e-3
-    // for 20% more time, three ranges 5.20e-3 for 40% more, a Lloyd round 5.46e-3 for 25% more
+    // llama.cpp's range refitted, its codes kept: 5.81e-3 (6.19e-3); assigning the codes again at the refitted
+    // range gave 5.67e-3 (that search, whose quality sums were trees, took 1.3x the time). Earlier, with the codes
+    // assigned again: a shrunk range (0.05 of the span off the top) gave 5.35e-3 for 20% more time, three ranges
+    // 5.20e-3 for 40% more, a Lloyd round 5.46e-3 for 25% more
     shrinks: [&[(0.0, 0.0)], &WEIGHTED_SHRINKS],
     lloyd: [0, 2],
+    recode: [false, true],
     payload: Payload::Nibbles,
 };
 const Q5_1: Affine = Affine {
     nq: 31.0,
-    // one Lloyd round, 1.29e-3 (1.45e-3); the second one gained 1.27e-3 for 30% more time, none gives 1.34e-3
+    // one Lloyd round, its codes kept: 1.30e-3 (1.45e-3); assigning them again at the float16 (d, m) gave 1.29e-3
+    // (that search, whose quality sums were trees, took 1.3x the time); a second round gives 1.28e-3 (1.27e-3
+    // with the codes assigned again), none 1.37e-3
     shrinks: [&[(0.0, 0.0)], &WEIGHTED_SHRINKS],
     lloyd: [1, 2],
+    recode: [false, true],
     payload: Payload::HighBitsNibbles,
 };
 
@@ -149,13 +160,28 @@ impl Affine {
             best[k].d_num = l.mul(span[k], l.splat(1.0 / self.nq));
             best[k].m_num = lo[k];
         }
-        for &(a, b) in self.shrinks[usize::from(W)] {
+        let lloyd = self.lloyd[usize::from(W)];
+        // the codes of the last pass, kept when the final ones are not assigned again: without Lloyd rounds the
+        // best candidate's (the first, llama.cpp's range, where none fits: the range the search then keeps)
+        let keep = !self.recode[usize::from(W)];
+        let mut kept = *x;
+        for (i, &(a, b)) in self.shrinks[usize::from(W)].iter().enumerate() {
             for k in 0..N {
                 let cl = l.fma(span[k], l.splat(a), lo[k]);
                 let inv = l.mul(inv_span[k], l.splat(self.nq / (1.0 - a - b)));
-                let f = fit::<L, W>(l, &mo[k], &wx[k], &w[k], &self.codes(l, &x[k], cl, inv));
+                let q = self.codes(l, &x[k], cl, inv);
+                let f = fit::<L, W>(l, &mo[k], &wx[k], &w[k], &q);
                 let bk = &best[k];
                 let better = f.ok & l.gt(l.mul(f.score_num, bk.det), l.mul(bk.score_num, f.det));
+                if keep && lloyd == 0 {
+                    for j in 0..8 {
+                        kept[k][j] = if i == 0 {
+                            q[j]
+                        } else {
+                            l.select(better, q[j], kept[k][j])
+                        };
+                    }
+                }
                 best[k] = Fit {
                     d_num: l.select(better, f.d_num, bk.d_num),
                     m_num: l.select(better, f.m_num, bk.m_num),
@@ -171,19 +197,25 @@ impl Affine {
             let r = l.div(one, best[k].det);
             (d[k], m[k]) = (l.mul(best[k].d_num, r), l.mul(best[k].m_num, r));
         }
-        for _ in 0..self.lloyd[usize::from(W)] {
+        for _ in 0..lloyd {
             for k in 0..N {
                 let q = self.codes(l, &x[k], m[k], l.recip_or_zero(d[k]));
                 let f = fit::<L, W>(l, &mo[k], &wx[k], &w[k], &q);
                 let r = l.div(one, f.det);
                 d[k] = l.select(f.ok, l.mul(f.d_num, r), d[k]);
                 m[k] = l.select(f.ok, l.mul(f.m_num, r), m[k]);
+                kept[k] = q;
             }
         }
         let mut out = [(one, one, x[0]); N];
         for k in 0..N {
             let (d, m) = (l.to_f16(d[k]), l.to_f16(m[k]));
-            out[k] = (d, m, self.codes(l, &x[k], m, l.recip_or_zero(d)));
+            let q = if keep {
+                kept[k]
+            } else {
+                self.codes(l, &x[k], m, l.recip_or_zero(d))
+            };
+            out[k] = (d, m, q);
         }
         out
     }

@@ -214,7 +214,7 @@ fn the_search_clearly_beats_llama_cpp_reference_rounding() {
             err(&round_trip(ty, &x, x.len(), None)),
             err(&reference(ty, &x)),
         );
-        // about 0.8-0.9 on the standard tensor; this sample has lighter tails
+        // about 0.85-0.97 on the standard tensor (Q4_0 the closest); this sample has lighter tails
         assert!(ours < 0.97 * theirs, "{ty}: {ours} vs {theirs}");
     }
 }

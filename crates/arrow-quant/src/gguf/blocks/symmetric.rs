@@ -6,7 +6,9 @@
 //! few scales around that one, refits each candidate's scale by least squares on its codes (`d = Σwxq / Σwq²`,
 //! weighted by the importance when given) and keeps the one that explains the most energy (`(Σwxq)² / Σwq²`),
 //! then (where the type has Lloyd rounds) alternates code assignment and refit before rounding the scale to
-//! float16 and assigning the final codes with it.
+//! float16. The weighted search then assigns the final codes at that scale; the unweighted searches of Q4_0 and
+//! Q5_0 keep the codes of their last pass instead (the scale is their least-squares fit, so only its float16
+//! rounding separates it from their optimum; assigning them again bought too little for a full pass).
 
 use super::block32::{
     codes5, encode_row, f16_bits, first_block, read_f16, Payload, QuadEncoder, RowResult, QK,
@@ -25,6 +27,9 @@ pub(super) struct Symmetric {
     deltas: [&'static [f32]; 2],
     /// Lloyd rounds after the candidate search, without and with importance.
     lloyd: [usize; 2],
+    /// Whether the final codes are assigned again at the float16 scale, without and with importance (else the
+    /// last pass's codes are kept).
+    recode: [bool; 2],
     /// Added to a code to store it (8 for Q4_0; Q8_0 stores the signed byte).
     offset: f32,
     payload: Payload,
@@ -58,26 +63,32 @@ const Q8_0: Symmetric = Symmetric {
     // 2.54e-5 (2.98e-5); the twelve scales and a Lloyd round gave 2.34e-5 at 2.2x the time, one scale 2.87e-5
     deltas: [&[0.0, -1.0, -2.0], Q8_0_WEIGHTED_DELTAS],
     lloyd: [0, 1],
+    recode: [true, true],
     offset: 0.0,
     payload: Payload::Bytes,
 };
 const Q4_0: Symmetric = Symmetric {
     n: 8.0,
     nmax: 7.0,
-    // llama.cpp's scale refitted, 7.31e-3 (7.65e-3); a second scale (+0.5) gives 7.00e-3 for 10% more time, four
-    // 6.91e-3 for 40% more, a Lloyd round 7.18e-3 for 40% more
+    // llama.cpp's scale refitted, its codes kept: 7.40e-3 (7.65e-3); assigning the codes again at the refitted
+    // scale gave 7.31e-3 for a quarter more time. Earlier (codes assigned again): a second scale (+0.5) gave
+    // 7.00e-3 for 10% more time, four 6.91e-3 for 40% more, a Lloyd round 7.18e-3 for 40% more
     deltas: [&[0.0], &WEIGHTED_DELTAS],
     lloyd: [0, 2],
+    recode: [false, true],
     offset: 8.0,
     payload: Payload::Nibbles,
 };
 const Q5_0: Symmetric = Symmetric {
     n: 16.0,
     nmax: 15.0,
-    // 1.69e-3 (1.89e-3); three scales (0, 0.5, 1) without the Lloyd round gave 1.76e-3 for two thirds of the
-    // time, but no longer 3% below llama.cpp's error on lighter-tailed rows (codec_tests)
-    deltas: [&[0.0, -1.0, -0.5, 0.5, 1.0, 1.5], &WEIGHTED_DELTAS],
-    lloyd: [1, 2],
+    // two scales (the extreme at -15.25 and -16.25), the better one's codes kept: 1.75e-3 (1.89e-3), 0.964 of
+    // llama.cpp's error on lighter-tailed rows (codec_tests). Earlier (codes assigned again): six scales (0, -1,
+    // -0.5, 0.5, 1, 1.5) and a Lloyd round gave 1.69e-3 in 1.5-1.9x the time; now (codes kept) three
+    // (-1, 0, 0.5) give 1.71e-3, the two and a Lloyd round 1.73e-3
+    deltas: [&[-0.75, 0.25], &WEIGHTED_DELTAS],
+    lloyd: [0, 2],
+    recode: [false, true],
     offset: 16.0,
     payload: Payload::HighBitsNibbles,
 };
@@ -116,7 +127,12 @@ impl Symmetric {
         }
         // candidates compare by (Σwxq)² / Σwq² without dividing: a / b > c / e  <=>  a e > c b (b, e > 0)
         let (mut best_xq, mut best_qq) = (zero, l.splat(1.0));
-        for &delta in self.deltas[usize::from(W)] {
+        let lloyd = self.lloyd[usize::from(W)];
+        // the codes of the last pass, kept when the final ones are not assigned again: without Lloyd rounds the
+        // best candidate's (a block no candidate fits is all zeros, whose codes every candidate gives)
+        let keep = !self.recode[usize::from(W)];
+        let mut kept = *x;
+        for (i, &delta) in self.deltas[usize::from(W)].iter().enumerate() {
             let q = self.codes(l, x, l.mul(rm, l.splat(-(self.n + delta))));
             let (sxq, sqq) = fit_sums::<L, W>(l, &wx, w, &q);
             let better = l.gt(
@@ -125,6 +141,15 @@ impl Symmetric {
             ) & l.gt(sqq, zero);
             best_xq = l.select(better, sxq, best_xq);
             best_qq = l.select(better, sqq, best_qq);
+            if keep && lloyd == 0 {
+                for j in 0..8 {
+                    kept[j] = if i == 0 {
+                        q[j]
+                    } else {
+                        l.select(better, q[j], kept[j])
+                    };
+                }
+            }
         }
         // blocks no candidate fits (all zero, or zero importance) keep llama.cpp's scale
         let fitted = l.gt(l.abs(best_xq), zero);
@@ -133,12 +158,16 @@ impl Symmetric {
             l.div(best_xq, best_qq),
             l.mul(m, l.splat(-1.0 / self.n)),
         );
-        for _ in 0..self.lloyd[usize::from(W)] {
+        for _ in 0..lloyd {
             let q = self.codes(l, x, l.recip_or_zero(d));
             let (sxq, sqq) = fit_sums::<L, W>(l, &wx, w, &q);
             d = l.select(l.gt(sqq, zero), l.div(sxq, sqq), d);
+            kept = q;
         }
         let d = l.to_f16(d);
+        if keep {
+            return (d, kept);
+        }
         (d, self.codes(l, x, l.recip_or_zero(d)))
     }
 }
