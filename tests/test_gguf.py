@@ -294,12 +294,56 @@ def test_rtn_is_llama_cpps_reference_rounding_byte_for_byte(quantizer, rng, ty, 
     assert searched.rel_mse <= q.rel_mse  # the search's weight error is never above plain rounding's
 
 
+def _q6_k_nearest(w: np.ndarray) -> np.ndarray:
+    """Q6_K rounded to nearest, written out: each 16-element sub-block's step maps its extreme to -32, the float16
+    super-block scale the largest step to -128, fields and codes rounded on their grids."""
+    x = w.reshape(-1, 16, 16).astype(np.float32)
+    ext = lambda a: np.take_along_axis(a, np.abs(a).argmax(-1)[..., None], -1)  # noqa: E731
+    s = ext(x)[..., 0] / np.float32(-32)
+    d = (ext(s) / np.float32(-128)).astype(np.float16).astype(np.float32)
+    safe = lambda a, b: np.where(b != 0, a / np.where(b != 0, b, 1), 0)  # noqa: E731
+    step = d * np.clip(np.round(safe(s, d)), -128, 127)
+    return (step[..., None] * np.clip(np.round(safe(x, step[..., None])), -32, 31)).reshape(w.shape)
+
+
+def test_rtn_at_q6_k_rounds_on_the_extremes_scales(quantizer, rng):
+    w = (rng.standard_normal((4, 512)) * 0.02).astype(np.float32)
+    w[1, :256] = 0.0
+    w[2, 7] = -0.3
+    q = quantizer.quantize(w, encoding="Q6_K", method="rtn")
+    assert q.method == "rtn"
+    y = q.dequantize()
+    np.testing.assert_array_equal(_bits(y), _bits(_gguf_py_decode(q.data, "Q6_K", w.shape)))
+    np.testing.assert_array_equal(y, _q6_k_nearest(w))
+    assert quantizer.quantize(w, encoding="Q6_K").rel_mse < q.rel_mse  # the search clips, rounding does not
+
+
+@pytest.mark.parametrize("ty", ["Q2_K", "Q3_K"])
+def test_plain_at_q2_k_and_q3_k_keeps_each_super_blocks_gain_at_one(quantizer, rng, ty):
+    w = (rng.standard_t(5, (8, 1024)) * 0.02).astype(np.float32)
+    plain, searched = (quantizer.quantize(w, encoding=ty, method=m) for m in ("plain", "auto"))
+    assert plain.method is None and plain.data.tobytes() != searched.data.tobytes()
+    np.testing.assert_array_equal(_bits(plain.dequantize()), _bits(_gguf_py_decode(plain.data, ty, w.shape)))
+    x = w.reshape(-1, 256).astype(np.float64)
+
+    def gains(q):
+        y = q.dequantize().reshape(-1, 256).astype(np.float64)
+        return (x * y).sum(1) / (x * x).sum(1)
+    # the least-squares search shrinks every block (its gain is about 1 - rel-MSE); the float16 scales leave
+    # the unbiased one within their rounding of 1
+    assert np.all(gains(searched) < 0.995)
+    assert np.all(np.abs(gains(plain) - 1) < 2e-3)
+    assert plain.rel_mse < 1.2 * searched.rel_mse
+
+
 def test_rtn_errors_name_what_is_wrong(quantizer):
     w = np.ones((2, 256), dtype=np.float32)
-    with pytest.raises(aq.ConfigurationError, match="reference rounding"):
+    with pytest.raises(aq.ConfigurationError, match="round-to-nearest"):
         quantizer.quantize(w, encoding="Q4_K", method="rtn")
     with pytest.raises(aq.ConfigurationError, match="importance"):
         quantizer.quantize(w, encoding="Q4_0", method="rtn", importance=np.ones(256, dtype=np.float32))
+    with pytest.raises(aq.ConfigurationError, match="plain"):
+        quantizer.quantize(w, encoding="Q3_K", method="plain", importance=np.ones(256, dtype=np.float32))
     with pytest.raises(aq.ConfigurationError, match="method"):
         quantizer.quantize(w, encoding="Q4_0", method="mse")
 
@@ -320,3 +364,18 @@ def test_gguf_runs_round_convolutions_and_conditioning_plainly_below_8_bits(tmp_
                  for n in (conv, emb, proj)}
         # the policy's layers get llama.cpp's reference rounding below 8 bits; linear layers (and Q8_0) our search
         assert plain == {conv: ty != "Q8_0", emb: ty != "Q8_0", proj: False}, ty
+    # and the K-quants' plain roundings (a conditioning projection; convolutions' rows never fit 256)
+    src = tmp_path / "k.safetensors"
+    tensors = _checkpoint(src, {"input_blocks.1.0.emb_layers.1.weight": (256, 512),
+                                "input_blocks.1.1.proj_in.weight": (256, 1024)}, rng)
+    q = aq.ArrowQuantV2()
+    for ty in ("Q6_K", "Q3_K"):
+        out = tmp_path / f"k-{ty}.gguf"
+        r = run_cli("quantize", src, out, "--type", ty, "--json", "--quiet")
+        assert r.returncode == 0, r.stderr
+        data = {t.name: t.data.tobytes() for t in GGUFReader(str(out)).tensors}
+        for (n, w), method in zip(tensors.items(), ("plain", "auto"), strict=True):
+            w2 = w.astype(np.float32)
+            assert data[n] == q.quantize(w2, encoding=ty, method=method).data.tobytes(), (ty, n)
+        emb = next(iter(tensors))  # the plain rounding is not the search
+        assert data[emb] != q.quantize(tensors[emb].astype(np.float32), encoding=ty).data.tobytes()

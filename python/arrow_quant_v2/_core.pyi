@@ -121,7 +121,7 @@ class ArrowQuantV2:
         bit_width: int = 4,
         group_size: _GroupSize | None = None,
         symmetric: bool | None = None,
-        method: _Method = "auto",
+        method: _Method | Literal["plain"] = "auto",
         scale_dtype: _ScaleDtype | None = None,
         name: str = "weights",
         importance: npt.NDArray[np.float32] | None = None,

@@ -290,8 +290,11 @@ impl ArrowQuantV2 {
     /// "Q6_K", "IQ4_NL", "IQ4_XS", case-insensitive): `data` is then exactly that type's blocks, row by row along
     /// the last axis (which must be a whole number of its blocks). The type fixes width, layout and search, so
     /// `bit_width` (other than the default), `layout`, `group_size`, `symmetric`, `scale_dtype`, `method` (other
-    /// than "auto", or "rtn" for llama.cpp's reference rounding of Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1, which takes no
-    /// `importance`) and `channel_absmax` cannot be combined with it; `importance` can.
+    /// than "auto", its search; "rtn" for round-to-nearest: llama.cpp's reference rounding of Q8_0 / Q4_0 / Q4_1 /
+    /// Q5_0 / Q5_1, the extremes' scales at Q6_K; or "plain", the rounding GGUF runs give convolution kernels and
+    /// conditioning projections: round-to-nearest below 8 bits where the type has it, the magnitude-weighted,
+    /// gain-unbiased search at Q2_K / Q3_K, else the search; "rtn" and "plain" take no `importance`) and
+    /// `channel_absmax` cannot be combined with it; `importance` can.
     #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = None, method = "auto",
                         scale_dtype = None, name = "weights", importance = None,
                         channel_absmax = None, layout = None, encoding = None))]
@@ -319,7 +322,7 @@ impl ArrowQuantV2 {
                 (group_size.is_some(), "group_size"),
                 (symmetric.is_some(), "symmetric"),
                 (scale_dtype.is_some(), "scale_dtype"),
-                (!matches!(method, "auto" | "rtn"), "method"),
+                (!matches!(method, "auto" | "rtn" | "plain"), "method"),
                 (channel_absmax.is_some(), "channel_absmax"),
             ];
             if let Some((_, option)) = given.iter().find(|(g, _)| *g) {
@@ -328,7 +331,7 @@ impl ArrowQuantV2 {
                     format!("given together with encoding={encoding:?}"),
                     format!(
                         "no {option}: a ggml type fixes its own width, layout and search (method may be \
-                         \"auto\", its search, or \"rtn\", llama.cpp's reference rounding)"
+                         \"auto\", its search, \"rtn\", round-to-nearest, or \"plain\", the layer policy's rounding)"
                     ),
                 )
                 .into());
@@ -340,10 +343,19 @@ impl ArrowQuantV2 {
                 .as_ref()
                 .map(|a| a.as_slice().map_err(|e| schema(name, e)))
                 .transpose()?;
-            let rounding = if method == "rtn" {
-                Rounding::Reference
-            } else {
-                Rounding::Searched
+            let rounding = match method {
+                "rtn" => Rounding::Nearest,
+                "plain" if importance.is_some() => {
+                    return Err(QuantError::config(
+                        "importance",
+                        "given with method \"plain\"",
+                        "no importance: the plain rounding is for layers without calibration",
+                    )
+                    .into())
+                }
+                // the rounding GGUF runs give convolution kernels and conditioning projections
+                "plain" => arrow_quant::pipeline::policy::gguf_rounding(true, ty),
+                _ => Rounding::Searched,
             };
             let q = without_gil(py, || {
                 arrow_quant::quantize_ggml(&view, ty, importance, rounding)

@@ -37,10 +37,10 @@ pub fn quantize_tensor_with(
 /// Quantizes one tensor to the ggml block type `ty` (`Q4_K`, `IQ4_XS`, ...): the result's `data` is exactly that
 /// type's blocks, row by row along the tensor's last axis, as a GGUF file stores them. `importance` (one value
 /// per column of the 2-D view, like [`quantize_tensor_with`]) weights the parameter search; with
-/// [`Rounding::Reference`](crate::gguf::Rounding) the blocks are llama.cpp's reference rounding instead (Q8_0, Q4_0,
-/// Q4_1, Q5_0 and Q5_1 only; importance is then refused).
+/// [`Rounding::Nearest`](crate::gguf::Rounding) they are round-to-nearest instead (Q8_0, Q4_0, Q4_1, Q5_0 and
+/// Q5_1, llama.cpp's reference rounding; Q6_K; importance is then refused).
 ///
-/// Errors: a float type (F32 / F16 / BF16 are not quantized), reference rounding of another type or with
+/// Errors: a float type (F32 / F16 / BF16 are not quantized), round-to-nearest of another type or with
 /// importance ([`crate::QuantError::InvalidConfig`]), rows that are not a whole number of the type's
 /// blocks ([`crate::QuantError::Schema`]), non-finite elements, a scale beyond float16
 /// ([`crate::QuantError::Range`]).
@@ -52,36 +52,24 @@ pub fn quantize_ggml(
 ) -> Result<QuantizedTensor> {
     use crate::gguf::Rounding;
     rounding.check(ty)?;
-    if rounding == Rounding::Reference && importance.is_some() {
+    if rounding != Rounding::Searched && importance.is_some() {
         return Err(crate::QuantError::config(
             "importance",
-            "given with method \"rtn\"",
-            "no importance: reference rounding has no search to weight",
+            format!("given with method {:?}", rounding.method()),
+            "no importance: the plain roundings are for layers without calibration",
         ));
     }
-    let Some(encoding) = crate::codec::Encoding::ggml(ty) else {
+    if crate::codec::Encoding::ggml(ty).is_none() {
         return Err(crate::QuantError::config(
             "encoding",
             ty.name(),
             "a ggml block type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K ... Q6_K, IQ4_NL, IQ4_XS); F32 / F16 / BF16 \
              are not quantized",
         ));
-    };
-    let cols = tensor.rows_cols().1;
-    let parts = Parts {
-        tensor,
-        plan: Plan {
-            encoding,
-            flat: crate::config::FlatLayout::default(),
-            method: if rounding == Rounding::Reference {
-                crate::config::Method::Rtn
-            } else {
-                crate::config::Method::Auto
-            },
-        },
-        weights: ChannelWeights::new(tensor.name, importance, cols)?,
-    };
-    let (q, _) = parts.quantize(0..tensor.rows_cols().0)?;
+    }
+    let (rows, cols) = tensor.rows_cols();
+    let weights = ChannelWeights::new(tensor.name, importance, cols)?;
+    let (q, _) = crate::codec::ggml::quantize_part(tensor, ty, &weights, rounding, 0..rows)?;
     Ok(q)
 }
 

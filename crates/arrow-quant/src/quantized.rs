@@ -211,7 +211,7 @@ pub struct QuantizedTensor {
     /// How the codes and parameters are stored.
     pub encoding: Encoding,
     /// The flat parameter search that chose the parameters (`rtn`, `mse`, `hqq`); for a ggml type `rtn` when it
-    /// is llama.cpp's reference rounding, `None` for its search; `None` for the other block encodings (they have
+    /// is round-to-nearest ([`crate::gguf::Rounding::Nearest`]), `None` for its search; `None` for the other block encodings (they have
     /// one search of their own) and for tensors read back from a file (the method is not stored).
     pub method: Option<Method>,
     /// Packed codes, `ceil(n * bits / 8)` bytes.

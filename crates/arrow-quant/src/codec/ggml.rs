@@ -76,6 +76,40 @@ pub(crate) fn rows_per_chunk(cols: usize) -> usize {
     (CHUNK_ELEMENTS / cols.max(1)).max(1)
 }
 
+/// Rows `rows` of the 2-D view of `tensor` as `ty`'s blocks with `rounding`: one part of a tensor (see
+/// [`Codec::quantize`]).
+pub(crate) fn quantize_part(
+    tensor: &TensorView<'_>,
+    ty: GgmlType,
+    weights: &ChannelWeights,
+    rounding: Rounding,
+    rows: Range<usize>,
+) -> Result<(QuantizedTensor, QualitySums)> {
+    let (_, view_cols) = tensor.rows_cols();
+    let elements = rows.start * view_cols..rows.end * view_cols;
+    let offset = elements.start;
+    let shape = part_shape(tensor.shape, rows.len());
+    let part = TensorView {
+        name: tensor.name,
+        shape: &shape,
+        data: tensor.data.slice(elements),
+    };
+    let weights = RowWeights::columns(weights, view_cols, offset);
+    let (data, sums) = quantize_rows_with(&part, ty, weights, rounding)?;
+    let q = QuantizedTensor {
+        name: tensor.name.to_string(),
+        shape,
+        source_dtype: tensor.data.dtype(),
+        encoding: Encoding::Ggml(ty),
+        method: (rounding == Rounding::Nearest).then_some(Method::Rtn),
+        data,
+        payload: Payload::Blocks(Vec::new()),
+        channel_scales: None,
+        quality: sums.quality(),
+    };
+    Ok((q, sums))
+}
+
 impl Codec for GgmlCodec {
     fn fits(&self, cols: usize) -> bool {
         self.ty.fits_row(cols)
@@ -88,35 +122,14 @@ impl Codec for GgmlCodec {
         weights: &ChannelWeights,
         rows: Range<usize>,
     ) -> Result<(QuantizedTensor, QualitySums)> {
-        // `rtn` is llama.cpp's reference rounding; every other method our search
+        // `rtn` is round-to-nearest (llama.cpp's reference rounding at the block-32 types); every other method
+        // our search
         let rounding = if plan.method == Method::Rtn {
-            Rounding::Reference
+            Rounding::Nearest
         } else {
             Rounding::Searched
         };
-        let (_, view_cols) = tensor.rows_cols();
-        let elements = rows.start * view_cols..rows.end * view_cols;
-        let offset = elements.start;
-        let shape = part_shape(tensor.shape, rows.len());
-        let part = TensorView {
-            name: tensor.name,
-            shape: &shape,
-            data: tensor.data.slice(elements),
-        };
-        let weights = RowWeights::columns(weights, view_cols, offset);
-        let (data, sums) = quantize_rows_with(&part, self.ty, weights, rounding)?;
-        let q = QuantizedTensor {
-            name: tensor.name.to_string(),
-            shape,
-            source_dtype: tensor.data.dtype(),
-            encoding: Encoding::Ggml(self.ty),
-            method: (rounding == Rounding::Reference).then_some(Method::Rtn),
-            data,
-            payload: Payload::Blocks(Vec::new()),
-            channel_scales: None,
-            quality: sums.quality(),
-        };
-        Ok((q, sums))
+        quantize_part(tensor, self.ty, weights, rounding, rows)
     }
 
     fn part_rows(&self, shape: &[usize], _plan: &Plan) -> usize {

@@ -3,7 +3,7 @@
 
 use crate::codec::driver::{QualitySums, CHUNK_ELEMENTS};
 use crate::error::{QuantError, Result};
-use crate::gguf::blocks::{block_codec, reference_codec};
+use crate::gguf::blocks::{block_codec, nearest_codec, unbiased_codec};
 use crate::gguf::GgmlType;
 use crate::importance::ChannelWeights;
 use crate::simd::multiversion;
@@ -33,15 +33,33 @@ pub enum Rounding {
     /// Our own parameter search, importance-weighted when weights are given.
     #[default]
     Searched,
-    /// llama.cpp's reference rounding (the scale from the block's extreme or range, no search, no importance),
-    /// byte for byte; only the block-32 types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) have it.
-    Reference,
+    /// Round to nearest on scales from each block's extremes, no search, no importance: llama.cpp's reference
+    /// rounding byte for byte at the block-32 types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), the same rule at Q6_K
+    /// (llama.cpp's Q6_K is a search); the other types have none.
+    Nearest,
+    /// Our search with each element's error weighted by its magnitude plus its super-block's RMS, then each
+    /// super-block's scales rescaled to a gain of one (Q2_K and Q3_K, where the plain search's shrinkage
+    /// attenuated the terrain UNet's convolutions: `gguf/blocks/k_quants/unbiased.rs`).
+    Unbiased,
 }
 
 impl Rounding {
     /// True when `ty` can be quantized this way.
     pub fn applies_to(self, ty: GgmlType) -> bool {
-        self == Self::Searched || reference_codec(ty).is_some()
+        match self {
+            Self::Searched => true,
+            Self::Nearest => nearest_codec(ty).is_some(),
+            Self::Unbiased => unbiased_codec(ty).is_some(),
+        }
+    }
+
+    /// The name of the method that asks for it (`quantize(..., method=...)`).
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Searched => "auto",
+            Self::Nearest => "rtn",
+            Self::Unbiased => "plain",
+        }
     }
 
     /// [`applies_to`](Self::applies_to) as a result: a configuration error naming the method and the type.
@@ -49,11 +67,18 @@ impl Rounding {
         if self.applies_to(ty) {
             return Ok(());
         }
+        if self == Self::Unbiased {
+            return Err(QuantError::config(
+                "rounding",
+                format!("unbiased with {}", ty.name()),
+                "Q2_K or Q3_K (the other types' plain rounding is round-to-nearest or their search)",
+            ));
+        }
         Err(QuantError::config(
             "method",
             format!("\"rtn\" with {}", ty.name()),
-            "\"auto\": only Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 have llama.cpp's reference rounding (the others' \
-             quantizers are searches)",
+            "\"auto\": only Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q6_K have round-to-nearest (the other types' \
+             scales need a search)",
         ))
     }
 }
@@ -126,8 +151,8 @@ pub fn quantize_rows(
     quantize_rows_with(tensor, ty, weights, Rounding::Searched)
 }
 
-/// [`quantize_rows`] with the weights given as [`RowWeights`] and the [`Rounding`] (a type without reference
-/// rounding is a configuration error; reference rounding ignores the weights).
+/// [`quantize_rows`] with the weights given as [`RowWeights`] and the [`Rounding`] (a type without
+/// round-to-nearest is a configuration error; round-to-nearest ignores the weights).
 pub(crate) fn quantize_rows_with(
     tensor: &TensorView<'_>,
     ty: GgmlType,
@@ -147,10 +172,11 @@ pub(crate) fn quantize_rows_with(
     rounding.check(ty)?;
     let codec = match rounding {
         Rounding::Searched => block_codec(ty),
-        Rounding::Reference => reference_codec(ty),
+        Rounding::Nearest => nearest_codec(ty),
+        Rounding::Unbiased => unbiased_codec(ty),
     }
     .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?;
-    let weights = if rounding == Rounding::Reference {
+    let weights = if rounding == Rounding::Nearest {
         RowWeights::None
     } else {
         weights

@@ -92,7 +92,7 @@ fn rows_view<'a>(
 
 /// Quantizes `tensor` to `first` (or wider, see [`wider_type`]) and hands its bytes to `sink` in order: first
 /// the type, then the blocks part by part. `weights` weight each element's error; `plain` is the layer policy's
-/// plain rounding (llama.cpp's reference rounding at the types [`policy::gguf_rounding`] gives it to).
+/// plain rounding (round-to-nearest at the types [`policy::gguf_rounding`] gives it to).
 /// Below `floor` (cosine) the next wider type is tried, or with `fail_fast` the run stops with a quality error.
 /// A tensor of one part is quantized once; a larger one is measured part by part first and written in a second
 /// pass, so that memory stays bounded.

@@ -107,15 +107,21 @@ pub fn plain_rounding(config: &PipelineConfig, name: &str, ndim: usize) -> bool 
 }
 
 /// The rounding of a GGUF tensor at type `ty`, `plain` when the policy rounds its layer plainly
-/// ([`plain_rounding`], in a run whose method is `auto`): llama.cpp's reference rounding at the block-32 types
-/// below 8 bits (Q4_0, Q4_1, Q5_0, Q5_1), our search otherwise. Measured on the terrain UNet (`bench_gguf.py`'s
-/// e2e inputs, 251 of its 253 tensors whose rows fit 32 are such layers, four input sets), the search's lower
-/// weight error raised the output error at Q4_0 (1.2-1.5x llama.cpp's reference) and Q5_0 (1.6-3.0x), while at
-/// Q8_0 it lowered it (0.36x); the K-quant and IQ4 types have no reference rounding (llama.cpp's quantizers for
-/// them are searches too).
+/// ([`plain_rounding`], in a run whose method is `auto`): round-to-nearest below 8 bits where the type has it
+/// (llama.cpp's reference rounding at Q4_0, Q4_1, Q5_0, Q5_1; the extremes' scales at Q6_K), our search
+/// otherwise. Measured on the terrain UNet (`bench_gguf.py`'s e2e inputs; 251 of its 253 tensors whose rows fit
+/// 32 and all 8 whose rows fit 256 are such layers), the search's lower weight error raised the output error at
+/// Q4_0 (1.2-1.5x llama.cpp's reference on four input sets), Q5_0 (1.6-3.0x) and Q6_K (1.03x on eight, 0.81x
+/// rounded to nearest), while at Q8_0 it lowered it (0.36x). At Q2_K and Q3_K the search's shrinkage attenuated
+/// those layers (1.55x and 1.24x): they get [`Rounding::Unbiased`] (1.10x and 0.91x). The other types keep their
+/// search.
 pub fn gguf_rounding(plain: bool, ty: GgmlType) -> Rounding {
-    if plain && ty.code_bits() < 8 && Rounding::Reference.applies_to(ty) {
-        Rounding::Reference
+    if !plain || ty.code_bits() >= 8 {
+        Rounding::Searched
+    } else if Rounding::Nearest.applies_to(ty) {
+        Rounding::Nearest
+    } else if Rounding::Unbiased.applies_to(ty) {
+        Rounding::Unbiased
     } else {
         Rounding::Searched
     }
@@ -297,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn gguf_reference_rounding_goes_to_plain_layers_below_8_bits_at_the_block_32_types() {
+    fn gguf_round_to_nearest_goes_to_plain_layers_below_8_bits_where_the_type_has_it() {
         let config = PipelineConfig::default();
         assert!(plain_rounding(
             &config,
@@ -319,17 +325,22 @@ mod tests {
             GgmlType::Q4_1,
             GgmlType::Q5_0,
             GgmlType::Q5_1,
+            GgmlType::Q6_K,
         ] {
-            assert_eq!(gguf_rounding(true, ty), Rounding::Reference, "{ty:?}");
+            assert_eq!(gguf_rounding(true, ty), Rounding::Nearest, "{ty:?}");
             assert_eq!(gguf_rounding(false, ty), Rounding::Searched, "{ty:?}");
         }
         for ty in [
             GgmlType::Q8_0,
             GgmlType::Q4_K,
-            GgmlType::Q6_K,
+            GgmlType::Q5_K,
             GgmlType::IQ4_NL,
         ] {
             assert_eq!(gguf_rounding(true, ty), Rounding::Searched, "{ty:?}");
+        }
+        for ty in [GgmlType::Q2_K, GgmlType::Q3_K] {
+            assert_eq!(gguf_rounding(true, ty), Rounding::Unbiased, "{ty:?}");
+            assert_eq!(gguf_rounding(false, ty), Rounding::Searched, "{ty:?}");
         }
     }
 }

@@ -19,8 +19,6 @@ mod reference;
 mod sums;
 mod symmetric;
 
-pub(crate) use reference::reference_codec;
-
 use crate::codec::driver::QualitySums;
 use crate::gguf::GgmlType;
 
@@ -71,6 +69,19 @@ pub(crate) trait BlockCodec: Sync {
         self.dequantize_row(out, scratch);
         Ok(sums::row_sums(x, scratch))
     }
+}
+
+/// The round-to-nearest codec of `ty`: scales from each block's extremes, no search, no importance
+/// ([`crate::gguf::Rounding::Nearest`]); llama.cpp's reference rounding byte for byte at the block-32 types,
+/// the same rule at Q6_K; `None` for the other types.
+pub(crate) fn nearest_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
+    reference::reference_codec(ty).or_else(|| k_quants::nearest_codec(ty))
+}
+
+/// The magnitude-weighted, gain-unbiased codec of `ty` ([`crate::gguf::Rounding::Unbiased`]; Q2_K and Q3_K),
+/// `None` for the other types.
+pub(crate) fn unbiased_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
+    k_quants::unbiased_codec(ty)
 }
 
 /// The codec of `ty` (every type has one; `Option` for callers that name a type from a file).

@@ -5,6 +5,7 @@
 //! `codec::two_level`).
 
 mod asym;
+mod nearest;
 mod q2_k;
 mod q3_k;
 mod q4_k;
@@ -13,6 +14,7 @@ mod q6_k;
 mod scales;
 mod sym;
 mod transpose;
+mod unbiased;
 
 #[cfg(test)]
 mod fixture_tests;
@@ -35,6 +37,21 @@ pub(super) fn codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
         GgmlType::Q4_K => Some(&q4_k::Q4K),
         GgmlType::Q5_K => Some(&q5_k::Q5K),
         GgmlType::Q6_K => Some(&q6_k::Q6K),
+        _ => None,
+    }
+}
+
+/// The round-to-nearest codec of a K-quant type (Q6_K only), `None` for the others.
+pub(super) fn nearest_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
+    (ty == GgmlType::Q6_K).then_some(&nearest::Q6KNearest as &dyn BlockCodec)
+}
+
+/// The magnitude-weighted, gain-unbiased codec of a K-quant type (Q2_K, Q3_K; see [`unbiased`]), `None` for the
+/// others.
+pub(super) fn unbiased_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
+    match ty {
+        GgmlType::Q2_K => Some(&q2_k::Q2K_UNBIASED),
+        GgmlType::Q3_K => Some(&q3_k::Q3K_UNBIASED),
         _ => None,
     }
 }

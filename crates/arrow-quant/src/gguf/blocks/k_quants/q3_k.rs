@@ -9,6 +9,7 @@ use super::row_sums;
 use super::row_weights;
 use super::scales::{pack_q3_scales, read_f16, unpack_q3_scales, write_f16};
 use super::sym::{search_row, SymBlock, SymLayout, SymSearch};
+use super::unbiased::{magnitude_weights, unbias_gains, UnbiasedCodec};
 use super::QK_K;
 use crate::codec::driver::QualitySums;
 use crate::gguf::blocks::{BlockCodec, OutOfRange};
@@ -84,6 +85,27 @@ multiversion! {
         search_row::<Q3K>(search, x, weights, out)
     }
 }
+
+multiversion! {
+    /// Quantizes one row into its blocks for [`Q3K_UNBIASED`]: the search weighted by
+    /// [`magnitude_weights`], then [`unbias_gains`].
+    fn quantize_unbiased(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
+        let mut w = vec![0f32; x.len()];
+        magnitude_weights(x, importance, &mut w);
+        let weights = row_weights(Some(&w));
+        // the larger search, with or without calibration: these layers are few, and it found lower output
+        // errors than the default one (Q3_K 0.85x llama.cpp's against 0.91x)
+        let search = &SEARCH_WEIGHTED;
+        search_row::<Q3K>(search, x, weights, out)?;
+        Ok(unbias_gains(x, importance, out, BLOCK_BYTES, [108], dequantize))
+    }
+}
+
+/// The magnitude-weighted, gain-unbiased codec of this type (see [`super::unbiased`]).
+pub(super) static Q3K_UNBIASED: UnbiasedCodec = UnbiasedCodec {
+    quantize: quantize_unbiased,
+    dequantize,
+};
 
 multiversion! {
     /// Decodes the blocks of one row exactly as ggml's `dequantize_row_q3_K`.
