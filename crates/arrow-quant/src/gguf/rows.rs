@@ -3,7 +3,7 @@
 
 use crate::codec::driver::{QualitySums, CHUNK_ELEMENTS};
 use crate::error::{QuantError, Result};
-use crate::gguf::blocks::{block_codec, nearest_codec, unbiased_codec};
+use crate::gguf::blocks::{block_codec, nearest_codec, unbiased_codec, BlockCodec};
 use crate::gguf::GgmlType;
 use crate::importance::ChannelWeights;
 use crate::simd::multiversion;
@@ -46,10 +46,15 @@ pub enum Rounding {
 impl Rounding {
     /// True when `ty` can be quantized this way.
     pub fn applies_to(self, ty: GgmlType) -> bool {
+        self.codec(ty).is_some()
+    }
+
+    /// The codec that quantizes `ty` this way (every type has a searched one).
+    fn codec(self, ty: GgmlType) -> Option<&'static dyn BlockCodec> {
         match self {
-            Self::Searched => true,
-            Self::Nearest => nearest_codec(ty).is_some(),
-            Self::Unbiased => unbiased_codec(ty).is_some(),
+            Self::Searched => block_codec(ty),
+            Self::Nearest => nearest_codec(ty),
+            Self::Unbiased => unbiased_codec(ty),
         }
     }
 
@@ -170,12 +175,9 @@ pub(crate) fn quantize_rows_with(
         ));
     }
     rounding.check(ty)?;
-    let codec = match rounding {
-        Rounding::Searched => block_codec(ty),
-        Rounding::Nearest => nearest_codec(ty),
-        Rounding::Unbiased => unbiased_codec(ty),
-    }
-    .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?;
+    let codec = rounding
+        .codec(ty)
+        .ok_or_else(|| QuantError::config("GGUF tensor type", ty.name(), "a type with a codec"))?;
     let weights = if rounding == Rounding::Nearest {
         RowWeights::None
     } else {

@@ -32,11 +32,11 @@ const QK_K: usize = 256;
 /// The codec of a K-quant type, `None` for other types.
 pub(super) fn codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
     match ty {
-        GgmlType::Q2_K => Some(&q2_k::Q2K),
-        GgmlType::Q3_K => Some(&q3_k::Q3K),
-        GgmlType::Q4_K => Some(&q4_k::Q4K),
-        GgmlType::Q5_K => Some(&q5_k::Q5K),
-        GgmlType::Q6_K => Some(&q6_k::Q6K),
+        GgmlType::Q2_K => Some(&q2_k::CODEC),
+        GgmlType::Q3_K => Some(&q3_k::CODEC),
+        GgmlType::Q4_K => Some(&q4_k::CODEC),
+        GgmlType::Q5_K => Some(&q5_k::CODEC),
+        GgmlType::Q6_K => Some(&q6_k::CODEC),
         _ => None,
     }
 }
@@ -50,9 +50,52 @@ pub(super) fn nearest_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
 /// others.
 pub(super) fn unbiased_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
     match ty {
-        GgmlType::Q2_K => Some(&q2_k::Q2K_UNBIASED),
-        GgmlType::Q3_K => Some(&q3_k::Q3K_UNBIASED),
+        GgmlType::Q2_K => Some(&q2_k::UNBIASED),
+        GgmlType::Q3_K => Some(&q3_k::UNBIASED),
         _ => None,
+    }
+}
+
+/// A row quantizer: the row, its importance, its blocks out; the quality sums `[Σx², Σ(x - y)², Σy²]` back.
+type RowQuantizer = fn(&[f32], Option<&[f32]>, &mut [u8]) -> Result<[f64; 3], OutOfRange>;
+
+/// A K-quant codec: one of the type's row quantizers (its search, or [`unbiased`]'s) and its exact decoder.
+pub(super) struct KQuantCodec {
+    /// Quantizes a row.
+    pub quantize: RowQuantizer,
+    /// Decodes a row exactly as ggml does.
+    pub dequantize: fn(&[u8], &mut [f32]),
+}
+
+impl BlockCodec for KQuantCodec {
+    fn quantize_row(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut [u8],
+    ) -> Result<(), OutOfRange> {
+        (self.quantize)(x, importance, out).map(|_| ())
+    }
+
+    fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
+        (self.dequantize)(blocks, out);
+    }
+
+    fn tolerates_non_finite(&self) -> bool {
+        // NaN or infinite elements make the search fail or write garbage, never panic, and their Σx² is not
+        // finite
+        true
+    }
+
+    fn quantize_row_with_sums(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut [u8],
+        scratch: &mut [f32],
+    ) -> Result<QualitySums, OutOfRange> {
+        let found = (self.quantize)(x, importance, out);
+        row_sums(found, x, out, scratch, self.dequantize)
     }
 }
 

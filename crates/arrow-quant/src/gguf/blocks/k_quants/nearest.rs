@@ -80,7 +80,7 @@ impl BlockCodec for Q6KNearest {
     }
 
     fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
-        Q6K.dequantize_row(blocks, out);
+        super::q6_k::CODEC.dequantize_row(blocks, out);
     }
 }
 

@@ -5,22 +5,17 @@
 //! `dl = d * sc; ml = dmin * m; y = dl * q - ml`.
 
 use super::asym::{search_row, AsymSearch};
-use super::row_sums;
 use super::row_weights;
 use super::scales::{read_f16, write_f16};
-use super::unbiased::{magnitude_weights, unbias_gains, UnbiasedCodec};
-use super::QK_K;
-use crate::codec::driver::QualitySums;
+use super::unbiased::{magnitude_weights, unbias_gains};
+use super::{KQuantCodec, QK_K};
 use crate::codec::two_level::format::SuperBlockParams;
 use crate::codec::two_level::search::{Knobs, SearchShape};
-use crate::gguf::blocks::{BlockCodec, OutOfRange};
+use crate::gguf::blocks::OutOfRange;
 use crate::simd::multiversion;
 
 /// Bytes of one block.
 const BLOCK_BYTES: usize = 84;
-
-/// The Q2_K codec.
-pub(super) struct Q2K;
 
 /// Q2_K's search: int2_2l's geometry with much less effort (one refitted candidate, the min/max step, and no
 /// round instead of 8 candidates and three rounds: 4 passes over the data; rel-MSE still about 14% below
@@ -85,7 +80,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// Quantizes one row into its blocks for [`Q2K_UNBIASED`]: the search weighted by
+    /// Quantizes one row into its blocks for [`UNBIASED`]: the search weighted by
     /// [`magnitude_weights`], then [`unbias_gains`].
     fn quantize_unbiased(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
         let mut w = vec![0f32; x.len()];
@@ -102,7 +97,7 @@ multiversion! {
 }
 
 /// The magnitude-weighted, gain-unbiased codec of this type (see [`super::unbiased`]).
-pub(super) static Q2K_UNBIASED: UnbiasedCodec = UnbiasedCodec {
+pub(super) static UNBIASED: KQuantCodec = KQuantCodec {
     quantize: quantize_unbiased,
     dequantize,
 };
@@ -127,34 +122,8 @@ multiversion! {
     }
 }
 
-impl BlockCodec for Q2K {
-    fn quantize_row(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-    ) -> Result<(), OutOfRange> {
-        quantize(x, importance, out).map(|_| ())
-    }
-
-    fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
-        dequantize(blocks, out);
-    }
-
-    fn tolerates_non_finite(&self) -> bool {
-        // NaN or infinite elements make the search fail or write garbage, never panic, and their Σx² is not
-        // finite
-        true
-    }
-
-    fn quantize_row_with_sums(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-        scratch: &mut [f32],
-    ) -> Result<QualitySums, OutOfRange> {
-        let found = quantize(x, importance, out);
-        row_sums(found, x, out, scratch, dequantize)
-    }
-}
+/// The Q2_K codec.
+pub(super) static CODEC: KQuantCodec = KQuantCodec {
+    quantize,
+    dequantize,
+};

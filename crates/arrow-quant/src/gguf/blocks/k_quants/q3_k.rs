@@ -5,20 +5,18 @@
 //! code is `low - 4` when the high bit is clear, `low` when set. Decoding is ggml's `dequantize_row_q3_K`:
 //! `dl = d * (field - 32); y = dl * q`.
 
-use super::row_sums;
 use super::row_weights;
 use super::scales::{pack_q3_scales, read_f16, unpack_q3_scales, write_f16};
 use super::sym::{search_row, SymBlock, SymLayout, SymSearch};
-use super::unbiased::{magnitude_weights, unbias_gains, UnbiasedCodec};
-use super::QK_K;
-use crate::codec::driver::QualitySums;
-use crate::gguf::blocks::{BlockCodec, OutOfRange};
+use super::unbiased::{magnitude_weights, unbias_gains};
+use super::{KQuantCodec, QK_K};
+use crate::gguf::blocks::OutOfRange;
 use crate::simd::multiversion;
 
 /// Bytes of one block.
 const BLOCK_BYTES: usize = 110;
 
-/// The Q3_K codec.
+/// The Q3_K layout.
 pub(super) struct Q3K;
 
 /// Q3_K's search (effort measured on the standard tensor against llama.cpp's Q3_K): no round after the
@@ -87,7 +85,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// Quantizes one row into its blocks for [`Q3K_UNBIASED`]: the search weighted by
+    /// Quantizes one row into its blocks for [`UNBIASED`]: the search weighted by
     /// [`magnitude_weights`], then [`unbias_gains`].
     fn quantize_unbiased(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
         let mut w = vec![0f32; x.len()];
@@ -102,7 +100,7 @@ multiversion! {
 }
 
 /// The magnitude-weighted, gain-unbiased codec of this type (see [`super::unbiased`]).
-pub(super) static Q3K_UNBIASED: UnbiasedCodec = UnbiasedCodec {
+pub(super) static UNBIASED: KQuantCodec = KQuantCodec {
     quantize: quantize_unbiased,
     dequantize,
 };
@@ -131,34 +129,8 @@ multiversion! {
     }
 }
 
-impl BlockCodec for Q3K {
-    fn quantize_row(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-    ) -> Result<(), OutOfRange> {
-        quantize(x, importance, out).map(|_| ())
-    }
-
-    fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
-        dequantize(blocks, out);
-    }
-
-    fn tolerates_non_finite(&self) -> bool {
-        // NaN or infinite elements make the search fail or write garbage, never panic, and their Σx² is not
-        // finite
-        true
-    }
-
-    fn quantize_row_with_sums(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-        scratch: &mut [f32],
-    ) -> Result<QualitySums, OutOfRange> {
-        let found = quantize(x, importance, out);
-        row_sums(found, x, out, scratch, dequantize)
-    }
-}
+/// The Q3_K codec.
+pub(super) static CODEC: KQuantCodec = KQuantCodec {
+    quantize,
+    dequantize,
+};

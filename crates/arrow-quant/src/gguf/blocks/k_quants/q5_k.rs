@@ -5,21 +5,16 @@
 //! byte `l`. Decoding is ggml's `dequantize_row_q5_K`: `d1 = d * sc; m1 = dmin * m; y = d1 * q - m1`.
 
 use super::asym::{search_row, AsymSearch};
-use super::row_sums;
 use super::row_weights;
 use super::scales::{pack_scale_min_k4, read_f16, unpack_scale_min_k4, write_f16};
-use super::QK_K;
-use crate::codec::driver::QualitySums;
+use super::{KQuantCodec, QK_K};
 use crate::codec::two_level::format::SuperBlockParams;
 use crate::codec::two_level::search::{Knobs, SearchShape};
-use crate::gguf::blocks::{BlockCodec, OutOfRange};
+use crate::gguf::blocks::OutOfRange;
 use crate::simd::multiversion;
 
 /// Bytes of one block.
 const BLOCK_BYTES: usize = 176;
-
-/// The Q5_K codec.
-pub(super) struct Q5K;
 
 /// Q5_K's search (effort measured on the standard tensor against llama.cpp's Q5_K): 2 refitted candidates and
 /// no round (6 passes over the data instead of 9 with 3 candidates and a round; rel-MSE about 2.7% below
@@ -117,34 +112,8 @@ multiversion! {
     }
 }
 
-impl BlockCodec for Q5K {
-    fn quantize_row(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-    ) -> Result<(), OutOfRange> {
-        quantize(x, importance, out).map(|_| ())
-    }
-
-    fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
-        dequantize(blocks, out);
-    }
-
-    fn tolerates_non_finite(&self) -> bool {
-        // NaN or infinite elements make the search fail or write garbage, never panic, and their Σx² is not
-        // finite
-        true
-    }
-
-    fn quantize_row_with_sums(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-        scratch: &mut [f32],
-    ) -> Result<QualitySums, OutOfRange> {
-        let found = quantize(x, importance, out);
-        row_sums(found, x, out, scratch, dequantize)
-    }
-}
+/// The Q5_K codec.
+pub(super) static CODEC: KQuantCodec = KQuantCodec {
+    quantize,
+    dequantize,
+};

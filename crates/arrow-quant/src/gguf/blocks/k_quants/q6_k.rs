@@ -5,19 +5,17 @@
 //! bits from bits `2k..2k+1` of byte `h * 32 + l` of the high part. Decoding is ggml's `dequantize_row_q6_K`:
 //! `y = d * sc * (q - 32)`, left to right.
 
-use super::row_sums;
 use super::row_weights;
 use super::scales::{read_f16, write_f16};
 use super::sym::{search_row, SymBlock, SymLayout, SymSearch};
-use super::QK_K;
-use crate::codec::driver::QualitySums;
-use crate::gguf::blocks::{BlockCodec, OutOfRange};
+use super::{KQuantCodec, QK_K};
+use crate::gguf::blocks::OutOfRange;
 use crate::simd::multiversion;
 
 /// Bytes of one block.
 const BLOCK_BYTES: usize = 210;
 
-/// The Q6_K codec.
+/// The Q6_K layout.
 pub(super) struct Q6K;
 
 /// Q6_K's search (effort measured on the standard tensor against llama.cpp's Q6_K): no round after the
@@ -108,34 +106,8 @@ multiversion! {
     }
 }
 
-impl BlockCodec for Q6K {
-    fn quantize_row(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-    ) -> Result<(), OutOfRange> {
-        quantize(x, importance, out).map(|_| ())
-    }
-
-    fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
-        dequantize(blocks, out);
-    }
-
-    fn tolerates_non_finite(&self) -> bool {
-        // NaN or infinite elements make the search fail or write garbage, never panic, and their Σx² is not
-        // finite
-        true
-    }
-
-    fn quantize_row_with_sums(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-        scratch: &mut [f32],
-    ) -> Result<QualitySums, OutOfRange> {
-        let found = quantize(x, importance, out);
-        row_sums(found, x, out, scratch, dequantize)
-    }
-}
+/// The Q6_K codec.
+pub(super) static CODEC: KQuantCodec = KQuantCodec {
+    quantize,
+    dequantize,
+};

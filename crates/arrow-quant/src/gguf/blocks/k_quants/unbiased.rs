@@ -19,52 +19,7 @@
 
 use super::scales::{read_f16, write_f16};
 use super::QK_K;
-use crate::codec::driver::QualitySums;
 use crate::codec::flat::group::F16_MAX;
-use crate::gguf::blocks::{BlockCodec, OutOfRange};
-
-/// A row quantizer: the row, its importance, its blocks out; the quality sums `[Σx², Σ(x - y)², Σy²]` back.
-type RowQuantizer = fn(&[f32], Option<&[f32]>, &mut [u8]) -> Result<[f64; 3], OutOfRange>;
-
-/// A codec of the magnitude-weighted search with gain-unbiased scales: the type's own quantizer and decoder.
-pub(super) struct UnbiasedCodec {
-    /// Quantizes a row.
-    pub quantize: RowQuantizer,
-    /// Decodes a row exactly as ggml does.
-    pub dequantize: fn(&[u8], &mut [f32]),
-}
-
-impl BlockCodec for UnbiasedCodec {
-    fn quantize_row(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-    ) -> Result<(), OutOfRange> {
-        (self.quantize)(x, importance, out).map(|_| ())
-    }
-
-    fn dequantize_row(&self, blocks: &[u8], out: &mut [f32]) {
-        (self.dequantize)(blocks, out);
-    }
-
-    fn tolerates_non_finite(&self) -> bool {
-        // as the type's own search: garbage or a failure for NaN or infinite elements, never a panic, and their
-        // Σx² is not finite
-        true
-    }
-
-    fn quantize_row_with_sums(
-        &self,
-        x: &[f32],
-        importance: Option<&[f32]>,
-        out: &mut [u8],
-        scratch: &mut [f32],
-    ) -> Result<QualitySums, OutOfRange> {
-        let found = (self.quantize)(x, importance, out);
-        super::row_sums(found, x, out, scratch, self.dequantize)
-    }
-}
 
 /// Lanes of the sums below (wide enough for the compiler to keep them in vector registers).
 const LANES: usize = 16;
