@@ -171,6 +171,36 @@ def test_distributed_refuses_calibration_and_missing_plans(checkpoints, tmp_path
     assert not (tmp_path / "u.arrow").exists() and not (tmp_path / "p.json").exists()
 
 
+def test_a_unit_makes_the_staged_files_it_finds_missing(checkpoints, expected, tmp_path):
+    """The one-pass run never waits: a quantize unit whose plan is missing estimates and plans itself, and an
+    assembly whose units are missing quantizes them itself; the output is still the local run's, byte for byte,
+    and every unit made that way is recorded as an attempt."""
+    from arrow_quant_v2.distributed import _UnitWorker
+
+    source = str(checkpoints[1])
+    units = _core.plan_units(source)
+    estimates = [u["index"] for u in units if u["estimate"]]
+    assert estimates  # the default config plans
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    worker = _UnitWorker(None, 1, str(tmp_path / "workers"))
+    plan = staging / "plan.json"
+    out = tmp_path / output_name(source)
+
+    def row(kind, index, target):
+        return {"checkpoint": 0, "kind": kind, "source": source, "index": index, "staging": str(staging),
+                "target": str(target), "bytes": 0, "plan": str(plan), "estimates": json.dumps(estimates)}
+
+    q = estimates[-1]
+    assert worker._run(row("quantize", q, staging / f"{q:06d}.arrow")) == ""
+    assert plan.exists() and len(list(staging.glob("*.estimate.json"))) == len(estimates)
+    totals = json.loads(worker._run(row("assemble", len(units), out)))
+    assert out.read_bytes() == expected[checkpoints[1]]
+    assert totals["tensors"] == len(units)
+    assert len(list(staging.glob("*.arrow"))) == len(units)
+    assert len(list(staging.glob("*.attempt-*"))) == len(units) + len(estimates)
+
+
 def test_package_imports_without_ray(tmp_path):
     code = (
         "import sys; sys.modules['ray'] = None\n"

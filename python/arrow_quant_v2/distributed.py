@@ -3,12 +3,13 @@
 ``quantize_many(sources, output_dir, config)`` plans every checkpoint on the driver from its headers (one unit of
 work per tensor; no weight bytes go through the object store), quantizes the units on a pool of Ray actors that
 read the checkpoints from shared storage themselves and stage each result in a file with a deterministic name,
-and assembles each checkpoint as soon as its units are done, with the writer of a local run: each output is
-byte-identical to ``arrow-quant quantize`` of that checkpoint with the same config. Under mixed precision (a
-``target_bits_per_weight``, or the automatic INT4 plan of the default config) a first pass of estimate units
-measures every quantized tensor on the actors, and the driver allocates the widths from those small files before
-the quantize units run. Re-running the same call resumes (staged units, estimates, plans and finished outputs are
-skipped). See docs/SCALE_OUT.md.
+and assembles each checkpoint on an actor as soon as its units are done, with the writer of a local run: each
+output is byte-identical to ``arrow-quant quantize`` of that checkpoint with the same config. Under mixed
+precision (a ``target_bits_per_weight``, or the automatic INT4 plan of the default config) estimate units measure
+every quantized tensor first, and the first quantize unit of a checkpoint allocates its widths from those small
+files. Everything runs in one pass over one pool, and a unit that needs a file no unit has staged yet (an
+estimate, a plan, a quantized unit) makes it itself, so no actor waits for another. Re-running the same call
+resumes (staged units, estimates, plans and finished outputs are skipped). See docs/SCALE_OUT.md.
 
 Needs ``ray[data]`` (the extra ``arrow-quant-v2[ray]``); this module imports Ray only when it runs. Also a command
 line: ``python -m arrow_quant_v2.distributed SOURCES... OUTPUT_DIR [--ray ADDRESS | --workers N]``, which the
@@ -40,6 +41,16 @@ STAGING = ".arrow-quant-staging"
 
 #: Source bytes per Ray task (a block of consecutive units), at least 4 blocks per worker.
 BLOCK_BYTES = 64 << 20
+
+
+def _estimate_path(staging: Path, index: int) -> Path:
+    """The staged estimate of tensor `index` in a checkpoint's staging folder."""
+    return staging / f"{index:06d}.estimate.json"
+
+
+def _staged_path(staging: Path, index: int) -> Path:
+    """The staged row batches of tensor `index` in a checkpoint's staging folder."""
+    return staging / f"{index:06d}.arrow"
 
 _EXTENSIONS = {"parquet": ".parquet", "arrow": ".arrow"}
 
@@ -134,7 +145,8 @@ def _mark_attempt(staged: str) -> None:
 
 
 class _UnitWorker:
-    """A Ray actor: loads the extension once, then quantizes units (one tensor each) into their staging files."""
+    """A Ray actor: loads the extension once, then does units: estimates and quantized tensors into their staging
+    files, and assemblies of staged checkpoints into their outputs."""
 
     def __init__(
         self,
@@ -150,42 +162,87 @@ class _UnitWorker:
         Path(workers_dir).mkdir(parents=True, exist_ok=True)
         self._pid_file = Path(workers_dir) / str(os.getpid())
         self._pid_file.touch()
+        # Plans this actor could not make (plan path -> error), so a failed checkpoint's other units fail fast.
+        self._failed_plans: dict[str, str] = {}
+
+    def _ensure_plan(self, source: str, staging: Path, plan: str, estimates: list[int]) -> None:
+        """Makes the checkpoint's plan if no unit has yet: from its staged estimates, estimating here any tensor
+        whose estimate is not staged (so a unit never waits for another). Deterministic and atomic, so two
+        actors making the same plan write the same bytes."""
+        if os.path.exists(plan):
+            return
+        if plan in self._failed_plans:
+            raise QuantizationError(self._failed_plans[plan])
+        try:
+            paths = []
+            for index in estimates:
+                path = _estimate_path(staging, index)
+                if not path.exists():
+                    self._unit("estimate", source, index, str(path), None)
+                paths.append(str(path))
+            _core.plan_from_estimates(source, paths, plan, self._config)
+        except QuantizationError as e:
+            self._failed_plans[plan] = f"{type(e).__name__}: {e}"
+            raise
+
+    def _assemble(self, source: str, staging: Path, output: str, plan: str | None, tensors: int) -> str:
+        """Writes the checkpoint's output from its staged units (quantizing here any unit not staged yet, as a
+        retried or slow one) and returns its report totals as JSON."""
+        staged = []
+        for index in range(tensors):
+            path = _staged_path(staging, index)
+            if not path.exists():
+                self._unit("quantize", source, index, str(path), plan)
+            staged.append(str(path))
+        report = _core.assemble_units(source, staged, output, self._config, plan)
+        return json.dumps(report["totals"])
+
+    def _run(self, row: dict[str, Any]) -> str:
+        """Does one unit; returns the report totals of an assembly, else an empty string."""
+        kind, source, staging, target = str(row["kind"]), str(row["source"]), Path(row["staging"]), str(row["target"])
+        plan = str(row["plan"]) or None
+        if plan is not None and kind != "estimate":
+            self._ensure_plan(source, staging, plan, json.loads(str(row["estimates"])))
+        if kind == "assemble":
+            return self._assemble(source, staging, target, plan, int(row["index"]))
+        # A unit staged by an earlier attempt (a retry after a lost worker, or a unit that needed it) is not redone.
+        if not os.path.exists(target):
+            self._unit(kind, source, int(row["index"]), target, plan)
+        return ""
+
+    def _unit(self, kind: str, source: str, index: int, target: str, plan: str | None) -> None:
+        """Estimates or quantizes one tensor into `target`, recording the attempt (attempts beyond one per unit
+        are the run's retries)."""
+        _mark_attempt(target)
+        try:
+            if self._delay:  # test runs: the pid file names the unit in progress while it sleeps
+                self._pid_file.write_text(target)
+                time.sleep(self._delay)
+            if kind == "estimate":
+                _core.estimate_unit(source, index, target, self._config)
+            else:
+                _core.quantize_unit(source, index, target, self._config, plan)
+        finally:
+            if self._delay:
+                self._pid_file.write_text("")
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"checkpoint": [], "index": [], "bytes": [], "seconds": [], "error": []}
-        for checkpoint, source, index, staged, nbytes, kind, plan in zip(
-            batch["checkpoint"],
-            batch["source"],
-            batch["index"],
-            batch["staged"],
-            batch["bytes"],
-            batch["kind"],
-            batch["plan"],
-            strict=True,
-        ):
+        columns = ("checkpoint", "kind", "bytes", "seconds", "error", "report")
+        out: dict[str, list[Any]] = {k: [] for k in columns}
+        for i in range(len(batch["kind"])):
+            row = {k: v[i] for k, v in batch.items()}
             start = time.perf_counter()
-            error = ""
-            # A unit staged by an earlier attempt at this block (a retry after a lost worker) is not redone.
-            if not os.path.exists(staged):
-                _mark_attempt(str(staged))
-                try:
-                    if self._delay:  # test runs: the pid file names the unit in progress while it sleeps
-                        self._pid_file.write_text(str(staged))
-                        time.sleep(self._delay)
-                    if kind == "estimate":
-                        _core.estimate_unit(str(source), int(index), str(staged), self._config)
-                    else:
-                        _core.quantize_unit(str(source), int(index), str(staged), self._config, str(plan) or None)
-                except (QuantizationError, OSError) as e:
-                    error = f"{type(e).__name__}: {e}"
-                finally:
-                    if self._delay:
-                        self._pid_file.write_text("")
-            out["checkpoint"].append(int(checkpoint))
-            out["index"].append(int(index))
-            out["bytes"].append(int(nbytes))
+            error = report = ""
+            try:
+                report = self._run(row)
+            except (QuantizationError, OSError) as e:
+                error = f"{type(e).__name__}: {e}"
+            out["checkpoint"].append(int(row["checkpoint"]))
+            out["kind"].append(str(row["kind"]))
+            out["bytes"].append(int(row["bytes"]))
             out["seconds"].append(time.perf_counter() - start)
             out["error"].append(error)
+            out["report"].append(report)
         return out
 
 
@@ -198,7 +255,6 @@ class _Checkpoint:
         self.output = output
         self.staging: Path | None = None
         self.units: list[dict[str, Any]] = []
-        self.pending = 0
         self.status = "planned"
         self.error = ""
         self.seconds = 0.0
@@ -208,26 +264,35 @@ class _Checkpoint:
 
     def staged(self, index: int) -> Path:
         assert self.staging is not None
-        return self.staging / f"{index:06d}.arrow"
+        return _staged_path(self.staging, index)
 
     def estimate(self, index: int) -> Path:
         assert self.staging is not None
-        return self.staging / f"{index:06d}.estimate.json"
+        return _estimate_path(self.staging, index)
 
     @property
     def plan(self) -> Path | None:
         return None if self.staging is None or not self.planned else self.staging / "plan.json"
 
-    def unit_row(self, u: dict[str, Any], kind: str) -> dict[str, Any]:
-        staged = self.estimate(u["index"]) if kind == "estimate" else self.staged(u["index"])
+    def unit_row(self, kind: str, index: int, nbytes: int = 0) -> dict[str, Any]:
+        """The dataset row of one unit: an estimate or a quantize unit of tensor `index`, or the assembly (`index`
+        is then the count of tensors)."""
+        assert self.staging is not None
+        if kind == "assemble":
+            target = self.output
+        else:
+            target = self.estimate(index) if kind == "estimate" else self.staged(index)
         return {
             "checkpoint": self.number,
-            "source": self.source,
-            "index": u["index"],
-            "staged": str(staged),
-            "bytes": u["bytes"],
             "kind": kind,
+            "source": self.source,
+            "index": index,
+            "staging": str(self.staging),
+            "target": str(target),
+            "bytes": nbytes,
             "plan": str(self.plan or ""),
+            # What a unit needs to make the plan if it is the first to need it: the tensors with estimates.
+            "estimates": json.dumps([u["index"] for u in self.units if u["estimate"]] if self.planned else []),
         }
 
     def row(self) -> dict[str, Any]:
@@ -322,7 +387,7 @@ def _map_units(
     pool: int,
     max_retries: int,
 ) -> Any:
-    """The units through a fixed pool of `_UnitWorker` actors, one unit per call, retries bounded."""
+    """The units through a fixed pool of `_UnitWorker` actors, one block of units per call, retries bounded."""
     settings = {
         "config": config,
         "threads": threads,
@@ -338,7 +403,7 @@ def _map_units(
 
     return ds.map_batches(
         _Worker,
-        batch_size=1,
+        batch_size=None,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=pool),
         num_cpus=threads,
@@ -397,8 +462,13 @@ def quantize_many(
         names[name] = src
         checkpoints.append(_Checkpoint(number, src, out_dir / name))
 
+    # The rows of the one pass, in this order: every estimate unit (few and light), then each checkpoint's
+    # quantize units followed by the assembly of the checkpoint before it (a lag of one, so that the units it
+    # assembles are done by the time an actor reaches it), then the last assembly. A unit that needs what an
+    # earlier one has not staged yet (a plan, an assembled unit) makes it itself, so no actor ever waits.
     estimate_rows: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    lagging: dict[str, Any] | None = None
     for c in checkpoints:
         if c.output.exists():
             c.status = "skipped"
@@ -423,55 +493,38 @@ def quantize_many(
         if plan is not None and not plan.exists():
             for u in c.units:
                 if u["estimate"] and not c.estimate(u["index"]).exists():
-                    c.pending += 1
-                    estimate_rows.append(c.unit_row(u, "estimate"))
+                    estimate_rows.append(c.unit_row("estimate", u["index"], u["bytes"]))
         for u in c.units:
             if not c.staged(u["index"]).exists():
-                rows.append(c.unit_row(u, "quantize"))
+                rows.append(c.unit_row("quantize", u["index"], u["bytes"]))
+        if lagging is not None:
+            rows.append(lagging)
+        lagging = c.unit_row("assemble", len(c.units))
+    if lagging is not None:
+        rows.append(lagging)
 
     by_number = {c.number: c for c in checkpoints}
     all_rows = estimate_rows + rows
     total_bytes = sum(r["bytes"] for r in all_rows)
     bar = _Progress(progress, len(all_rows), total_bytes)
 
-    def make_plan(c: _Checkpoint) -> None:
-        """The checkpoint's widths from its estimates (on the driver: an allocation over small tables)."""
-        assert c.plan is not None
-        estimates = [str(c.estimate(u["index"])) for u in c.units if u["estimate"]]
-        try:
-            _core.plan_from_estimates(c.source, estimates, c.plan, config)
-        except (QuantizationError, OSError) as e:
-            c.status, c.error = "failed", f"{type(e).__name__}: {e}"
-            bar.line(_describe(c))
-
-    def assemble(c: _Checkpoint) -> None:
+    def assembled(c: _Checkpoint, row: dict[str, Any]) -> None:
+        """The assembly of `c` came back: its outcome is the checkpoint's (a unit's error before it is one the
+        assembly did not hit again, a unit's error after it one from a redundant attempt)."""
         assert c.staging is not None
-        staged = [str(c.staged(u["index"])) for u in c.units]
-        try:
-            report = _core.assemble_units(c.source, staged, c.output, config, None if c.plan is None else str(c.plan))
-        except (QuantizationError, OSError) as e:
-            c.status, c.error = "failed", f"{type(e).__name__}: {e}"
+        if row["error"]:
+            c.status, c.error = "failed", str(row["error"])
         else:
-            c.status = "quantized"
-            c.summary = report["totals"]
-            c.seconds += report["totals"]["seconds"]
+            c.status, c.error = "quantized", ""
+            c.summary = json.loads(str(row["report"]))
             attempts = sum(1 for _ in c.staging.glob("*.attempt-*"))
             c.retries = max(0, attempts - len(c.units) - sum(1 for u in c.units if u["estimate"]))
             shutil.rmtree(c.staging, ignore_errors=True)
         bar.line(_describe(c))
 
     for c in checkpoints:
-        if c.status == "skipped" or c.status == "failed":
+        if c.status in ("skipped", "failed"):
             bar.line(_describe(c))
-        elif c.pending == 0 and c.plan is not None and not c.plan.exists():
-            make_plan(c)  # every estimate was staged by an earlier run
-
-    def pending_quantize(c: _Checkpoint) -> int:
-        return sum(1 for r in rows if r["checkpoint"] == c.number)
-
-    for c in checkpoints:
-        if c.status not in ("skipped", "failed") and c.pending == 0 and pending_quantize(c) == 0:
-            assemble(c)
 
     started_here = False
     if all_rows:
@@ -485,45 +538,21 @@ def quantize_many(
             ray_data_log.setLevel(logging.ERROR)
             pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker)
 
-            def run(stage: list[dict[str, Any]]) -> Iterable[tuple[_Checkpoint, dict[str, Any]]]:
-                # A Ray task per block of consecutive units (rows stay one unit each): enough blocks to balance
-                # the pool, few enough that Ray's per-task cost stays small next to the quantization.
-                stage_bytes = sum(r["bytes"] for r in stage)
-                blocks = min(len(stage), max(4 * pool, -(-stage_bytes // BLOCK_BYTES)))
-                ds = ray.data.from_items(stage, override_num_blocks=blocks)
-                with warnings.catch_warnings():
-                    # Ray 2.60 has no named parameter for actor restarts and task retries: they still go through
-                    # `**ray_remote_args`, which warns that it is deprecated.
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    results = _map_units(
-                        ray, ds, shipped, threads_per_worker, staging_root, _unit_delay, pool, max_retries
-                    )
-                for row in results.iter_rows():
-                    c = by_number[int(row["checkpoint"])]
-                    bar.unit(int(row["bytes"]))
-                    c.seconds += float(row["seconds"])
-                    if row["error"] and not c.error:
-                        c.status, c.error = "failed", str(row["error"])
-                    yield c, row
-
-            if estimate_rows:
-                for c, _ in run(estimate_rows):
-                    c.pending -= 1
-                    if c.pending == 0:
-                        if c.status == "failed":
-                            bar.line(_describe(c))
-                        else:
-                            make_plan(c)
-            rows = [r for r in rows if by_number[r["checkpoint"]].status != "failed"]
-            left = {c.number: pending_quantize(c) for c in checkpoints}
-            if rows:
-                for c, _ in run(rows):
-                    left[c.number] -= 1
-                    if left[c.number] == 0:
-                        if c.status == "failed":
-                            bar.line(_describe(c))
-                        else:
-                            assemble(c)
+            # A Ray task per block of consecutive units, each block one call of an actor: enough blocks to balance
+            # the pool, few enough that Ray's per-task cost stays small next to the quantization.
+            blocks = min(len(all_rows), max(4 * pool, -(-total_bytes // BLOCK_BYTES)))
+            ds = ray.data.from_items(all_rows, override_num_blocks=blocks)
+            with warnings.catch_warnings():
+                # Ray 2.60 has no named parameter for actor restarts and task retries: they still go through
+                # `**ray_remote_args`, which warns that it is deprecated.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                results = _map_units(ray, ds, shipped, threads_per_worker, staging_root, _unit_delay, pool, max_retries)
+            for row in results.iter_rows():
+                c = by_number[int(row["checkpoint"])]
+                bar.unit(int(row["bytes"]))
+                c.seconds += float(row["seconds"])
+                if row["kind"] == "assemble":
+                    assembled(c, row)
         finally:
             ray_data_log.setLevel(ray_data_level)
             if started_here:
