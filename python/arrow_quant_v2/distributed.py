@@ -42,6 +42,17 @@ STAGING = ".arrow-quant-staging"
 #: Source bytes per Ray task (a block of consecutive units), at least 4 blocks per worker.
 BLOCK_BYTES = 64 << 20
 
+#: How long a unit that finds a staged file missing waits for the actor that has it before making it itself.
+PEER_WAIT_SECONDS = 10.0
+
+
+def _wait_for(paths: list[Path], seconds: float) -> None:
+    """Waits until every path exists or `seconds` have passed (an earlier unit still running on another actor
+    usually stages it within moments; a lost one never does, and the caller then makes it)."""
+    deadline = time.monotonic() + seconds
+    while any(not p.exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
 
 def _estimate_path(staging: Path, index: int) -> Path:
     """The staged estimate of tensor `index` in a checkpoint's staging folder."""
@@ -167,13 +178,14 @@ class _UnitWorker:
 
     def _ensure_plan(self, source: str, staging: Path, plan: str, estimates: list[int]) -> None:
         """Makes the checkpoint's plan if no unit has yet: from its staged estimates, estimating here any tensor
-        whose estimate is not staged (so a unit never waits for another). Deterministic and atomic, so two
-        actors making the same plan write the same bytes."""
+        whose estimate is not staged within `PEER_WAIT_SECONDS` (so a unit never waits on a lost one).
+        Deterministic and atomic, so two actors making the same plan write the same bytes."""
         if os.path.exists(plan):
             return
         if plan in self._failed_plans:
             raise QuantizationError(self._failed_plans[plan])
         try:
+            _wait_for([_estimate_path(staging, i) for i in estimates], PEER_WAIT_SECONDS)
             paths = []
             for index in estimates:
                 path = _estimate_path(staging, index)
@@ -186,8 +198,9 @@ class _UnitWorker:
             raise
 
     def _assemble(self, source: str, staging: Path, output: str, plan: str | None, tensors: int) -> str:
-        """Writes the checkpoint's output from its staged units (quantizing here any unit not staged yet, as a
-        retried or slow one) and returns its report totals as JSON."""
+        """Writes the checkpoint's output from its staged units (quantizing here any unit not staged within
+        `PEER_WAIT_SECONDS`, as a lost one) and returns its report totals as JSON."""
+        _wait_for([_staged_path(staging, i) for i in range(tensors)], PEER_WAIT_SECONDS)
         staged = []
         for index in range(tensors):
             path = _staged_path(staging, index)
