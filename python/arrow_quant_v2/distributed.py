@@ -19,6 +19,7 @@ line: ``python -m arrow_quant_v2.distributed SOURCES... OUTPUT_DIR [--ray ADDRES
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -273,7 +274,8 @@ class _Checkpoint:
         self.seconds = 0.0
         self.summary: dict[str, Any] = {}
         self.retries = 0
-        self.planned = False  # the config plans mixed precision for this checkpoint
+        # The tensors with estimate units (set with the units; none when the config plans no mixed precision).
+        self.estimated: list[int] = []
 
     def staged(self, index: int) -> Path:
         assert self.staging is not None
@@ -285,7 +287,12 @@ class _Checkpoint:
 
     @property
     def plan(self) -> Path | None:
-        return None if self.staging is None or not self.planned else self.staging / "plan.json"
+        return None if self.staging is None or not self.estimated else self.staging / "plan.json"
+
+    @functools.cached_property
+    def estimates_json(self) -> str:
+        """`estimated` as the rows carry it: what a unit needs to make the plan if it is the first to need it."""
+        return json.dumps(self.estimated)
 
     def unit_row(self, kind: str, index: int, nbytes: int = 0) -> dict[str, Any]:
         """The dataset row of one unit: an estimate or a quantize unit of tensor `index`, or the assembly (`index`
@@ -304,8 +311,7 @@ class _Checkpoint:
             "target": str(target),
             "bytes": nbytes,
             "plan": str(self.plan or ""),
-            # What a unit needs to make the plan if it is the first to need it: the tensors with estimates.
-            "estimates": json.dumps([u["index"] for u in self.units if u["estimate"]] if self.planned else []),
+            "estimates": "[]" if kind == "estimate" else self.estimates_json,
         }
 
     def row(self) -> dict[str, Any]:
@@ -501,7 +507,7 @@ def quantize_many(
         ).hexdigest()[:16]
         c.staging = staging_root / f"{c.output.name}-{key}"
         c.staging.mkdir(parents=True, exist_ok=True)
-        c.planned = any(u["estimate"] for u in c.units)
+        c.estimated = [u["index"] for u in c.units if u["estimate"]]
         plan = c.plan
         if plan is not None and not plan.exists():
             for u in c.units:
@@ -531,7 +537,7 @@ def quantize_many(
             c.status, c.error = "quantized", ""
             c.summary = json.loads(str(row["report"]))
             attempts = sum(1 for _ in c.staging.glob("*.attempt-*"))
-            c.retries = max(0, attempts - len(c.units) - sum(1 for u in c.units if u["estimate"]))
+            c.retries = max(0, attempts - len(c.units) - len(c.estimated))
             shutil.rmtree(c.staging, ignore_errors=True)
         bar.line(_describe(c))
 
