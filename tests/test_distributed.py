@@ -201,6 +201,38 @@ def test_a_unit_makes_the_staged_files_it_finds_missing(checkpoints, expected, t
     assert len(list(staging.glob("*.attempt-*"))) == len(units) + len(estimates)
 
 
+def test_a_torn_staged_file_is_made_again(checkpoints, expected, tmp_path):
+    """Staged files are linked without waiting for the disk, so an operating-system crash before a resume can
+    leave one torn: a truncated unit and a garbled estimate found by the plan and the assembly are made again
+    (one more attempt each), and the output is still the local run's, byte for byte."""
+    from arrow_quant_v2.distributed import _UnitWorker
+
+    source = str(checkpoints[2])
+    units = _core.plan_units(source)
+    estimates = [u["index"] for u in units if u["estimate"]]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for i in estimates:
+        _core.estimate_unit(source, i, str(staging / f"{i:06d}.estimate.json"))
+    (staging / f"{estimates[1]:06d}.estimate.json").write_bytes(b"\xff\x00 torn")
+    worker = _UnitWorker(None, 1, str(tmp_path / "workers"))
+    plan = staging / "plan.json"
+
+    def row(kind, index, target):
+        return {"checkpoint": 0, "kind": kind, "source": source, "index": index, "staging": str(staging),
+                "target": str(target), "bytes": 0, "plan": str(plan), "estimates": json.dumps(estimates)}
+
+    for u in units:
+        assert worker._run(row("quantize", u["index"], staging / f"{u['index']:06d}.arrow")) == ""
+    torn = staging / f"{units[-1]['index']:06d}.arrow"
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+    out = tmp_path / output_name(source)
+    json.loads(worker._run(row("assemble", len(units), out)))
+    assert out.read_bytes() == expected[checkpoints[2]]
+    assert len(list(staging.glob(f"{estimates[1]:06d}.estimate.json.attempt-*"))) == 1
+    assert len(list(staging.glob(f"{torn.name}.attempt-*"))) == 2
+
+
 def test_package_imports_without_ray(tmp_path):
     code = (
         "import sys; sys.modules['ray'] = None\n"

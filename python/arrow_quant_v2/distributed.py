@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,24 @@ def _wait_for(paths: list[Path], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while any(not p.exists() for p in paths) and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _remaking_torn(call: Callable[[], Any], remake: dict[str, Callable[[], None]]) -> Any:
+    """Runs `call`, which reads the staged files keyed in `remake`. Staged files are linked into place without
+    waiting for the disk, so an operating-system crash before a resume can leave one torn: when `call` fails on
+    one (its error begins with the file's path), that file is made again with its `remake` and `call` retried,
+    once per file."""
+    redone: set[str] = set()
+    while True:
+        try:
+            return call()
+        except QuantizationError as e:
+            torn = next((p for p in remake if p not in redone and str(e).startswith(f"{p}:")), None)
+            if torn is None:
+                raise
+            redone.add(torn)
+            Path(torn).unlink(missing_ok=True)
+            remake[torn]()
 
 
 def _estimate_path(staging: Path, index: int) -> Path:
@@ -187,13 +205,13 @@ class _UnitWorker:
             raise QuantizationError(self._failed_plans[plan])
         try:
             _wait_for([_estimate_path(staging, i) for i in estimates], PEER_WAIT_SECONDS)
-            paths = []
+            remake = {}
             for index in estimates:
-                path = _estimate_path(staging, index)
-                if not path.exists():
-                    self._unit("estimate", source, index, str(path), None)
-                paths.append(str(path))
-            _core.plan_from_estimates(source, paths, plan, self._config)
+                path = str(_estimate_path(staging, index))
+                remake[path] = functools.partial(self._unit, "estimate", source, index, path, None)
+                if not os.path.exists(path):
+                    remake[path]()
+            _remaking_torn(lambda: _core.plan_from_estimates(source, list(remake), plan, self._config), remake)
         except QuantizationError as e:
             self._failed_plans[plan] = f"{type(e).__name__}: {e}"
             raise
@@ -202,13 +220,13 @@ class _UnitWorker:
         """Writes the checkpoint's output from its staged units (quantizing here any unit not staged within
         `PEER_WAIT_SECONDS`, as a lost one) and returns its report totals as JSON."""
         _wait_for([_staged_path(staging, i) for i in range(tensors)], PEER_WAIT_SECONDS)
-        staged = []
+        remake = {}
         for index in range(tensors):
-            path = _staged_path(staging, index)
-            if not path.exists():
-                self._unit("quantize", source, index, str(path), plan)
-            staged.append(str(path))
-        report = _core.assemble_units(source, staged, output, self._config, plan)
+            path = str(_staged_path(staging, index))
+            remake[path] = functools.partial(self._unit, "quantize", source, index, path, plan)
+            if not os.path.exists(path):
+                remake[path]()
+        report = _remaking_torn(lambda: _core.assemble_units(source, list(remake), output, self._config, plan), remake)
         return json.dumps(report["totals"])
 
     def _run(self, row: dict[str, Any]) -> str:

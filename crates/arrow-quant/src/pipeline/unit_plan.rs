@@ -47,13 +47,19 @@ fn float_of(v: &Value, path: &Path, what: &str) -> Result<f64> {
         .ok_or_else(|| bad(path, what))
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<()> {
+/// Writes `value` to `path` atomically; `durable`: waits for the disk (the plan, read by every unit), else not
+/// (an estimate, which `read_json` rejects when torn, so that the driver makes it again).
+fn write_json(path: &Path, value: &Value, durable: bool) -> Result<()> {
     use std::io::Write;
     let file = AtomicFile::create(path)?;
     file.handle()?
         .write_all(value.to_string().as_bytes())
         .map_err(|e| QuantError::io(path, &e))?;
-    file.commit()
+    if durable {
+        file.commit()
+    } else {
+        file.commit_unsynced()
+    }
 }
 
 fn read_json(path: &Path, kind: &str) -> Result<Value> {
@@ -118,6 +124,7 @@ pub fn estimate_unit(
     write_json(
         staged,
         &json!({KIND_KEY: "estimate", "index": index, "name": entry.name, "options": options}),
+        false,
     )
 }
 
@@ -191,7 +198,7 @@ pub fn plan_from_estimates(
     let fixed: FixedSizes = fixed_sizes(&entries, &units.decisions);
     let allocated = allocate_widths(&layers, entries.len(), &fixed, budget)?;
     let value = plan_json(entries.len(), allocated.as_ref());
-    write_json(plan, &value)?;
+    write_json(plan, &value, true)?;
     Ok(allocated.map(|p| p.summary))
 }
 
@@ -305,13 +312,13 @@ mod tests {
                 layers_per_width: [1, 1, 1, 0],
             },
         };
-        write_json(&path, &plan_json(4, Some(&plan))).unwrap();
+        write_json(&path, &plan_json(4, Some(&plan)), true).unwrap();
         assert_eq!(read_plan(&path, 4).unwrap(), Some(plan));
         assert!(read_plan(&path, 5)
             .unwrap_err()
             .to_string()
             .contains("5 tensors"));
-        write_json(&path, &plan_json(4, None)).unwrap();
+        write_json(&path, &plan_json(4, None), true).unwrap();
         assert_eq!(read_plan(&path, 4).unwrap(), None);
         for damaged in [
             "",

@@ -243,8 +243,8 @@ pub fn quantize_unit(
     };
     // Every row batch of a run has the result schema of its scale type.
     let schema = crate::arrow::schema::result_schema(config.quant.scale_dtype());
-    let mut writer =
-        arrow_ipc::writer::FileWriter::try_new(file.handle()?, &schema).map_err(bad)?;
+    let out = std::io::BufWriter::with_capacity(1 << 20, file.handle()?);
+    let mut writer = arrow_ipc::writer::FileWriter::try_new(out, &schema).map_err(bad)?;
     // Each row (a tensor's, or one of its chunk rows) is written as it comes, so a unit needs one chunk of memory.
     let layer = units.quantize(index, config, &mut |batch| {
         writer.write(&batch).map_err(bad)
@@ -252,7 +252,9 @@ pub fn quantize_unit(
     writer.write_metadata(LAYER_KEY, layer.to_json().to_string());
     writer.finish().map_err(bad)?;
     drop(writer);
-    file.commit()?;
+    // Staged units are read back only through `read_staged`, which rejects a torn file (IPC footer and blocks
+    // checked): the distributed driver then makes it again.
+    file.commit_unsynced()?;
     Ok(layer)
 }
 
