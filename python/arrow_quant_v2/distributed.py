@@ -43,6 +43,11 @@ STAGING = ".arrow-quant-staging"
 #: Source bytes per Ray task (a block of consecutive units), at least 4 blocks per worker.
 BLOCK_BYTES = 64 << 20
 
+#: glibc's malloc settings of the worker processes (unless the driver's environment sets them): keep freed memory
+#: for the next batch rather than handing it back to the kernel after each one, which made a third of an assembly's
+#: time page faults (docs/SCALE_OUT.md, "What limits scaling").
+WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(512 << 20), "MALLOC_TOP_PAD_": str(64 << 20)}
+
 #: How long a unit that finds a staged file missing waits for the actor that has it before making it itself.
 PEER_WAIT_SECONDS = 10.0
 
@@ -438,6 +443,7 @@ def _map_units(
         def __init__(self) -> None:
             super().__init__(**settings)
 
+    env = {k: v for k, v in WORKER_MALLOC_ENV.items() if k not in os.environ}
     return ds.map_batches(
         _Worker,
         batch_size=None,
@@ -446,6 +452,7 @@ def _map_units(
         num_cpus=threads,
         max_restarts=max_retries,
         max_task_retries=max_retries,
+        runtime_env={"env_vars": env},
     )
 
 
