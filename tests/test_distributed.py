@@ -171,6 +171,12 @@ def test_distributed_refuses_calibration_and_missing_plans(checkpoints, tmp_path
     assert not (tmp_path / "u.arrow").exists() and not (tmp_path / "p.json").exists()
 
 
+def unit_row(source, staging, plan, estimates, kind, index, target):
+    """A plan row of one unit, as the driver gives it to a `_UnitWorker`."""
+    return {"checkpoint": 0, "kind": kind, "source": source, "index": index, "staging": str(staging),
+            "target": str(target), "bytes": 0, "plan": str(plan), "estimates": json.dumps(estimates)}
+
+
 def test_a_unit_makes_the_staged_files_it_finds_missing(checkpoints, expected, tmp_path):
     """The one-pass run never waits: a quantize unit whose plan is missing estimates and plans itself, and an
     assembly whose units are missing quantizes them itself; the output is still the local run's, byte for byte,
@@ -188,8 +194,7 @@ def test_a_unit_makes_the_staged_files_it_finds_missing(checkpoints, expected, t
     out = tmp_path / output_name(source)
 
     def row(kind, index, target):
-        return {"checkpoint": 0, "kind": kind, "source": source, "index": index, "staging": str(staging),
-                "target": str(target), "bytes": 0, "plan": str(plan), "estimates": json.dumps(estimates)}
+        return unit_row(source, staging, plan, estimates, kind, index, target)
 
     q = estimates[-1]
     assert worker._run(row("quantize", q, staging / f"{q:06d}.arrow")) == ""
@@ -219,8 +224,7 @@ def test_a_torn_staged_file_is_made_again(checkpoints, expected, tmp_path):
     plan = staging / "plan.json"
 
     def row(kind, index, target):
-        return {"checkpoint": 0, "kind": kind, "source": source, "index": index, "staging": str(staging),
-                "target": str(target), "bytes": 0, "plan": str(plan), "estimates": json.dumps(estimates)}
+        return unit_row(source, staging, plan, estimates, kind, index, target)
 
     for u in units:
         assert worker._run(row("quantize", u["index"], staging / f"{u['index']:06d}.arrow")) == ""

@@ -60,24 +60,6 @@ def _wait_for(paths: list[Path], seconds: float) -> None:
         time.sleep(0.01)
 
 
-def _remaking_torn(call: Callable[[], Any], remake: dict[str, Callable[[], None]]) -> Any:
-    """Runs `call`, which reads the staged files keyed in `remake`. Staged files are linked into place without
-    waiting for the disk, so an operating-system crash before a resume can leave one torn: when `call` fails on
-    one (its error begins with the file's path), that file is made again with its `remake` and `call` retried,
-    once per file."""
-    redone: set[str] = set()
-    while True:
-        try:
-            return call()
-        except QuantizationError as e:
-            torn = next((p for p in remake if p not in redone and str(e).startswith(f"{p}:")), None)
-            if torn is None:
-                raise
-            redone.add(torn)
-            Path(torn).unlink(missing_ok=True)
-            remake[torn]()
-
-
 def _estimate_path(staging: Path, index: int) -> Path:
     """The staged estimate of tensor `index` in a checkpoint's staging folder."""
     return staging / f"{index:06d}.estimate.json"
@@ -209,14 +191,11 @@ class _UnitWorker:
         if plan in self._failed_plans:
             raise QuantizationError(self._failed_plans[plan])
         try:
-            _wait_for([_estimate_path(staging, i) for i in estimates], PEER_WAIT_SECONDS)
-            remake = {}
-            for index in estimates:
-                path = str(_estimate_path(staging, index))
-                remake[path] = functools.partial(self._unit, "estimate", source, index, path, None)
-                if not os.path.exists(path):
-                    remake[path]()
-            _remaking_torn(lambda: _core.plan_from_estimates(source, list(remake), plan, self._config), remake)
+            paths = {i: _estimate_path(staging, i) for i in estimates}
+            self._from_staged(
+                "estimate", source, paths, None,
+                lambda staged: _core.plan_from_estimates(source, staged, plan, self._config),
+            )
         except QuantizationError as e:
             self._failed_plans[plan] = f"{type(e).__name__}: {e}"
             raise
@@ -224,15 +203,37 @@ class _UnitWorker:
     def _assemble(self, source: str, staging: Path, output: str, plan: str | None, tensors: int) -> str:
         """Writes the checkpoint's output from its staged units (quantizing here any unit not staged within
         `PEER_WAIT_SECONDS`, as a lost one) and returns its report totals as JSON."""
-        _wait_for([_staged_path(staging, i) for i in range(tensors)], PEER_WAIT_SECONDS)
-        remake = {}
-        for index in range(tensors):
-            path = str(_staged_path(staging, index))
-            remake[path] = functools.partial(self._unit, "quantize", source, index, path, plan)
-            if not os.path.exists(path):
-                remake[path]()
-        report = _remaking_torn(lambda: _core.assemble_units(source, list(remake), output, self._config, plan), remake)
+        paths = {i: _staged_path(staging, i) for i in range(tensors)}
+        report = self._from_staged(
+            "quantize", source, paths, plan,
+            lambda staged: _core.assemble_units(source, staged, output, self._config, plan),
+        )
         return json.dumps(report["totals"])
+
+    def _from_staged(
+        self, kind: str, source: str, paths: dict[int, Path], plan: str | None, read: Callable[[list[str]], Any]
+    ) -> Any:
+        """Returns `read` of the staged files `paths` (tensor index -> file) of `kind` units: waits up to
+        `PEER_WAIT_SECONDS` for the actors that have them, makes here any still missing (as a lost one), and makes
+        again any that `read` finds torn, once per file. Staged files are linked into place without waiting for the
+        disk, so an operating-system crash before a resume can leave one torn; `read`'s error then begins with its
+        path."""
+        _wait_for(list(paths.values()), PEER_WAIT_SECONDS)
+        make = {str(p): functools.partial(self._unit, kind, source, i, str(p), plan) for i, p in paths.items()}
+        for path, make_one in make.items():
+            if not os.path.exists(path):
+                make_one()
+        redone: set[str] = set()
+        while True:
+            try:
+                return read(list(make))
+            except QuantizationError as e:
+                torn = next((p for p in make if p not in redone and str(e).startswith(f"{p}:")), None)
+                if torn is None:
+                    raise
+                redone.add(torn)
+                Path(torn).unlink(missing_ok=True)
+                make[torn]()
 
     def _run(self, row: dict[str, Any]) -> str:
         """Does one unit; returns the report totals of an assembly, else an empty string."""
