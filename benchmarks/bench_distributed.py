@@ -1,9 +1,11 @@
 """Throughput of arrow_quant_v2.distributed (Ray Data) against the single-process CLI, on 8 generated checkpoints.
 
-Four runs over the same 8 checkpoints (default profile `local`, Parquet):
+Six runs over the same 8 checkpoints (default profile `local`, Parquet):
 - the CLI, `arrow-quant quantize` once per checkpoint, with 1 and with 2 kernel threads (RAYON_NUM_THREADS);
 - `quantize_many` on a local Ray cluster (`ray.init(num_cpus=2)`, started once, not timed) with 1 and with 2
-  single-threaded workers (the actor pool's start is timed: it is part of every run).
+  single-threaded workers (the actor pool's start is timed: it is part of every run): with the default units
+  (`auto`: here each checkpoint is one unit) and with `units="tensor"` (every checkpoint split into tensor units,
+  staged and assembled: the way one big checkpoint spreads over a cluster).
 Every output is checked byte-identical to the CLI's. Throughput is source bytes / wall seconds (best of
 `--repeat`). Acceptance (docs/SCALE_OUT.md): Ray 2 workers >= 1.6x Ray 1 worker, and >= 0.8x the CLI with 2
 threads. Results go to benchmarks/results/distributed.json.
@@ -73,11 +75,11 @@ def run_cli(sources: list[Path], out: Path, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def run_ray(sources: list[Path], out: Path, workers: int) -> float:
+def run_ray(sources: list[Path], out: Path, workers: int, units: str = "auto") -> float:
     from arrow_quant_v2.distributed import quantize_many
 
     start = time.perf_counter()
-    report = quantize_many(sources, out, workers=workers, progress=False)
+    report = quantize_many(sources, out, workers=workers, progress=False, units=units)
     seconds = time.perf_counter() - start
     assert report["totals"]["quantized"] == len(sources), report
     return seconds
@@ -101,12 +103,14 @@ def main() -> int:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
         # One-time costs of the driver process (Ray Data's first execution), not of a run: a small warm-up run.
         (work / "warm").mkdir()
-        run_ray(make_checkpoints(work / "warm", 1, 4), work / "warm-out", 2)
+        run_ray(make_checkpoints(work / "warm", 1, 4), work / "warm-out", 2, "tensor")
         runs = {
             "cli_1_thread": lambda out: run_cli(sources, out, 1),
             "cli_2_threads": lambda out: run_cli(sources, out, 2),
             "ray_1_worker": lambda out: run_ray(sources, out, 1),
             "ray_2_workers": lambda out: run_ray(sources, out, 2),
+            "ray_1_worker_tensor_units": lambda out: run_ray(sources, out, 1, "tensor"),
+            "ray_2_workers_tensor_units": lambda out: run_ray(sources, out, 2, "tensor"),
         }
         seconds: dict[str, float] = {}
         reference: dict[str, bytes] = {}
@@ -128,17 +132,19 @@ def main() -> int:
         "ray_2_vs_1_worker": gbps["ray_2_workers"] / gbps["ray_1_worker"],
         "ray_2_workers_vs_cli_2_threads": gbps["ray_2_workers"] / gbps["cli_2_threads"],
         "cli_2_vs_1_thread": gbps["cli_2_threads"] / gbps["cli_1_thread"],
+        "tensor_units_ray_2_vs_1_worker": gbps["ray_2_workers_tensor_units"] / gbps["ray_1_worker_tensor_units"],
+        "tensor_units_ray_2_workers_vs_cli_2_threads": gbps["ray_2_workers_tensor_units"] / gbps["cli_2_threads"],
     }
     targets = {"ray_2_vs_1_worker": 1.6, "ray_2_workers_vs_cli_2_threads": 0.8}
     print(f"{args.checkpoints} checkpoints, {total / 1e6:.0f} MB in all (float16), profile local, Parquet, "
           f"best of {args.repeat}")
-    print(f"{'run':<16} {'seconds':>8} {'GB/s':>7}")
+    print(f"{'run':<28} {'seconds':>8} {'GB/s':>7}")
     for k in runs:
-        print(f"{k:<16} {seconds[k]:>8.2f} {gbps[k]:>7.3f}")
+        print(f"{k:<28} {seconds[k]:>8.2f} {gbps[k]:>7.3f}")
     for k, v in ratios.items():
         target = targets.get(k)
         verdict = "" if target is None else (f"  (target >= {target}: " + ("ok)" if v >= target else "MISSED)"))
-        print(f"{k:<32} {v:5.2f}x{verdict}")
+        print(f"{k:<44} {v:5.2f}x{verdict}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {
         "checkpoints": args.checkpoints,

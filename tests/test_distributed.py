@@ -139,6 +139,8 @@ def test_distributed_refuses_calibration_and_missing_plans(checkpoints, tmp_path
         _core.plan_units(str(checkpoints[0]), config)
     with pytest.raises(aq.ConfigurationError, match="distributed"):
         quantize_many([checkpoints[0]], tmp_path / "out", config, progress=False)
+    with pytest.raises(ValueError, match="units must be one of auto, checkpoint, tensor, not 'layer'"):
+        quantize_many([checkpoints[0]], tmp_path / "out", progress=False, units="layer")
     with pytest.raises(aq.CorruptDataError, match="staged units"):
         _core.assemble_units(str(checkpoints[0]), [], str(tmp_path / "x.parquet"))
     assert not (tmp_path / "x.parquet").exists()
@@ -256,10 +258,16 @@ def test_package_imports_without_ray(tmp_path):
 # ---------------------------------------------------------------- on the local Ray cluster
 
 
-def test_many_checkpoints_byte_identical(ray_cluster, checkpoints, expected, tmp_path):
-    report = quantize_many(checkpoints, tmp_path, workers=2, progress=True)
+@pytest.mark.parametrize("units", ["auto", "checkpoint", "tensor"])
+def test_many_checkpoints_byte_identical(ray_cluster, checkpoints, expected, tmp_path, units):
+    report = quantize_many(checkpoints, tmp_path, workers=2, progress=True, units=units)
     t = report["totals"]
     assert (t["quantized"], t["failed"], t["skipped"]) == (len(checkpoints), 0, 0)
+    # One unit per whole checkpoint, else estimates, quantize units and an assembly per checkpoint.
+    plans = [_core.plan_units(str(c)) for c in checkpoints]
+    split = sum(len(u) + sum(x["estimate"] for x in u) + 1 for u in plans)
+    assert t["units"] == {"checkpoint": len(checkpoints), "tensor": split}.get(units, t["units"])
+    assert len(checkpoints) < t["units"] < split or units != "auto"  # auto: the two small whole, the two big split
     for c, row in zip(checkpoints, report["checkpoints"], strict=True):
         assert row["status"] == "quantized" and row["retries"] == 0
         assert row["tensors"] == len(_core.plan_units(str(c)))
@@ -272,12 +280,15 @@ def test_many_checkpoints_byte_identical(ray_cluster, checkpoints, expected, tmp
     assert again["checkpoints"][0]["tensors"] == report["checkpoints"][0]["tensors"]
 
 
-def test_worker_killed_mid_run(ray_cluster, checkpoints, expected, tmp_path):
+@pytest.mark.parametrize("units", ["checkpoint", "tensor"])
+def test_worker_killed_mid_run(ray_cluster, checkpoints, expected, tmp_path, units):
     outcome: dict = {}
 
     def run():
         try:
-            outcome["report"] = quantize_many(checkpoints[:2], tmp_path, workers=2, progress=False, _unit_delay=0.15)
+            outcome["report"] = quantize_many(
+                checkpoints[:2], tmp_path, workers=2, progress=False, units=units, _unit_delay=0.15
+            )
         except BaseException as e:  # noqa: BLE001 - reported by the assertion below
             outcome["error"] = e
 
@@ -291,7 +302,7 @@ def test_worker_killed_mid_run(ray_cluster, checkpoints, expected, tmp_path):
         staged = list((tmp_path / STAGING).glob("*/*.arrow")) + list((tmp_path / STAGING).glob("*/*.estimate.json"))
         # a worker in the middle of a unit (its pid file names the unit while it runs), so the kill forces a retry
         busy = [p for p in sorted(workers.glob("*")) if p.read_text()] if workers.exists() else []
-        if busy and len(staged) >= 2:
+        if busy and (len(staged) >= 2 or units == "checkpoint"):
             victim = int(busy[0].name)
         time.sleep(0.01)
     assert victim is not None, f"no worker seen: {outcome}"
@@ -306,13 +317,14 @@ def test_worker_killed_mid_run(ray_cluster, checkpoints, expected, tmp_path):
         assert (tmp_path / output_name(c)).read_bytes() == expected[c]
 
 
-def test_bad_checkpoints_are_reported_and_the_others_finish(ray_cluster, checkpoints, expected, tmp_path):
+@pytest.mark.parametrize("units", ["checkpoint", "tensor"])
+def test_bad_checkpoints_are_reported_and_the_others_finish(ray_cluster, checkpoints, expected, tmp_path, units):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(checkpoints[0].read_bytes()[:-1000])
     nan = make_checkpoint(tmp_path / "nan.safetensors", seed=9, nan=True)
     out = tmp_path / "out"
     sources = [checkpoints[0], truncated, nan, checkpoints[2]]
-    report = quantize_many(sources, out, workers=2, progress=False)
+    report = quantize_many(sources, out, workers=2, progress=False, units=units)
     rows = {Path(r["source"]).name: r for r in report["checkpoints"]}
     assert rows["truncated.safetensors"]["status"] == "failed"
     assert "CorruptDataError" in rows["truncated.safetensors"]["error"]
@@ -327,6 +339,7 @@ def test_bad_checkpoints_are_reported_and_the_others_finish(ray_cluster, checkpo
 def test_resume_after_the_driver_is_stopped(ray_cluster, checkpoints, expected, tmp_path):
     env = {**os.environ, "ARROW_QUANT_TEST_UNIT_DELAY": "0.1"}
     cmd = [sys.executable, "-m", "arrow_quant_v2.distributed", "--ray", ray_cluster, "--pool", "2", "--quiet"]
+    cmd += ["--units", "tensor"]  # staged units to resume from
     driver = subprocess.Popen([*cmd, *map(str, checkpoints), str(tmp_path)], env=env)
     total = sum(len(_core.plan_units(str(c))) for c in checkpoints)
     deadline = time.monotonic() + 120
@@ -343,6 +356,7 @@ def test_resume_after_the_driver_is_stopped(ray_cluster, checkpoints, expected, 
         if out.exists():
             assert out.read_bytes() == expected[c]
     assert {p.name for p in tmp_path.iterdir()} <= {STAGING, *(output_name(c) for c in checkpoints)}
+    # auto: the checkpoints with staged units stay split (their units are reused)
     report = quantize_many(checkpoints, tmp_path, workers=2, progress=False)
     assert report["totals"]["failed"] == 0
     assert 0 < report["totals"]["units"] < total  # staged units were reused

@@ -1,10 +1,13 @@
 """Scale-out on Ray Data: many checkpoints (or one large one) quantized across a cluster.
 
-``quantize_many(sources, output_dir, config)`` plans every checkpoint on the driver from its headers (one unit of
-work per tensor; no weight bytes go through the object store), quantizes the units on a pool of Ray actors that
-read the checkpoints from shared storage themselves and stage each result in a file with a deterministic name,
-and assembles each checkpoint on an actor as soon as its units are done, with the writer of a local run: each
-output is byte-identical to ``arrow-quant quantize`` of that checkpoint with the same config. Under mixed
+``quantize_many(sources, output_dir, config)`` plans every checkpoint on the driver from its headers (no weight
+bytes go through the object store) into units of work for a pool of Ray actors that read the checkpoints from
+shared storage themselves. A checkpoint that is a small share of the run (at most 1 / (2 x pool) of its source
+bytes, as in a catalogue of many) is one unit: an actor quantizes it whole with the local path, which overlaps
+its writing with its quantization. A larger one (one too big for a node, or fewer checkpoints than workers) is
+one unit per tensor: each result is staged in a file with a deterministic name, and the checkpoint is assembled on
+an actor as soon as its units are done, with the writer of a local run. Either way each output is byte-identical
+to ``arrow-quant quantize`` of that checkpoint with the same config. Under mixed
 precision (a ``target_bits_per_weight``, or the automatic INT4 plan of the default config) estimate units measure
 every quantized tensor first, and the first quantize unit of a checkpoint allocates its widths from those small
 files. Everything runs in one pass over one pool, and a unit that needs a file no unit has staged yet (an
@@ -42,6 +45,9 @@ STAGING = ".arrow-quant-staging"
 
 #: Source bytes per Ray task (a block of consecutive units), at least 4 blocks per worker.
 BLOCK_BYTES = 64 << 20
+
+#: How a run splits its checkpoints into units (`quantize_many`'s `units`).
+UNITS = ("auto", "checkpoint", "tensor")
 
 #: glibc's malloc settings of the worker processes (unless the driver's environment sets them): keep freed memory
 #: for the next batch rather than handing it back to the kernel after each one, which made a third of an assembly's
@@ -162,8 +168,8 @@ def _mark_attempt(staged: str) -> None:
 
 
 class _UnitWorker:
-    """A Ray actor: loads the extension once, then does units: estimates and quantized tensors into their staging
-    files, and assemblies of staged checkpoints into their outputs."""
+    """A Ray actor: loads the extension once, then does units: whole checkpoints into their outputs, estimates and
+    quantized tensors into their staging files, and assemblies of staged checkpoints into their outputs."""
 
     def __init__(
         self,
@@ -181,6 +187,22 @@ class _UnitWorker:
         self._pid_file.touch()
         # Plans this actor could not make (plan path -> error), so a failed checkpoint's other units fail fast.
         self._failed_plans: dict[str, str] = {}
+        self._local = _core.ArrowQuantV2()
+
+    def _whole(self, source: str, staging: Path, output: str) -> str:
+        """Quantizes a whole checkpoint into `output` with the local path (as `arrow-quant quantize` does) and
+        returns its report totals as JSON. The output appears whole or not at all, so a retry starts afresh."""
+        marker = str(staging / "checkpoint")
+        _mark_attempt(marker)
+        try:
+            if self._delay:  # test runs: the pid file names the unit in progress while it sleeps
+                self._pid_file.write_text(marker)
+                time.sleep(self._delay * 4)
+            report = self._local.quantize_diffusion_model(source, output, self._config)
+        finally:
+            if self._delay:
+                self._pid_file.write_text("")
+        return json.dumps(report["totals"])
 
     def _ensure_plan(self, source: str, staging: Path, plan: str, estimates: list[int]) -> None:
         """Makes the checkpoint's plan if no unit has yet: from its staged estimates, estimating here any tensor
@@ -236,8 +258,10 @@ class _UnitWorker:
                 make[torn]()
 
     def _run(self, row: dict[str, Any]) -> str:
-        """Does one unit; returns the report totals of an assembly, else an empty string."""
+        """Does one unit; returns the report totals of a whole checkpoint or an assembly, else an empty string."""
         kind, source, staging, target = str(row["kind"]), str(row["source"]), Path(row["staging"]), str(row["target"])
+        if kind == "checkpoint":
+            return self._whole(source, staging, target)
         plan = str(row["plan"]) or None
         if plan is not None and kind != "estimate":
             self._ensure_plan(source, staging, plan, json.loads(str(row["estimates"])))
@@ -300,6 +324,18 @@ class _Checkpoint:
         self.retries = 0
         # The tensors with estimate units (set with the units; none when the config plans no mixed precision).
         self.estimated: list[int] = []
+        # One unit for the whole checkpoint (quantized by the local path) rather than one per tensor.
+        self.whole = False
+
+    @property
+    def nbytes(self) -> int:
+        """The source bytes of the tensors it quantizes."""
+        return sum(u["bytes"] for u in self.units)
+
+    @property
+    def expected_attempts(self) -> int:
+        """Attempts of a run without retries."""
+        return 1 if self.whole else len(self.units) + len(self.estimated)
 
     def staged(self, index: int) -> Path:
         assert self.staging is not None
@@ -319,10 +355,10 @@ class _Checkpoint:
         return json.dumps(self.estimated)
 
     def unit_row(self, kind: str, index: int, nbytes: int = 0) -> dict[str, Any]:
-        """The dataset row of one unit: an estimate or a quantize unit of tensor `index`, or the assembly (`index`
-        is then the count of tensors)."""
+        """The dataset row of one unit: an estimate or a quantize unit of tensor `index`, the assembly (`index`
+        is then the count of tensors) or the whole checkpoint."""
         assert self.staging is not None
-        if kind == "assemble":
+        if kind in ("assemble", "checkpoint"):
             target = self.output
         else:
             target = self.estimate(index) if kind == "estimate" else self.staged(index)
@@ -407,6 +443,64 @@ def _describe(c: _Checkpoint) -> str:
     )
 
 
+def _unit_rows(todo: list[_Checkpoint], units: str, pool: int) -> list[dict[str, Any]]:
+    """The rows of the one pass over `pool` actors, in this order: every estimate unit (few and light), the whole
+    checkpoints, largest first (so the small ones fill the end), then each split checkpoint's quantize units
+    followed by the assembly of the split checkpoint before it (a lag of one, so that the units it assembles are
+    done by the time an actor reaches it), then the last assembly. A unit that needs what an earlier one has not
+    staged yet (a plan, an assembled unit) makes it itself, so no actor ever waits.
+
+    `units` is ``checkpoint`` (every checkpoint whole), ``tensor`` (every one split) or ``auto``: whole when it
+    is at most 1 / (2 x `pool`) of the run's bytes (there are then enough to keep the pool busy to the end) and no
+    earlier run staged units of it (they are reused)."""
+    run_bytes = sum(c.nbytes for c in todo)
+    for c in todo:
+        assert c.staging is not None
+        if units == "auto":
+            c.whole = c.nbytes * 2 * pool <= run_bytes and not any(c.staging.glob("*.arrow"))
+        else:
+            c.whole = units == "checkpoint"
+    estimate_rows: list[dict[str, Any]] = []
+    whole_rows = [c.unit_row("checkpoint", len(c.units), c.nbytes) for c in todo if c.whole]
+    whole_rows.sort(key=lambda r: -r["bytes"])
+    rows: list[dict[str, Any]] = []
+    lagging: dict[str, Any] | None = None
+    for c in (c for c in todo if not c.whole):
+        plan = c.plan
+        if plan is not None and not plan.exists():
+            for u in c.units:
+                if u["estimate"] and not c.estimate(u["index"]).exists():
+                    estimate_rows.append(c.unit_row("estimate", u["index"], u["bytes"]))
+        for u in c.units:
+            if not c.staged(u["index"]).exists():
+                rows.append(c.unit_row("quantize", u["index"], u["bytes"]))
+        if lagging is not None:
+            rows.append(lagging)
+        lagging = c.unit_row("assemble", len(c.units))
+    if lagging is not None:
+        rows.append(lagging)
+    return estimate_rows + whole_rows + rows
+
+
+def _blocks(rows: list[dict[str, Any]], pool: int) -> list[list[dict[str, Any]]]:
+    """`rows` cut into Ray tasks of consecutive units, each one call of an actor: blocks of about
+    min(`BLOCK_BYTES`, bytes / (4 x `pool`)), enough to balance the pool, few enough that Ray's per-task cost
+    stays small next to the quantization. A whole checkpoint is a block of its own."""
+    target = max(1, min(BLOCK_BYTES, sum(r["bytes"] for r in rows) // (4 * pool)))
+    blocks: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for r in rows:
+        if current and r["bytes"] and (size + r["bytes"] > target or r["kind"] == "checkpoint"):
+            blocks.append(current)
+            current, size = [], 0
+        current.append(r)
+        size += r["bytes"]
+    if current:
+        blocks.append(current)
+    return blocks
+
+
 def _init_ray(ray: Any, address: str | None, workers: int | None, threads: int) -> bool:
     """Connects to `address`, or keeps the running session, or starts a local cluster; True if started here."""
     if ray.is_initialized():
@@ -467,6 +561,7 @@ def quantize_many(
     progress: bool = True,
     threads_per_worker: int = 1,
     max_retries: int = 3,
+    units: str = "auto",
     _unit_delay: float = 0.0,
 ) -> dict[str, Any]:
     """Quantizes every checkpoint of `sources` into ``output_dir/<name>.parquet`` (or ``.arrow``) on Ray.
@@ -479,6 +574,11 @@ def quantize_many(
     weights) is reported and the others go on. Outputs that exist are skipped and staged units are reused, so
     re-running the same call resumes an interrupted run.
 
+    `units`: how checkpoints become units of work. ``auto`` (the default) quantizes a checkpoint that is at most
+    1 / (2 x the pool) of the run's source bytes whole on one actor, with the local path (the fastest way when there
+    are many), and splits a larger one into one unit per tensor, staged and then assembled (the way one checkpoint
+    spreads over many workers); ``checkpoint`` and ``tensor`` force one way. A lost worker loses the unit it had.
+
     Returns ``{"checkpoints": [...], "totals": {...}}``: per checkpoint `source`, `output`, `status`
     (``quantized``, ``skipped`` (the output existed) or ``failed``), `tensors`, `bytes_in`, `bytes_out`,
     `worst_cosine`, `seconds` (worker and assembly time), `retries`, `error`; totals with the wall `seconds` and
@@ -486,6 +586,8 @@ def quantize_many(
     docs/SCALE_OUT.md).
     """
     start = time.perf_counter()
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {', '.join(UNITS)}, not {units!r}")
     _core.check_distributable_config(config)
     shipped = _config_kwargs(config)
     fmt = (config.format if config is not None else None) or "parquet"
@@ -507,16 +609,19 @@ def quantize_many(
         names[name] = src
         checkpoints.append(_Checkpoint(number, src, out_dir / name))
 
-    # The rows of the one pass, in this order: every estimate unit (few and light), then each checkpoint's
-    # quantize units followed by the assembly of the checkpoint before it (a lag of one, so that the units it
-    # assembles are done by the time an actor reaches it), then the last assembly. A unit that needs what an
-    # earlier one has not staged yet (a plan, an assembled unit) makes it itself, so no actor ever waits.
-    estimate_rows: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    lagging: dict[str, Any] | None = None
+    def staging_of(c: _Checkpoint) -> Path:
+        """The checkpoint's staging folder: named by its output, source, config and source files' stamps."""
+        key = hashlib.sha256(
+            json.dumps([c.source, config_json, _source_stamp(Path(c.source))]).encode()
+        ).hexdigest()[:16]
+        return staging_root / f"{c.output.name}-{key}"
+
+    todo: list[_Checkpoint] = []
     for c in checkpoints:
         if c.output.exists():
             c.status = "skipped"
+            # A run stopped after the output appeared but before its staged units were removed left them.
+            shutil.rmtree(staging_of(c), ignore_errors=True)
             try:
                 meta = _core.load_quantized(c.output).metadata
                 c.summary = json.loads(meta.get("arrow_quant.report", "{}"))
@@ -528,34 +633,15 @@ def quantize_many(
         except (QuantizationError, OSError) as e:
             c.status, c.error = "failed", f"{type(e).__name__}: {e}"
             continue
-        key = hashlib.sha256(
-            json.dumps([c.source, config_json, _source_stamp(Path(c.source))]).encode()
-        ).hexdigest()[:16]
-        c.staging = staging_root / f"{c.output.name}-{key}"
+        c.staging = staging_of(c)
         c.staging.mkdir(parents=True, exist_ok=True)
         c.estimated = [u["index"] for u in c.units if u["estimate"]]
-        plan = c.plan
-        if plan is not None and not plan.exists():
-            for u in c.units:
-                if u["estimate"] and not c.estimate(u["index"]).exists():
-                    estimate_rows.append(c.unit_row("estimate", u["index"], u["bytes"]))
-        for u in c.units:
-            if not c.staged(u["index"]).exists():
-                rows.append(c.unit_row("quantize", u["index"], u["bytes"]))
-        if lagging is not None:
-            rows.append(lagging)
-        lagging = c.unit_row("assemble", len(c.units))
-    if lagging is not None:
-        rows.append(lagging)
-
+        todo.append(c)
     by_number = {c.number: c for c in checkpoints}
-    all_rows = estimate_rows + rows
-    total_bytes = sum(r["bytes"] for r in all_rows)
-    bar = _Progress(progress, len(all_rows), total_bytes)
 
     def assembled(c: _Checkpoint, row: dict[str, Any]) -> None:
-        """The assembly of `c` came back: its outcome is the checkpoint's (a unit's error before it is one the
-        assembly did not hit again, a unit's error after it one from a redundant attempt)."""
+        """The assembly or the whole unit of `c` came back: its outcome is the checkpoint's (a unit's error before
+        it is one the assembly did not hit again, a unit's error after it one from a redundant attempt)."""
         assert c.staging is not None
         if row["error"]:
             c.status, c.error = "failed", str(row["error"])
@@ -563,16 +649,18 @@ def quantize_many(
             c.status, c.error = "quantized", ""
             c.summary = json.loads(str(row["report"]))
             attempts = sum(1 for _ in c.staging.glob("*.attempt-*"))
-            c.retries = max(0, attempts - len(c.units) - len(c.estimated))
+            c.retries = max(0, attempts - c.expected_attempts)
             shutil.rmtree(c.staging, ignore_errors=True)
         bar.line(_describe(c))
 
+    bar = _Progress(progress, 0, 0)
     for c in checkpoints:
         if c.status in ("skipped", "failed"):
             bar.line(_describe(c))
 
     started_here = False
-    if all_rows:
+    all_rows: list[dict[str, Any]] = []
+    if todo:
         ray = _require_ray()
         started_here = _init_ray(ray, address, workers, threads_per_worker)
         ray_data_log = logging.getLogger("ray.data")
@@ -582,11 +670,12 @@ def quantize_many(
             ctx.enable_progress_bars = False  # this module draws its own
             ray_data_log.setLevel(logging.ERROR)
             pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker)
+            blocks = _blocks(_unit_rows(todo, units, pool), pool)
+            all_rows = [r for b in blocks for r in b]
+            bar.units, bar.bytes = len(all_rows), sum(r["bytes"] for r in all_rows)
+            import pyarrow as pa  # with ray[data]
 
-            # A Ray task per block of consecutive units, each block one call of an actor: enough blocks to balance
-            # the pool, few enough that Ray's per-task cost stays small next to the quantization.
-            blocks = min(len(all_rows), max(4 * pool, -(-total_bytes // BLOCK_BYTES)))
-            ds = ray.data.from_items(all_rows, override_num_blocks=blocks)
+            ds = ray.data.from_arrow([pa.Table.from_pylist(b) for b in blocks])
             with warnings.catch_warnings():
                 # Ray 2.60 has no named parameter for actor restarts and task retries: they still go through
                 # `**ray_remote_args`, which warns that it is deprecated.
@@ -596,7 +685,7 @@ def quantize_many(
                 c = by_number[int(row["checkpoint"])]
                 bar.unit(int(row["bytes"]))
                 c.seconds += float(row["seconds"])
-                if row["kind"] == "assemble":
+                if row["kind"] in ("assemble", "checkpoint"):
                     assembled(c, row)
         finally:
             ray_data_log.setLevel(ray_data_level)
@@ -669,6 +758,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--format", default="parquet", choices=["parquet", "arrow"])
     p.add_argument("--max-retries", type=int, default=3)
+    p.add_argument(
+        "--units",
+        default="auto",
+        choices=list(UNITS),
+        help="units of work: a whole checkpoint, a tensor, or auto (whole when a checkpoint is a small share)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     args = p.parse_args(argv)
@@ -695,6 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.quiet,
             threads_per_worker=args.threads_per_worker,
             max_retries=args.max_retries,
+            units=args.units,
             _unit_delay=float(os.environ.get("ARROW_QUANT_TEST_UNIT_DELAY", "0")),
         )
     except (QuantizationError, ValueError, OSError) as e:

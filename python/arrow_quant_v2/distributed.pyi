@@ -2,13 +2,14 @@
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ._core import DiffusionQuantConfig
 
 __all__ = ["quantize_many", "format_report", "output_name", "main"]
 
 STAGING: str
+UNITS: tuple[str, ...]
 
 def output_name(source: str | os.PathLike[str], fmt: str = "parquet") -> str: ...
 def quantize_many(
@@ -21,6 +22,7 @@ def quantize_many(
     progress: bool = True,
     threads_per_worker: int = 1,
     max_retries: int = 3,
+    units: Literal["auto", "checkpoint", "tensor"] = "auto",
     _unit_delay: float = 0.0,
 ) -> dict[str, Any]: ...
 def format_report(report: dict[str, Any]) -> str: ...

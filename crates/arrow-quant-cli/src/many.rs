@@ -50,6 +50,10 @@ pub struct ManyArgs {
     /// Retries of a unit whose worker was lost
     #[arg(long, default_value_t = 3)]
     max_retries: u32,
+    /// Units of work: checkpoint (each quantized whole on one worker), tensor (each split, staged and assembled)
+    /// or auto (whole when a checkpoint is at most 1 / (2 x pool) of the run's bytes)
+    #[arg(long, default_value = "auto")]
+    units: String,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -88,6 +92,7 @@ impl ManyArgs {
         }
         opt("--format", self.format.clone());
         opt("--max-retries", self.max_retries.to_string());
+        opt("--units", self.units.clone());
         if self.no_auto_mixed_precision {
             a.push("--no-auto-mixed-precision".into());
         }
