@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from cli_runner import run_cli
 from gguf import GGMLQuantizationType, GGUFReader
+from gguf_fields import field
 from safetensors.numpy import save_file
 
 import arrow_quant_v2 as aq
@@ -104,11 +105,6 @@ def _checkpoint(path, layout, rng, dtype=np.float16):
     return tensors
 
 
-def _field(reader: GGUFReader, key: str):
-    f = reader.get_field(key)
-    return None if f is None else f.contents()
-
-
 @pytest.fixture()
 def flux_gguf(tmp_path, rng):
     src = tmp_path / "flux.safetensors"
@@ -122,10 +118,10 @@ def flux_gguf(tmp_path, rng):
 def test_cli_writes_a_gguf_that_gguf_py_reads_bit_for_bit(quantizer, flux_gguf):
     src, tensors, out, report = flux_gguf
     reader = GGUFReader(str(out))
-    assert _field(reader, "general.architecture") == "flux"
-    assert _field(reader, "general.quantization_version") == 2
-    assert _field(reader, "general.alignment") == 32
-    assert _field(reader, "arrow_quant.source") == str(src)
+    assert field(reader, "general.architecture") == "flux"
+    assert field(reader, "general.quantization_version") == 2
+    assert field(reader, "general.alignment") == 32
+    assert field(reader, "arrow_quant.source") == str(src)
     layers = {entry["name"]: entry for entry in report["layers"]}
     assert {t.name for t in reader.tensors} == set(tensors)
     for t in reader.tensors:

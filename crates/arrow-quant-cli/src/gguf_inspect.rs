@@ -4,7 +4,7 @@
 
 use crate::table::print_rows;
 use arrow_quant::gguf::{GgufFile, MetaArray, MetaValue};
-use arrow_quant::pipeline::{for_each_window, logical_shape};
+use arrow_quant::pipeline::for_each_window;
 use arrow_quant::{QuantError, Result};
 use std::path::Path;
 use std::process::ExitCode;
@@ -35,7 +35,7 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode> {
     let mse = per_tensor(&file, "arrow_quant.rel_mse");
     let (mut rows, mut items) = (Vec::new(), Vec::new());
     for (i, t) in file.tensors().iter().enumerate() {
-        let shape = logical_shape(&file, i);
+        let shape = file.logical_shape(i);
         let n: usize = shape.iter().product();
         let bpw = if n == 0 {
             0.0

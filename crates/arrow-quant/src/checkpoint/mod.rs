@@ -1,10 +1,12 @@
 //! Checkpoints: one `.safetensors` file, or a sharded folder (`*.safetensors.index.json` or every
-//! `*.safetensors` file in it), tensors in file order.
+//! `*.safetensors` file in it), tensors in file order; or one float GGUF file ([`gguf_source`]).
 
+mod gguf_source;
 mod index;
 pub mod safetensors;
 
 use crate::error::{QuantError, Result};
+use crate::gguf::{is_gguf, MetaValue};
 use crate::tensor::TensorData;
 use half::{bf16, f16};
 use index::{check_index_agrees, read_index, Shards};
@@ -20,6 +22,8 @@ pub struct Checkpoint {
     pub files: Vec<SafetensorsFile>,
     /// `(file index, tensor index)` of every tensor.
     pub order: Vec<(usize, usize)>,
+    /// The metadata of a GGUF source, in file order (a GGUF output copies it); `None` for safetensors.
+    pub gguf_metadata: Option<Vec<(String, MetaValue)>>,
 }
 
 /// A tensor's elements as the kernels take them: borrowed from the map when aligned, else copied once.
@@ -131,8 +135,18 @@ fn shard_paths(path: &Path) -> Result<Shards> {
 
 impl Checkpoint {
     /// Opens a file, a folder or an index, validating every shard's header (and, for an index, that it and the
-    /// shards list the same tensors, and that every shard is inside the model folder).
+    /// shards list the same tensors, and that every shard is inside the model folder). A file that starts with
+    /// the GGUF magic is read as a GGUF checkpoint.
     pub fn open(path: &Path) -> Result<Self> {
+        if path.is_file() && is_gguf(path) {
+            let (file, metadata) = gguf_source::open_gguf(path)?;
+            return Ok(Self {
+                path: path.to_path_buf(),
+                order: (0..file.tensors.len()).map(|t| (0, t)).collect(),
+                files: vec![file],
+                gguf_metadata: Some(metadata),
+            });
+        }
         let shards = shard_paths(path)?;
         let files = shards
             .files
@@ -163,6 +177,7 @@ impl Checkpoint {
             path: path.to_path_buf(),
             files,
             order,
+            gguf_metadata: None,
         })
     }
 

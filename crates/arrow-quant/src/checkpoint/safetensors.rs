@@ -235,6 +235,23 @@ impl SafetensorsFile {
         })
     }
 
+    /// A file of another format read through the same view: `tensors` lie at `begin..end` of the bytes after
+    /// `data_start` in `map` (checked by the caller: inside the map, sizes matching shape and dtype).
+    pub(super) fn from_parts(
+        path: &Path,
+        map: Mmap,
+        data_start: usize,
+        tensors: Vec<TensorEntry>,
+    ) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            map,
+            data_start,
+            tensors,
+            metadata: Vec::new(),
+        }
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -6,7 +6,8 @@ use crate::error::{QuantError, Result};
 use crate::gguf::layout::{
     gguf_tensor_nbytes, pad_to, Cursor, ALIGNMENT_KEY, GGUF_ALIGNMENT, GGUF_MAGIC, GGUF_MAX_DIMS,
 };
-use crate::gguf::metadata::{decode_value, MetaValue};
+use crate::gguf::metadata::{decode_value, MetaArray, MetaValue};
+use crate::gguf::stored_shape::orig_shape_key;
 use crate::gguf::GgmlType;
 use memmap2::Mmap;
 use std::collections::HashSet;
@@ -68,6 +69,15 @@ fn foreign_type_name(id: u32) -> Option<&'static str> {
         39 => "MXFP4",
         _ => return None,
     })
+}
+
+/// True when the file at `path` starts with the GGUF magic.
+pub fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == GGUF_MAGIC
 }
 
 impl GgufFile {
@@ -142,9 +152,34 @@ impl GgufFile {
         &self.tensors
     }
 
+    /// The shape tensor `index` stands for: its `comfy.gguf.orig_shape.<name>` when the file has one with as
+    /// many elements, else its stored shape.
+    pub fn logical_shape(&self, index: usize) -> Vec<usize> {
+        let info = &self.tensors[index];
+        match self.get(&orig_shape_key(&info.name)) {
+            Some(MetaValue::Array(MetaArray::I32(dims))) if dims.iter().all(|d| *d > 0) => {
+                let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+                // checked: the key is the file's, and a hostile one must not overflow
+                let elements = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if elements == Some(info.shape.iter().product::<usize>()) {
+                    dims
+                } else {
+                    info.shape.clone()
+                }
+            }
+            _ => info.shape.clone(),
+        }
+    }
+
     /// The index of the tensor named `name`.
     pub fn find_tensor(&self, name: &str) -> Option<usize> {
         self.tensors.iter().position(|t| t.name == name)
+    }
+
+    /// The memory map of the whole file, for a reader that keeps the tensors' data in place after taking what
+    /// it needs of the header.
+    pub(crate) fn into_map(self) -> Mmap {
+        self.map
     }
 
     /// The data of tensor `index` (of [`GgufFile::tensors`]), borrowed from the map; empty for an index past the

@@ -6,7 +6,8 @@
 //! and back. [`GgufWriter`] streams a GGUF v3 file (header and tensor infos first, then the data tensor by
 //! tensor) and [`GgufFile`] opens one, validated, memory-mapped; [`MetaValue`] is a metadata value.
 //! [`arch`] finds the model family from tensor names; [`TypePlan::choose`] gives each tensor its type and stored
-//! shape ([`preset`], [`overrides`], [`fallback`], [`stored_shape`]; docs/GGUF_TYPES.md).
+//! shape ([`preset`], [`overrides`], [`fallback`], [`stored_shape`]; docs/GGUF_TYPES.md); [`llm_mix`] holds
+//! llama-quantize's per-tensor rules for a language model re-quantized from its GGUF.
 
 pub mod arch;
 pub(crate) mod blocks;
@@ -15,6 +16,7 @@ mod file_reader;
 mod file_writer;
 pub mod ggml_type;
 mod layout;
+pub mod llm_mix;
 mod metadata;
 mod metadata_json;
 pub mod overrides;
@@ -26,7 +28,7 @@ pub mod stored_shape;
 pub mod type_choice;
 
 pub use arch::{detect_arch, resolve_arch, Arch};
-pub use file_reader::{GgufFile, GgufTensorInfo};
+pub use file_reader::{is_gguf, GgufFile, GgufTensorInfo};
 pub use file_writer::{GgufTensorSpec, GgufWriter};
 pub use ggml_type::{GgmlType, GgmlTypeInfo, GGML_TYPES};
 pub use layout::{

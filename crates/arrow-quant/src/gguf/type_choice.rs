@@ -12,6 +12,10 @@
 //!    not flattened, tensors of 3 or 4 dimensions (that patch and ComfyUI-GGUF quantize 2-D tensors only);
 //! 4. the preset's type, bumped for the value / fused-qkv / ffn-down projections of the `_M` / `_L` mixes.
 //!
+//! A language model re-quantized from its GGUF ([`TypePlan::llm`]) takes llama-quantize's rules instead of rules 3
+//! and 4 ([`crate::gguf::llm_mix`]): the tensors it leaves unquantized keep their precision, the others get its
+//! mix; the diffusion layer policy (first / last layers, small tensors) does not apply.
+//!
 //! A block type must then fit the stored rows (the last axis, `ne0`): when it does not, a 256-element-block type
 //! goes to Q8_0 ([`RowFallback::Quality`], the default) or ([`RowFallback::Size`]) is flattened to rows of 256
 //! when its family allows ComfyUI's shape fix and 256 divides its size, else falls back to [`block_fallback`]'s
@@ -22,6 +26,7 @@ use crate::checkpoint::Dtype;
 use crate::error::{QuantError, Result};
 use crate::gguf::arch::Arch;
 use crate::gguf::fallback::{block_fallback, full_precision, sixteen_bit};
+use crate::gguf::llm_mix::{is_quantized, LlmModel};
 use crate::gguf::overrides::TypeOverrides;
 use crate::gguf::preset::{role_of, Preset, Role};
 use crate::gguf::stored_shape::StoredShape;
@@ -108,6 +113,8 @@ pub struct TypePlan {
     pub sixteen_bit_below: usize,
     /// What rows that a 256-element-block type does not fit get.
     pub row_fallback: RowFallback,
+    /// A language model from a GGUF source: llama-quantize's per-tensor rules replace rules 3 and 4.
+    pub llm: Option<LlmModel>,
 }
 
 /// The type and layout of one tensor.
@@ -136,6 +143,7 @@ impl TypePlan {
             family_keep: true,
             sixteen_bit_below: SIXTEEN_BIT_BELOW_ELEMENTS,
             row_fallback: RowFallback::Quality,
+            llm: None,
         }
     }
 
@@ -205,6 +213,9 @@ impl TypePlan {
         if let Some(o) = self.overrides.find(name) {
             return (o.ty, vec![format!("--tensor-type '{}'", o.arg)]);
         }
+        if let Some(llm) = &self.llm {
+            return self.llm_type(llm, name, shape, source);
+        }
         let keep = |why: String| (self.keep_type(source), vec![why]);
         if let Some(why) = policy_keep {
             return keep(why.to_string());
@@ -239,6 +250,34 @@ impl TypePlan {
             _ => vec![],
         };
         (ty, reasons)
+    }
+
+    /// Rules 3 and 4 for a language model: llama-quantize's.
+    fn llm_type(
+        &self,
+        llm: &LlmModel,
+        name: &str,
+        shape: &[usize],
+        source: Dtype,
+    ) -> (GgmlType, Vec<String>) {
+        let base = self.preset.base();
+        if !is_quantized(name, shape.len()) {
+            let ty = full_precision(source);
+            return (
+                ty,
+                vec![format!("llama-quantize leaves it unquantized: {ty}")],
+            );
+        }
+        if base.is_float() {
+            return (base, vec![]);
+        }
+        match llm.type_for(self.preset, name, ggml_row(shape)) {
+            Some(ty) => (
+                ty,
+                vec![format!("{}'s {} mix: {ty}", llm.arch, self.preset)],
+            ),
+            None => (base, vec![]),
+        }
     }
 
     /// The 16-bit type of a kept tensor: a float preset's own type, else [`sixteen_bit`].

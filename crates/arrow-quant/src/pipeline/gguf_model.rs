@@ -2,7 +2,7 @@
 //! decoded to float32 in its logical shape, a quantized tensor's blocks as a [`QuantizedTensor`] of its ggml
 //! type, and the metadata as strings.
 
-use super::gguf_tools::{for_each_window, logical_shape, source_dtypes, tensor_codec};
+use super::gguf_tools::{for_each_window, source_dtypes, tensor_codec};
 use crate::codec::Encoding;
 use crate::error::{QuantError, Result};
 use crate::gguf::{GgufFile, MetaValue};
@@ -34,7 +34,7 @@ impl GgufModel {
     /// Tensor `index` decoded to float32, with its logical shape (`comfy.gguf.orig_shape.<name>` when the file
     /// stores it reshaped).
     pub fn read(&self, index: usize) -> Result<(Vec<usize>, Vec<f32>)> {
-        let shape = logical_shape(&self.file, index);
+        let shape = self.file.logical_shape(index);
         let mut values = Vec::with_capacity(shape.iter().product());
         let mut buffer = Vec::new();
         for_each_window(&self.file, index, &mut buffer, |window, _| {

@@ -14,9 +14,11 @@ use crate::checkpoint::{float_values, Checkpoint, TensorEntry};
 use crate::config::Method;
 use crate::diffusion::calibration::Calibration;
 use crate::error::{QuantError, Result};
+use crate::gguf::llm_mix::LlmModel;
+use crate::gguf::stored_shape::ORIG_SHAPE_KEY_PREFIX;
 use crate::gguf::{
     resolve_arch, Arch, GgufTensorSpec, GgufWriter, MetaArray, MetaValue, Preset, RowWeights,
-    TypeChoice, TypeOverrides, TypePlan,
+    TypeChoice, TypeOverrides, TypePlan, ALIGNMENT_KEY,
 };
 use crate::importance::ChannelWeights;
 use crate::quantized::Quality;
@@ -36,6 +38,30 @@ pub const GGUF_REL_MSE_KEY: &str = "arrow_quant.rel_mse";
 /// Metadata key of the source dtype of every tensor (`f32`, `f16`, `bf16`, `f64`; string array, tensor-info
 /// order): what `export` writes by default.
 pub const GGUF_SOURCE_DTYPES_KEY: &str = "arrow_quant.source_dtypes";
+
+/// Metadata key of the model family.
+const ARCHITECTURE_KEY: &str = "general.architecture";
+
+/// False for the keys of a GGUF source that a GGUF output writes afresh rather than copies: the alignment (the
+/// writer's), the stored shapes of flattened tensors (this run's choice) and our own `arrow_quant.*` keys.
+fn copied_from_source(key: &str) -> bool {
+    key != ALIGNMENT_KEY
+        && !key.starts_with(ORIG_SHAPE_KEY_PREFIX)
+        && !key.starts_with("arrow_quant.")
+}
+
+/// The value of `key` in `metadata`.
+fn meta_get<'m>(metadata: &'m [(String, MetaValue)], key: &str) -> Option<&'m MetaValue> {
+    metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Sets `key` to `value`: in place when `metadata` has it, else at the end.
+fn meta_set(metadata: &mut Vec<(String, MetaValue)>, key: &str, value: MetaValue) {
+    match metadata.iter_mut().find(|(k, _)| k == key) {
+        Some((_, v)) => *v = value,
+        None => metadata.push((key.to_string(), value)),
+    }
+}
 
 /// What the run decided for one tensor before quantizing it.
 struct Planned<'c> {
@@ -73,7 +99,15 @@ pub(crate) fn quantize_model_gguf(
         .as_deref()
         .map(str::parse::<Arch>)
         .transpose()?;
-    let arch = resolve_arch(&names, forced)?;
+    let source_arch =
+        checkpoint
+            .gguf_metadata
+            .as_deref()
+            .and_then(|m| match meta_get(m, ARCHITECTURE_KEY) {
+                Some(MetaValue::String(a)) => a.parse::<Arch>().ok(),
+                _ => None,
+            });
+    let arch = resolve_arch(&names, forced.or(source_arch))?;
     let preset: Preset = config
         .gguf_type
         .as_deref()
@@ -81,6 +115,10 @@ pub(crate) fn quantize_model_gguf(
         .parse()?;
     let mut types = TypePlan::new(arch, preset);
     types.overrides = TypeOverrides::parse(&config.tensor_types)?;
+    types.llm = match (&checkpoint.gguf_metadata, source_arch) {
+        (Some(m), None) => LlmModel::detect(m, &names),
+        _ => None,
+    };
     types.row_fallback = config
         .gguf_fallback
         .as_deref()
@@ -156,20 +194,33 @@ pub(crate) fn quantize_model_gguf(
             ),
         ]
     };
-    let mut metadata = vec![
-        (
-            "general.architecture".to_string(),
+    // A GGUF source's metadata is copied in its order (tokenizer and hyper-parameters included), but for what
+    // this run writes afresh; the keys set below replace a copied value in place (readers look keys up by
+    // name; llama-quantize moves them to the end).
+    let mut metadata: Vec<(String, MetaValue)> = checkpoint
+        .gguf_metadata
+        .iter()
+        .flatten()
+        .filter(|(k, _)| copied_from_source(k))
+        .cloned()
+        .collect();
+    if forced.is_some() || meta_get(&metadata, ARCHITECTURE_KEY).is_none() {
+        meta_set(
+            &mut metadata,
+            ARCHITECTURE_KEY,
             MetaValue::String(arch.name().to_string()),
-        ),
-        (
-            "general.quantization_version".to_string(),
-            MetaValue::U32(2),
-        ),
-        (
-            "general.file_type".to_string(),
-            MetaValue::U32(preset.file_type()),
-        ),
-    ];
+        );
+    }
+    meta_set(
+        &mut metadata,
+        "general.quantization_version",
+        MetaValue::U32(2),
+    );
+    meta_set(
+        &mut metadata,
+        "general.file_type",
+        MetaValue::U32(preset.file_type()),
+    );
     for p in &planned {
         if let Some((key, dims)) = p
             .choice

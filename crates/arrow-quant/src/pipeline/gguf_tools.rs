@@ -11,37 +11,11 @@ use crate::checkpoint::{float_values, Checkpoint};
 use crate::codec::driver::{QualitySums, CHUNK_ELEMENTS};
 use crate::error::{QuantError, Result};
 use crate::gguf::blocks::{block_codec, BlockCodec};
-use crate::gguf::{orig_shape_key, GgufFile, MetaArray, MetaValue};
+use crate::gguf::{GgufFile, MetaArray, MetaValue};
 use crate::quantized::Quality;
 use std::collections::HashMap;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
-
-/// True when the file at `path` starts with the GGUF magic.
-pub fn is_gguf(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == b"GGUF"
-}
-
-/// The shape tensor `index` stands for: its `comfy.gguf.orig_shape.<name>` when the file has one, else its
-/// stored shape.
-pub fn logical_shape(file: &GgufFile, index: usize) -> Vec<usize> {
-    let info = &file.tensors()[index];
-    match file.get(&orig_shape_key(&info.name)) {
-        Some(MetaValue::Array(MetaArray::I32(dims))) if dims.iter().all(|d| *d > 0) => {
-            let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
-            if dims.iter().product::<usize>() == info.shape.iter().product::<usize>() {
-                dims
-            } else {
-                info.shape.clone()
-            }
-        }
-        _ => info.shape.clone(),
-    }
-}
 
 /// An f32 array of our metadata (one value per tensor), if the file has it with the right length.
 fn per_tensor_f32<'a>(file: &'a GgufFile, key: &str) -> Option<&'a [f32]> {
@@ -130,7 +104,7 @@ pub fn validate_gguf(original: &Path, path: &Path) -> Result<Validation> {
                 ),
             )
         })?;
-        let shape = logical_shape(&file, i);
+        let shape = file.logical_shape(i);
         if shape != entry.shape {
             return Err(QuantError::format(
                 path,
@@ -196,7 +170,7 @@ pub fn export_gguf(path: &Path, output: &Path, dtype: Option<ExportDtype>) -> Re
                 _ => ExportDtype::F32,
             },
         });
-        let shape = logical_shape(&file, i);
+        let shape = file.logical_shape(i);
         let bytes = shape.iter().product::<usize>() * d.size();
         header.insert(
             info.name.clone(),

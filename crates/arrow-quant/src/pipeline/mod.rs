@@ -25,13 +25,14 @@ mod unit_plan;
 mod units;
 mod writer;
 
+pub use crate::gguf::is_gguf;
 pub use chunked::{PART_BYTES, TEST_PART_BYTES_VAR};
 pub use config::{
     Budget, OutputFormat, PipelineConfig, AUTO_PLAN_BITS_PER_WEIGHT, DEFAULT_GGUF_TYPE,
     DEFAULT_KEEP_PATTERNS, DEFAULT_UNCLIPPED_PATTERNS,
 };
 pub use gguf_model::GgufModel;
-pub use gguf_tools::{for_each_window, is_gguf, logical_shape};
+pub use gguf_tools::for_each_window;
 pub use model_file::{ModelFile, ModelWriter, CONFIG_KEY, REPORT_KEY, SOURCE_KEY, TENSORS_KEY};
 pub use output_path::{check_export_extension, check_output, model_format, same_file};
 pub use plan::MixedPrecision;

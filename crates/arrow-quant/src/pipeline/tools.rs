@@ -51,7 +51,7 @@ impl Validation {
 /// row) and each row window by window, with the source pages dropped once compared, so memory stays near one
 /// chunk row whatever the tensor size. A GGUF file (by its magic) is validated by `gguf_tools::validate_gguf`.
 pub fn validate_model(original: &Path, quantized: &Path) -> Result<Validation> {
-    if super::gguf_tools::is_gguf(quantized) {
+    if crate::gguf::is_gguf(quantized) {
         return super::gguf_tools::validate_gguf(original, quantized);
     }
     let checkpoint = Checkpoint::open(original)?;
@@ -279,7 +279,7 @@ pub fn export_safetensors(
     output: &Path,
     dtype: Option<ExportDtype>,
 ) -> Result<()> {
-    if super::gguf_tools::is_gguf(quantized) {
+    if crate::gguf::is_gguf(quantized) {
         return super::gguf_tools::export_gguf(quantized, output, dtype);
     }
     let model = ModelFile::open(quantized)?;
