@@ -74,6 +74,12 @@ def expected(checkpoints, tmp_path_factory):
 # ---------------------------------------------------------------- deterministic files and the core pieces (no Ray)
 
 
+def test_output_names():
+    for source in ("d/model.safetensors", "d/model.safetensors.index.json", "d/model.gguf", "d/model"):
+        assert output_name(source) == "model.parquet", source
+    assert output_name("model-F16.gguf", "arrow") == "model-F16.arrow"
+
+
 def test_two_local_runs_give_identical_files(checkpoints, tmp_path):
     a = local_bytes(checkpoints[0], tmp_path / "a.parquet")
     b = local_bytes(checkpoints[0], tmp_path / "b.parquet")

@@ -90,11 +90,11 @@ def _require_ray() -> Any:
 
 
 def output_name(source: str | os.PathLike[str], fmt: str = "parquet") -> str:
-    """The output file name of a checkpoint: ``model.safetensors``, ``model.safetensors.index.json`` and a folder
-    ``model/`` all give ``model.parquet`` (or ``.arrow``)."""
+    """The output file name of a checkpoint: ``model.safetensors``, ``model.safetensors.index.json``, ``model.gguf``
+    and a folder ``model/`` all give ``model.parquet`` (or ``.arrow``)."""
     path = Path(source)
     name = path.name
-    for suffix in (".safetensors.index.json", ".safetensors"):
+    for suffix in (".safetensors.index.json", ".safetensors", ".gguf"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
