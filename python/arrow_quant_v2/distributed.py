@@ -22,6 +22,7 @@ line: ``python -m arrow_quant_v2.distributed SOURCES... OUTPUT_DIR [--ray ADDRES
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,7 +32,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,19 +190,25 @@ class _UnitWorker:
         self._failed_plans: dict[str, str] = {}
         self._local = _core.ArrowQuantV2()
 
+    @contextlib.contextmanager
+    def _attempt(self, marker: str, delay: float) -> Iterator[None]:
+        """One attempt at the unit whose attempts are marked `marker` (attempts beyond one per unit are the run's
+        retries). Test runs sleep `delay` first, their pid file naming the unit in progress meanwhile."""
+        _mark_attempt(marker)
+        try:
+            if delay:
+                self._pid_file.write_text(marker)
+                time.sleep(delay)
+            yield
+        finally:
+            if delay:
+                self._pid_file.write_text("")
+
     def _whole(self, source: str, staging: Path, output: str) -> str:
         """Quantizes a whole checkpoint into `output` with the local path (as `arrow-quant quantize` does) and
         returns its report totals as JSON. The output appears whole or not at all, so a retry starts afresh."""
-        marker = str(staging / "checkpoint")
-        _mark_attempt(marker)
-        try:
-            if self._delay:  # test runs: the pid file names the unit in progress while it sleeps
-                self._pid_file.write_text(marker)
-                time.sleep(self._delay * 4)
+        with self._attempt(str(staging / "checkpoint"), self._delay * 4):
             report = self._local.quantize_diffusion_model(source, output, self._config)
-        finally:
-            if self._delay:
-                self._pid_file.write_text("")
         return json.dumps(report["totals"])
 
     def _ensure_plan(self, source: str, staging: Path, plan: str, estimates: list[int]) -> None:
@@ -273,20 +280,12 @@ class _UnitWorker:
         return ""
 
     def _unit(self, kind: str, source: str, index: int, target: str, plan: str | None) -> None:
-        """Estimates or quantizes one tensor into `target`, recording the attempt (attempts beyond one per unit
-        are the run's retries)."""
-        _mark_attempt(target)
-        try:
-            if self._delay:  # test runs: the pid file names the unit in progress while it sleeps
-                self._pid_file.write_text(target)
-                time.sleep(self._delay)
+        """Estimates or quantizes one tensor into `target`, recording the attempt."""
+        with self._attempt(target, self._delay):
             if kind == "estimate":
                 _core.estimate_unit(source, index, target, self._config)
             else:
                 _core.quantize_unit(source, index, target, self._config, plan)
-        finally:
-            if self._delay:
-                self._pid_file.write_text("")
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         columns = ("checkpoint", "kind", "bytes", "seconds", "error", "report")
@@ -327,9 +326,9 @@ class _Checkpoint:
         # One unit for the whole checkpoint (quantized by the local path) rather than one per tensor.
         self.whole = False
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
-        """The source bytes of the tensors it quantizes."""
+        """The source bytes of the tensors it quantizes (once `units` is set)."""
         return sum(u["bytes"] for u in self.units)
 
     @property
@@ -491,11 +490,15 @@ def _blocks(rows: list[dict[str, Any]], pool: int) -> list[list[dict[str, Any]]]
     current: list[dict[str, Any]] = []
     size = 0
     for r in rows:
-        if current and r["bytes"] and (size + r["bytes"] > target or r["kind"] == "checkpoint"):
+        whole = r["kind"] == "checkpoint"
+        if current and r["bytes"] and (size + r["bytes"] > target or whole):
             blocks.append(current)
             current, size = [], 0
         current.append(r)
         size += r["bytes"]
+        if whole:
+            blocks.append(current)
+            current, size = [], 0
     if current:
         blocks.append(current)
     return blocks

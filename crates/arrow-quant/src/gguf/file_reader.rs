@@ -6,7 +6,7 @@ use crate::error::{QuantError, Result};
 use crate::gguf::layout::{
     gguf_tensor_nbytes, pad_to, Cursor, ALIGNMENT_KEY, GGUF_ALIGNMENT, GGUF_MAGIC, GGUF_MAX_DIMS,
 };
-use crate::gguf::metadata::{decode_value, MetaArray, MetaValue};
+use crate::gguf::metadata::{decode_value, meta_get, MetaArray, MetaValue};
 use crate::gguf::stored_shape::orig_shape_key;
 use crate::gguf::GgmlType;
 use memmap2::Mmap;
@@ -144,7 +144,7 @@ impl GgufFile {
 
     /// The value of metadata key `key`.
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        meta_get(&self.metadata, key)
     }
 
     /// The tensors in file order.
@@ -255,10 +255,10 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         let value = decode_value(&mut c, id).map_err(in_key)?;
         metadata.push((key, value));
     }
-    let alignment = match metadata.iter().find(|(k, _)| k == ALIGNMENT_KEY) {
+    let alignment = match meta_get(&metadata, ALIGNMENT_KEY) {
         None => GGUF_ALIGNMENT,
-        Some((_, MetaValue::U32(a))) if a.is_power_of_two() => *a,
-        Some((_, v)) => {
+        Some(MetaValue::U32(a)) if a.is_power_of_two() => *a,
+        Some(v) => {
             return Err(format!(
                 "metadata '{ALIGNMENT_KEY}' is {v:?}; it must be a UINT32 power of two"
             ))

@@ -13,7 +13,7 @@
 //! Not followed: llama.cpp's 70B rule (it needs its model-size table) and its Falcon exceptions; the IQ1 / IQ2 /
 //! IQ3 presets, which we do not write.
 
-use crate::gguf::{GgmlType, MetaValue, Preset};
+use crate::gguf::{meta_get, GgmlType, MetaArray, MetaValue, Preset};
 use std::collections::HashMap;
 
 /// A tensor's role in llama.cpp's rules.
@@ -101,24 +101,13 @@ pub struct LlmModel {
     n_attn_v: usize,
 }
 
+/// A count of the model's metadata: an integer, or for a per-layer array (some architectures' head counts) the
+/// first layer's.
 fn meta_usize(metadata: &[(String, MetaValue)], key: &str) -> Option<usize> {
-    let v = metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)?;
-    match v {
-        MetaValue::U8(x) => Some(*x as usize),
-        MetaValue::U16(x) => Some(*x as usize),
-        MetaValue::U32(x) => Some(*x as usize),
-        MetaValue::U64(x) => usize::try_from(*x).ok(),
-        MetaValue::I8(x) => usize::try_from(*x).ok(),
-        MetaValue::I16(x) => usize::try_from(*x).ok(),
-        MetaValue::I32(x) => usize::try_from(*x).ok(),
-        MetaValue::I64(x) => usize::try_from(*x).ok(),
-        // per-layer head counts (some architectures): the first layer's
-        MetaValue::Array(a) => match a {
-            crate::gguf::MetaArray::U32(v) => v.first().map(|&x| x as usize),
-            crate::gguf::MetaArray::I32(v) => v.first().and_then(|&x| usize::try_from(x).ok()),
-            _ => None,
-        },
-        _ => None,
+    match meta_get(metadata, key)? {
+        MetaValue::Array(MetaArray::U32(v)) => v.first().and_then(|&x| usize::try_from(x).ok()),
+        MetaValue::Array(MetaArray::I32(v)) => v.first().and_then(|&x| usize::try_from(x).ok()),
+        v => v.as_usize(),
     }
 }
 
@@ -126,10 +115,8 @@ impl LlmModel {
     /// The model of a GGUF source whose `general.architecture` is `arch` (not a diffusion family) and whose
     /// metadata has `{arch}.block_count`; `None` for anything else (a diffusion GGUF, a safetensors checkpoint).
     pub fn detect(metadata: &[(String, MetaValue)], names: &[&str]) -> Option<Self> {
-        let arch = metadata
-            .iter()
-            .find(|(k, _)| k == "general.architecture")
-            .and_then(|(_, v)| v.as_str())?
+        let arch = meta_get(metadata, "general.architecture")?
+            .as_str()?
             .to_string();
         let n_layer = meta_usize(metadata, &format!("{arch}.block_count"))?;
         let heads = meta_usize(metadata, &format!("{arch}.attention.head_count")).unwrap_or(1);

@@ -21,6 +21,11 @@ mod type_id {
     pub const F64: u32 = 12;
 }
 
+/// The value of `key` among metadata pairs (a file's, or ones being written).
+pub fn meta_get<'m>(metadata: &'m [(String, MetaValue)], key: &str) -> Option<&'m MetaValue> {
+    metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
 /// One GGUF metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
@@ -201,6 +206,21 @@ impl MetaValue {
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The number, if this is a non-negative integer of any width that fits a `usize`.
+    pub fn as_usize(&self) -> Option<usize> {
+        match *self {
+            Self::U8(v) => Some(v.into()),
+            Self::U16(v) => Some(v.into()),
+            Self::U32(v) => usize::try_from(v).ok(),
+            Self::U64(v) => usize::try_from(v).ok(),
+            Self::I8(v) => usize::try_from(v).ok(),
+            Self::I16(v) => usize::try_from(v).ok(),
+            Self::I32(v) => usize::try_from(v).ok(),
+            Self::I64(v) => usize::try_from(v).ok(),
             _ => None,
         }
     }

@@ -35,7 +35,7 @@ pub use layout::{
     gguf_tensor_nbytes, ALIGNMENT_KEY, GGUF_ALIGNMENT, GGUF_MAX_DIMS, GGUF_MAX_NAME_BYTES,
     GGUF_VERSION,
 };
-pub use metadata::{MetaArray, MetaValue};
+pub use metadata::{meta_get, MetaArray, MetaValue};
 pub use overrides::{TypeOverride, TypeOverrides};
 pub use preset::{Preset, Role};
 pub use rows::{

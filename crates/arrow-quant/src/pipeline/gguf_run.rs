@@ -17,8 +17,8 @@ use crate::error::{QuantError, Result};
 use crate::gguf::llm_mix::LlmModel;
 use crate::gguf::stored_shape::ORIG_SHAPE_KEY_PREFIX;
 use crate::gguf::{
-    resolve_arch, Arch, GgufTensorSpec, GgufWriter, MetaArray, MetaValue, Preset, RowWeights,
-    TypeChoice, TypeOverrides, TypePlan, ALIGNMENT_KEY,
+    meta_get, resolve_arch, Arch, GgufTensorSpec, GgufWriter, MetaArray, MetaValue, Preset,
+    RowWeights, TypeChoice, TypeOverrides, TypePlan, ALIGNMENT_KEY,
 };
 use crate::importance::ChannelWeights;
 use crate::quantized::Quality;
@@ -48,11 +48,6 @@ fn copied_from_source(key: &str) -> bool {
     key != ALIGNMENT_KEY
         && !key.starts_with(ORIG_SHAPE_KEY_PREFIX)
         && !key.starts_with("arrow_quant.")
-}
-
-/// The value of `key` in `metadata`.
-fn meta_get<'m>(metadata: &'m [(String, MetaValue)], key: &str) -> Option<&'m MetaValue> {
-    metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
 /// Sets `key` to `value`: in place when `metadata` has it, else at the end.
