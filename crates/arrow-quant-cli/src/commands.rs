@@ -70,6 +70,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
             tensor_type,
             arch,
             fallback,
+            pure,
+            leave_output_tensor,
+            imatrix,
             json,
             quiet,
             diffusion,
@@ -85,6 +88,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
             config.tensor_types = tensor_type;
             config.gguf_arch = arch;
             config.gguf_fallback = fallback;
+            config.gguf_pure = pure;
+            config.gguf_leave_output_tensor = leave_output_tensor;
+            config.imatrix_path = imatrix;
             apply_diffusion(&mut config, diffusion)?;
             let reporter = Reporter::new(quiet || json);
             let cancel = AtomicBool::new(false);
@@ -92,6 +98,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 quantize_model(&input, &output, &config, &cancel, &|p| reporter.update(&p));
             reporter.finish();
             let report = report?;
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
             if json {
                 println!("{}", report.to_json());
             } else {

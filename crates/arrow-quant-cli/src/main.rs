@@ -60,10 +60,22 @@ enum Command {
         /// detected from the tensor names
         #[arg(long)]
         arch: Option<String>,
-        /// GGUF output: what rows that no K-quant block fits get: quality (Q8_0, the default) or size (the shape
-        /// fix to rows of 256, else the block fallback table: Q4_K -> Q4_1, ...)
-        #[arg(long, value_name = "quality|size")]
+        /// GGUF output: what rows that no K-quant block fits get: quality (Q8_0, the default), size (the shape
+        /// fix to rows of 256, else the block fallback table: Q4_K -> Q4_1, ...) or llama (llama-quantize's table:
+        /// Q4_K -> Q5_0, ...; the default for a language model from its GGUF)
+        #[arg(long, value_name = "quality|size|llama")]
         fallback: Option<String>,
+        /// GGUF output: every quantized tensor at the preset's base type: no mix bumps, no 16-bit keeps but the
+        /// loaders' (llama-quantize's --pure; --tensor-type still applies)
+        #[arg(long)]
+        pure: bool,
+        /// GGUF output: leave output.weight in full precision (llama-quantize's --leave-output-tensor)
+        #[arg(long)]
+        leave_output_tensor: bool,
+        /// GGUF output: llama.cpp's importance matrix (llama-imatrix's output: GGUF or legacy .dat), searched
+        /// with as llama-quantize's --imatrix; tensors it has no entry for are searched without it (a warning)
+        #[arg(long, value_name = "FILE")]
+        imatrix: Option<PathBuf>,
         /// Print the report as JSON instead of a table
         #[arg(long)]
         json: bool,

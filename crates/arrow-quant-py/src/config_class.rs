@@ -32,7 +32,8 @@ impl PyDiffusionQuantConfig {
                         activation_bits = None, boundary_smoothing = None, smoothing_window = None,
                         enable_spatial = None, target_bits_per_weight = None,
                         auto_mixed_precision = None, gguf_type = None, tensor_types = None,
-                        gguf_arch = None, gguf_fallback = None))]
+                        gguf_arch = None, gguf_fallback = None, gguf_pure = None,
+                        gguf_leave_output_tensor = None, imatrix_path = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         profile: Option<&str>,
@@ -63,6 +64,9 @@ impl PyDiffusionQuantConfig {
         tensor_types: Option<Vec<String>>,
         gguf_arch: Option<String>,
         gguf_fallback: Option<String>,
+        gguf_pure: Option<bool>,
+        gguf_leave_output_tensor: Option<bool>,
+        imatrix_path: Option<PathBuf>,
     ) -> Result<Self> {
         // The settings start from a profile ("local" unless named), and record it, as the CLI does.
         let mut inner = PipelineConfig::profile(profile.unwrap_or("local"))?;
@@ -131,6 +135,9 @@ impl PyDiffusionQuantConfig {
         inner.tensor_types = tensor_types.unwrap_or_default();
         inner.gguf_arch = gguf_arch;
         inner.gguf_fallback = gguf_fallback;
+        inner.gguf_pure = gguf_pure.unwrap_or_default();
+        inner.gguf_leave_output_tensor = gguf_leave_output_tensor.unwrap_or_default();
+        inner.imatrix_path = imatrix_path;
         inner.validate()?;
         Ok(Self { inner })
     }
@@ -319,10 +326,29 @@ impl PyDiffusionQuantConfig {
         self.inner.gguf_arch.clone()
     }
 
-    /// GGUF output: what rows no K-quant block fits get, "quality" (Q8_0) or "size", or None (quality).
+    /// GGUF output: what rows no K-quant block fits get, "quality" (Q8_0), "size" or "llama" (llama-quantize's
+    /// table), or None (llama for a language model from its GGUF, else quality).
     #[getter]
     fn gguf_fallback(&self) -> Option<String> {
         self.inner.gguf_fallback.clone()
+    }
+
+    /// GGUF output: llama-quantize's --pure: every quantized tensor at the preset's base type.
+    #[getter]
+    fn gguf_pure(&self) -> bool {
+        self.inner.gguf_pure
+    }
+
+    /// GGUF output: llama-quantize's --leave-output-tensor: output.weight in full precision.
+    #[getter]
+    fn gguf_leave_output_tensor(&self) -> bool {
+        self.inner.gguf_leave_output_tensor
+    }
+
+    /// GGUF output: llama.cpp's importance matrix file (GGUF or legacy .dat), or None.
+    #[getter]
+    fn imatrix_path(&self) -> Option<PathBuf> {
+        self.inner.imatrix_path.clone()
     }
 
     /// The settings as a dict (as stored in the model file).

@@ -38,6 +38,22 @@ pub fn block_fallback(ty: GgmlType) -> Option<GgmlType> {
     }
 }
 
+/// llama-quantize's stand-in for `ty` on rows its 256-element blocks do not fit (`llama_tensor_get_type`'s
+/// incompatible-shape switch): Q2_K, Q3_K and IQ4_XS -> IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; `None`
+/// for the 32-element-block and float types.
+pub fn llama_fallback(ty: GgmlType) -> Option<GgmlType> {
+    use GgmlType as T;
+    match ty {
+        T::Q2_K | T::Q3_K | T::IQ4_XS => Some(T::IQ4_NL),
+        T::Q4_K => Some(T::Q5_0),
+        T::Q5_K => Some(T::Q5_1),
+        T::Q6_K => Some(T::Q8_0),
+        T::F32 | T::F16 | T::BF16 | T::Q8_0 | T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::IQ4_NL => {
+            None
+        }
+    }
+}
+
 /// The 16-bit type of a tensor kept unquantized or that no block fits: BF16 for a BF16 source (exact), F16
 /// otherwise (F16 exact; for F32 sources F16's 10-bit mantissa is the closer of the two; [`wider_type`] moves a
 /// tensor whose values exceed F16's range to BF16).

@@ -7,7 +7,8 @@
 //! tensor) and [`GgufFile`] opens one, validated, memory-mapped; [`MetaValue`] is a metadata value.
 //! [`arch`] finds the model family from tensor names; [`TypePlan::choose`] gives each tensor its type and stored
 //! shape ([`preset`], [`overrides`], [`fallback`], [`stored_shape`]; docs/GGUF_TYPES.md); [`llm_mix`] holds
-//! llama-quantize's per-tensor rules for a language model re-quantized from its GGUF.
+//! llama-quantize's per-tensor rules for a language model re-quantized from its GGUF; [`Imatrix`] reads
+//! llama.cpp's importance matrices (`--imatrix`).
 
 pub mod arch;
 pub(crate) mod blocks;
@@ -15,6 +16,7 @@ pub mod fallback;
 mod file_reader;
 mod file_writer;
 pub mod ggml_type;
+mod imatrix;
 mod layout;
 pub mod llm_mix;
 mod metadata;
@@ -31,6 +33,7 @@ pub use arch::{detect_arch, resolve_arch, Arch};
 pub use file_reader::{is_gguf, GgufFile, GgufTensorInfo};
 pub use file_writer::{GgufTensorSpec, GgufWriter};
 pub use ggml_type::{GgmlType, GgmlTypeInfo, GGML_TYPES};
+pub use imatrix::Imatrix;
 pub use layout::{
     gguf_tensor_nbytes, ALIGNMENT_KEY, GGUF_ALIGNMENT, GGUF_MAX_DIMS, GGUF_MAX_NAME_BYTES,
     GGUF_VERSION,

@@ -5,7 +5,8 @@
 //! 1. the loader rules, which nothing overrides (ComfyUI-GGUF's converter; its loader needs them): 1-D tensors,
 //!    tensors of at most 1024 elements, the family's `keys_hiprec` and 5-D kernels are stored exactly, F16 from
 //!    an F16 source and F32 otherwise ([`full_precision`]), in their own shape;
-//! 2. the first `--tensor-type REGEX=TYPE` override that matches;
+//! 2. the first `--tensor-type REGEX=TYPE` override that matches, then `--leave-output-tensor` (`output.weight`
+//!    in full precision, as llama-quantize leaves it);
 //! 3. the keep rules, 16-bit ([`sixteen_bit`]; a float preset's own type): the layer policy's `Decision::Keep`
 //!    (first / last layers, keep patterns, small tensors), the family's unquantized list (llama.cpp's patch for
 //!    ComfyUI-GGUF), tensors of fewer than [`SIXTEEN_BIT_BELOW_ELEMENTS`] elements, and, in families that are
@@ -16,16 +17,22 @@
 //! and 4 ([`crate::gguf::llm_mix`]): the tensors it leaves unquantized keep their precision, the others get its
 //! mix; the diffusion layer policy (first / last layers, small tensors) does not apply.
 //!
+//! `--pure` ([`TypePlan::pure`], llama-quantize's name) skips rules 3 and 4 but for what a loader needs: every
+//! tensor that is quantized at all gets the preset's base type (no mix bumps, no 16-bit keeps of small or edge
+//! layers); the loader rules, the overrides and the row fitting still apply.
+//!
 //! A block type must then fit the stored rows (the last axis, `ne0`): when it does not, a 256-element-block type
 //! goes to Q8_0 ([`RowFallback::Quality`], the default) or ([`RowFallback::Size`]) is flattened to rows of 256
 //! when its family allows ComfyUI's shape fix and 256 divides its size, else falls back to [`block_fallback`]'s
 //! type; the fallback is stored in its own shape, or flattened to rows of 32; else the tensor is [`sixteen_bit`].
+//! [`RowFallback::Llama`] (the default for a language model from its GGUF) takes llama-quantize's table instead,
+//! never flattened.
 //! Every choice other than the preset's plain type carries its reason, for the run report.
 
 use crate::checkpoint::Dtype;
 use crate::error::{QuantError, Result};
 use crate::gguf::arch::Arch;
-use crate::gguf::fallback::{block_fallback, full_precision, sixteen_bit};
+use crate::gguf::fallback::{block_fallback, full_precision, llama_fallback, sixteen_bit};
 use crate::gguf::llm_mix::{is_quantized, LlmModel};
 use crate::gguf::overrides::TypeOverrides;
 use crate::gguf::preset::{role_of, Preset, Role};
@@ -36,6 +43,9 @@ use std::str::FromStr;
 /// Longest tensor name, in bytes (ComfyUI-GGUF's `MAX_TENSOR_NAME_LENGTH`; stable-diffusion.cpp builds ggml with
 /// `GGML_MAX_NAME` 128, terminator included).
 pub const MAX_TENSOR_NAME_BYTES: usize = 127;
+
+/// The output projection of a language model in llama.cpp's names (what `--leave-output-tensor` leaves alone).
+pub const OUTPUT_TENSOR: &str = "output.weight";
 
 /// Tensors of at most this many elements are stored exactly (ComfyUI-GGUF's `QUANTIZATION_THRESHOLD`).
 pub const SMALL_TENSOR_ELEMENTS: usize = 1024;
@@ -76,6 +86,21 @@ pub enum RowFallback {
     /// The nearest size: ComfyUI's shape fix to rows of 256 where the family allows it, else the
     /// [`block_fallback`] table (closest weight error at about the same size).
     Size,
+    /// llama-quantize's table ([`llama_fallback`]: Q2_K / Q3_K / IQ4_XS -> IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1,
+    /// Q6_K -> Q8_0), in the tensor's own shape: the default for a language model re-quantized from its GGUF, so
+    /// that its file has the types and size of llama-quantize's.
+    Llama,
+}
+
+impl RowFallback {
+    /// Its name as `--fallback` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Quality => "quality",
+            Self::Size => "size",
+            Self::Llama => "llama",
+        }
+    }
 }
 
 impl FromStr for RowFallback {
@@ -85,10 +110,12 @@ impl FromStr for RowFallback {
         match s.to_ascii_lowercase().as_str() {
             "quality" => Ok(Self::Quality),
             "size" => Ok(Self::Size),
+            "llama" => Ok(Self::Llama),
             _ => Err(QuantError::config(
                 "gguf_fallback (--fallback)",
                 s,
-                "quality (Q8_0 for rows no K-quant block fits) or size (the shape fix and the block fallback table)",
+                "quality (Q8_0 for rows no K-quant block fits), size (the shape fix and the block fallback table) \
+                 or llama (llama-quantize's table)",
             )),
         }
     }
@@ -115,6 +142,10 @@ pub struct TypePlan {
     pub row_fallback: RowFallback,
     /// A language model from a GGUF source: llama-quantize's per-tensor rules replace rules 3 and 4.
     pub llm: Option<LlmModel>,
+    /// `--pure`: every quantized tensor at the preset's base type (no mixes, no keep rules but the loaders').
+    pub pure: bool,
+    /// `--leave-output-tensor`: `output.weight` stays in full precision.
+    pub leave_output: bool,
 }
 
 /// The type and layout of one tensor.
@@ -144,6 +175,8 @@ impl TypePlan {
             sixteen_bit_below: SIXTEEN_BIT_BELOW_ELEMENTS,
             row_fallback: RowFallback::Quality,
             llm: None,
+            pure: false,
+            leave_output: false,
         }
     }
 
@@ -213,10 +246,26 @@ impl TypePlan {
         if let Some(o) = self.overrides.find(name) {
             return (o.ty, vec![format!("--tensor-type '{}'", o.arg)]);
         }
+        if self.leave_output && name == OUTPUT_TENSOR {
+            let ty = full_precision(source);
+            return (ty, vec![format!("--leave-output-tensor: {ty}")]);
+        }
         if let Some(llm) = &self.llm {
             return self.llm_type(llm, name, shape, source);
         }
         let keep = |why: String| (self.keep_type(source), vec![why]);
+        let kept_nd = || {
+            (!self.flattens() && shape.len() >= 3).then(|| {
+                keep(format!(
+                    "{}-D tensor of {}: ComfyUI-GGUF's loader and llama.cpp's patch quantize 2-D tensors only",
+                    shape.len(),
+                    self.arch
+                ))
+            })
+        };
+        if self.pure {
+            return kept_nd().unwrap_or((self.preset.base(), vec![]));
+        }
         if let Some(why) = policy_keep {
             return keep(why.to_string());
         }
@@ -232,12 +281,8 @@ impl TypePlan {
                 self.sixteen_bit_below
             ));
         }
-        if !self.flattens() && shape.len() >= 3 {
-            return keep(format!(
-                "{}-D tensor of {}: ComfyUI-GGUF's loader and llama.cpp's patch quantize 2-D tensors only",
-                shape.len(),
-                self.arch
-            ));
+        if let Some(kept) = kept_nd() {
+            return kept;
         }
         let role = role_of(name);
         let ty = self.preset.type_for(role);
@@ -268,7 +313,7 @@ impl TypePlan {
                 vec![format!("llama-quantize leaves it unquantized: {ty}")],
             );
         }
-        if base.is_float() {
+        if base.is_float() || self.pure {
             return (base, vec![]);
         }
         match llm.type_for(self.preset, name, ggml_row(shape)) {
@@ -312,13 +357,16 @@ impl TypePlan {
             "rows of {cols} do not fit {ty}'s {}-element blocks",
             ty.block_len()
         );
+        let llama = self.row_fallback == RowFallback::Llama;
         let flattened = |to: GgmlType, row: usize| {
             StoredShape::flattened(shape, row)
-                .filter(|_| self.flattens() && row.is_multiple_of(to.block_len()))
+                .filter(|_| self.flattens() && !llama && row.is_multiple_of(to.block_len()))
         };
         let quality = self.row_fallback == RowFallback::Quality && ty.block_len() > FLAT_ROW_SMALL;
         let fb = if quality {
             Some(GgmlType::Q8_0)
+        } else if llama {
+            llama_fallback(ty)
         } else {
             block_fallback(ty)
         };

@@ -548,3 +548,107 @@ fn quality_fallback_gives_q8_0_to_rows_no_k_block_fits() {
     let err = "smallest".parse::<RowFallback>().unwrap_err().to_string();
     assert!(err.contains("smallest") && err.contains("quality"), "{err}");
 }
+
+#[test]
+fn pure_gives_every_quantized_tensor_the_base_type_and_leave_output_keeps_the_output() {
+    use crate::gguf::MetaValue;
+    let flux = TypePlan::new(Arch::Flux, Preset::Q4_K_M);
+    let pure = TypePlan {
+        pure: true,
+        ..flux.clone()
+    };
+    let qkv = (
+        "double_blocks.0.img_attn.qkv.weight",
+        &[9216usize, 3072][..],
+    );
+    let small = ("double_blocks.0.img_mod.lin.weight", &[64usize, 256][..]);
+    let c = |plan: &TypePlan, (name, shape): (&str, &[usize]), keep: Option<&str>| {
+        plan.choose(name, shape, Dtype::BF16, keep).unwrap().ty
+    };
+    // the mix bumps the fused qkv, the keep rules keep the small and the policy-kept tensors; --pure does neither
+    assert_eq!(c(&flux, qkv, None), T::Q5_K);
+    assert_eq!(c(&pure, qkv, None), T::Q4_K);
+    assert_eq!(c(&flux, small, None), T::BF16);
+    assert_eq!(c(&pure, small, None), T::Q4_K);
+    assert_eq!(c(&pure, qkv, Some("first layer")), T::Q4_K);
+    assert_eq!(c(&pure, ("img_in.weight", &[3072, 256]), None), T::Q4_K);
+    // the loader rules and the overrides still apply; rows still get fitted
+    assert_eq!(c(&pure, ("final_layer.norm.scale", &[3072]), None), T::F32);
+    let forced = TypePlan {
+        overrides: TypeOverrides::parse(&["qkv=Q8_0".to_string()]).unwrap(),
+        ..pure.clone()
+    };
+    assert_eq!(c(&forced, qkv, None), T::Q8_0);
+    assert_eq!(c(&pure, ("x.weight", &[3072, 320]), None), T::Q8_0);
+    // a language model: no output / value / ffn-down bumps under --pure; --leave-output-tensor keeps the output
+    let names = [
+        "token_embd.weight",
+        "blk.0.attn_v.weight",
+        "blk.0.ffn_down.weight",
+        "output.weight",
+    ];
+    let meta = vec![
+        ("general.architecture".to_string(), MetaValue::from("llama")),
+        ("llama.block_count".to_string(), MetaValue::U32(1)),
+    ];
+    let llm = TypePlan {
+        llm: crate::gguf::llm_mix::LlmModel::detect(&meta, &names),
+        ..TypePlan::new(Arch::Unknown, Preset::Q4_K_M)
+    };
+    let l = |plan: &TypePlan, name: &str| plan.choose(name, &[512, 512], Dtype::F16, None).unwrap();
+    assert_eq!(l(&llm, "output.weight").ty, T::Q6_K);
+    assert_eq!(l(&llm, "blk.0.attn_v.weight").ty, T::Q6_K);
+    let llm_pure = TypePlan {
+        pure: true,
+        ..llm.clone()
+    };
+    for name in names {
+        assert_eq!(l(&llm_pure, name).ty, T::Q4_K, "{name}");
+    }
+    let leave = TypePlan {
+        leave_output: true,
+        ..llm.clone()
+    };
+    let out = l(&leave, "output.weight");
+    assert_eq!(out.ty, T::F16);
+    assert!(out.reason.unwrap().contains("--leave-output-tensor"));
+    assert_eq!(l(&leave, "blk.0.attn_v.weight").ty, T::Q6_K);
+    let overridden = TypePlan {
+        overrides: TypeOverrides::parse(&["^output=Q8_0".to_string()]).unwrap(),
+        ..leave
+    };
+    assert_eq!(l(&overridden, "output.weight").ty, T::Q8_0);
+}
+
+#[test]
+fn the_llama_fallback_is_llama_quantizes_table_in_the_own_shape() {
+    let plan = |preset| TypePlan {
+        row_fallback: RowFallback::Llama,
+        ..TypePlan::new(Arch::Unknown, preset)
+    };
+    // rows of 896 (Qwen2-0.5B's width): no 256-element block fits, 32 does
+    let c = |preset, shape: &[usize]| {
+        plan(preset)
+            .choose("w.weight", shape, Dtype::F16, None)
+            .unwrap()
+    };
+    for (preset, want) in [
+        (Preset::Q4_K_M, T::Q5_0),
+        (Preset::Q5_K_M, T::Q5_1),
+        (Preset::Q6_K, T::Q8_0),
+        (Preset::Q3_K_M, T::IQ4_NL),
+        (Preset::Q2_K, T::IQ4_NL),
+        (Preset::IQ4_XS, T::IQ4_NL),
+    ] {
+        let choice = c(preset, &[4864, 896]);
+        assert_eq!(
+            (choice.ty, choice.stored.orig_shape),
+            (want, None),
+            "{preset}"
+        );
+    }
+    // never flattened, even in a family with the shape fix; rows no 32 divides are 16-bit
+    assert_eq!(c(Preset::Q4_K_M, &[128, 100]).ty, T::F16);
+    assert_eq!("llama".parse::<RowFallback>().unwrap(), RowFallback::Llama);
+    assert_eq!(RowFallback::Llama.name(), "llama");
+}

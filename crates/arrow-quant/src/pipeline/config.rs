@@ -130,9 +130,18 @@ pub struct PipelineConfig {
     pub tensor_types: Vec<String>,
     /// GGUF output only: the `general.architecture` to write instead of the one detected from tensor names.
     pub gguf_arch: Option<String>,
-    /// GGUF output only: what rows no K-quant block fits get, `quality` (Q8_0) or `size` (the shape fix and the
-    /// block fallback table); `None`: quality ([`crate::gguf::RowFallback`]).
+    /// GGUF output only: what rows no K-quant block fits get, `quality` (Q8_0), `size` (the shape fix and the
+    /// block fallback table) or `llama` (llama-quantize's table); `None`: llama for a language model from its
+    /// GGUF, else quality ([`crate::gguf::RowFallback`]).
     pub gguf_fallback: Option<String>,
+    /// GGUF output only: llama-quantize's `--pure`: every quantized tensor at the preset's base type (no mix bumps,
+    /// no 16-bit keeps but the loaders'; the overrides still apply).
+    pub gguf_pure: bool,
+    /// GGUF output only: llama-quantize's `--leave-output-tensor`: `output.weight` stays in full precision.
+    pub gguf_leave_output_tensor: bool,
+    /// GGUF output only: llama.cpp's importance matrix (`llama-imatrix` output, GGUF or legacy `.dat`), the
+    /// per-column importance of the searches of the tensors it has entries for (llama-quantize's `--imatrix`).
+    pub imatrix_path: Option<PathBuf>,
 }
 
 /// The type preset of a GGUF run that names none.
@@ -213,6 +222,9 @@ impl PipelineConfig {
             tensor_types: Vec::new(),
             gguf_arch: None,
             gguf_fallback: None,
+            gguf_pure: false,
+            gguf_leave_output_tensor: false,
+            imatrix_path: None,
         })
     }
 
@@ -326,6 +338,12 @@ impl PipelineConfig {
             self.gguf_fallback
                 .as_ref()
                 .map(|_| "gguf_fallback (--fallback)"),
+            self.gguf_pure.then_some("gguf_pure (--pure)"),
+            self.gguf_leave_output_tensor
+                .then_some("gguf_leave_output_tensor (--leave-output-tensor)"),
+            self.imatrix_path
+                .as_ref()
+                .map(|_| "imatrix_path (--imatrix)"),
         ]
         .into_iter()
         .flatten()
@@ -375,6 +393,13 @@ impl PipelineConfig {
             v["tensor_types"] = self.tensor_types.clone().into();
             v["gguf_arch"] = self.gguf_arch.clone().into();
             v["gguf_fallback"] = self.gguf_fallback.as_deref().unwrap_or("quality").into();
+            v["gguf_pure"] = self.gguf_pure.into();
+            v["gguf_leave_output_tensor"] = self.gguf_leave_output_tensor.into();
+            v["imatrix_path"] = self
+                .imatrix_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .into();
         }
         if let (Some(v), serde_json::Value::Object(quant)) =
             (v.as_object_mut(), self.quant.to_json())

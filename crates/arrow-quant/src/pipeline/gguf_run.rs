@@ -17,8 +17,8 @@ use crate::error::{QuantError, Result};
 use crate::gguf::llm_mix::LlmModel;
 use crate::gguf::stored_shape::ORIG_SHAPE_KEY_PREFIX;
 use crate::gguf::{
-    meta_get, resolve_arch, Arch, GgufTensorSpec, GgufWriter, MetaArray, MetaValue, Preset,
-    RowWeights, TypeChoice, TypeOverrides, TypePlan, ALIGNMENT_KEY,
+    meta_get, resolve_arch, Arch, GgufTensorSpec, GgufWriter, Imatrix, MetaArray, MetaValue,
+    Preset, RowFallback, RowWeights, TypeChoice, TypeOverrides, TypePlan, ALIGNMENT_KEY,
 };
 use crate::importance::ChannelWeights;
 use crate::quantized::Quality;
@@ -68,7 +68,8 @@ struct Planned<'c> {
     kept: Option<String>,
     /// Why the type differs from the preset's (an override, a fallback for its row length).
     note: Option<String>,
-    /// Importance per column of the source's 2-D view from calibration (squared channel magnitudes).
+    /// Importance per column of the source's 2-D view: the imatrix's entry, else from calibration (squared
+    /// channel magnitudes).
     importance: Option<Vec<f32>>,
 }
 
@@ -114,12 +115,26 @@ pub(crate) fn quantize_model_gguf(
         (Some(m), None) => LlmModel::detect(m, &names),
         _ => None,
     };
+    types.pure = config.gguf_pure;
+    types.leave_output = config.gguf_leave_output_tensor;
+    // a language model from its GGUF falls back as llama-quantize does unless told otherwise
+    let default_fallback = if types.llm.is_some() {
+        RowFallback::Llama
+    } else {
+        RowFallback::Quality
+    };
     types.row_fallback = config
         .gguf_fallback
         .as_deref()
         .map(str::parse)
         .transpose()?
-        .unwrap_or_default();
+        .unwrap_or(default_fallback);
+    let imatrix = config
+        .imatrix_path
+        .as_deref()
+        .map(Imatrix::open)
+        .transpose()?;
+    let mut no_imatrix_entry = Vec::new();
     let mut planned = Vec::with_capacity(tensors.len());
     for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
         let (choice, kept, note) = match decision {
@@ -155,15 +170,36 @@ pub(crate) fn quantize_model_gguf(
                 (Some(c), kept, note)
             }
         };
+        let calibration_importance = || {
+            calibrated.channel_absmax[i]
+                .as_ref()
+                .map(|a| a.iter().map(|v| v * v).collect())
+        };
+        let mut note = note;
+        let importance = match (&imatrix, &choice) {
+            (Some(im), Some(c)) if !c.ty.is_float() => {
+                match im.columns(&entry.name, &entry.shape)? {
+                    Some(columns) => Some(columns),
+                    None => {
+                        no_imatrix_entry.push(entry.name.as_str());
+                        let missing = "no imatrix entry: searched without it";
+                        note = Some(match note {
+                            Some(n) => format!("{n}; {missing}"),
+                            None => missing.to_string(),
+                        });
+                        calibration_importance()
+                    }
+                }
+            }
+            _ => calibration_importance(),
+        };
         planned.push(Planned {
             file,
             entry,
             choice,
             kept,
             note,
-            importance: calibrated.channel_absmax[i]
-                .as_ref()
-                .map(|a| a.iter().map(|v| v * v).collect()),
+            importance,
         });
     }
     let specs: Vec<GgufTensorSpec> = planned
@@ -231,9 +267,12 @@ pub(crate) fn quantize_model_gguf(
         GGUF_SOURCE_KEY.to_string(),
         MetaValue::String(input.display().to_string()),
     ));
+    // the settings as run: the row fallback resolved (its default depends on the source)
+    let mut settings = config.to_json();
+    settings["gguf_fallback"] = types.row_fallback.name().into();
     metadata.push((
         GGUF_CONFIG_KEY.to_string(),
-        MetaValue::String(config.to_json().to_string()),
+        MetaValue::String(settings.to_string()),
     ));
     metadata.push((
         GGUF_SOURCE_DTYPES_KEY.to_string(),
@@ -253,6 +292,17 @@ pub(crate) fn quantize_model_gguf(
     )?;
     let data_bytes = checkpoint.data_bytes().max(1);
     let mut report = Report::default();
+    if let (Some(im), Some(first)) = (&imatrix, no_imatrix_entry.first()) {
+        let quantized = planned
+            .iter()
+            .filter(|p| p.choice.as_ref().is_some_and(|c| !c.ty.is_float()))
+            .count();
+        report.warnings.push(format!(
+            "the imatrix {} has no entry for {} of the {quantized} quantized tensors (the first: '{first}');              they were searched without importance",
+            im.path.display(),
+            no_imatrix_entry.len()
+        ));
+    }
     let (mut cosines, mut rel_mses) = (Vec::new(), Vec::new());
     let mut bytes_done = 0;
     for (i, p) in planned.iter().enumerate() {

@@ -182,6 +182,9 @@ pub struct Report {
     pub mixed_precision: Option<MixedPrecision>,
     /// Bits of the activation quantization the time-aware parameters are for.
     pub activation_bits: u8,
+    /// What the run did that its user may not expect, one sentence each (an imatrix with no entry for some
+    /// tensors, say); the CLI prints them on stderr.
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -303,7 +306,7 @@ impl Report {
     /// The full report as JSON (per layer and totals with timings).
     pub fn to_json(&self) -> serde_json::Value {
         let layers: Vec<_> = self.layers.iter().map(LayerReport::to_json).collect();
-        serde_json::json!({ "layers": layers, "totals": self.totals_json() })
+        serde_json::json!({ "layers": layers, "totals": self.totals_json(), "warnings": self.warnings })
     }
 }
 

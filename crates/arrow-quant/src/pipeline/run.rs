@@ -85,7 +85,11 @@ pub fn quantize_model_with(
     config.check_calibration_settings(calibration.is_some())?;
     let start = Instant::now();
     let checkpoint = Checkpoint::open(input)?;
-    check_run_output(output, &checkpoint, config.calibration_path.as_deref(), &[])?;
+    let side_files = [
+        ("the calibration file", config.calibration_path.as_deref()),
+        ("the imatrix", config.imatrix_path.as_deref()),
+    ];
+    check_run_output(output, &checkpoint, &side_files, &[])?;
     let config = &config.for_output(output)?;
     if config.format == Some(super::config::OutputFormat::Gguf) {
         return super::gguf_run::quantize_model_gguf(
@@ -189,11 +193,12 @@ pub fn quantize_model_with(
 }
 
 /// Refuses an `output` that is one of the run's inputs: the checkpoint path given (a file or an index), each
-/// shard, the calibration file, `more` (e.g. staged units); or a target that cannot become a file.
+/// shard, the `side_files` given (calibration, imatrix), `more` (e.g. staged units); or a target that cannot become a
+/// file.
 pub(crate) fn check_run_output(
     output: &Path,
     checkpoint: &Checkpoint,
-    calibration: Option<&Path>,
+    side_files: &[(&str, Option<&Path>)],
     more: &[PathBuf],
 ) -> Result<()> {
     let mut inputs: Vec<(&str, &Path)> = vec![("the checkpoint", checkpoint.path.as_path())];
@@ -203,7 +208,7 @@ pub(crate) fn check_run_output(
             .iter()
             .map(|f| ("the checkpoint shard", f.path())),
     );
-    inputs.extend(calibration.map(|c| ("the calibration file", c)));
+    inputs.extend(side_files.iter().filter_map(|&(what, p)| Some((what, p?))));
     inputs.extend(more.iter().map(|p| ("the staged unit", p.as_path())));
     check_output(output, &inputs)
 }

@@ -312,7 +312,7 @@ pub fn assemble_units(
     check_distributable(config)?;
     let start = Instant::now();
     let checkpoint = Checkpoint::open(input)?;
-    super::run::check_run_output(output, &checkpoint, None, staged)?;
+    super::run::check_run_output(output, &checkpoint, &[], staged)?;
     let config = &config.for_output(output)?;
     let names: Vec<&str> = checkpoint.tensors().map(|(_, t)| t.name.as_str()).collect();
     if names.len() != staged.len() {
