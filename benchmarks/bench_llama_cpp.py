@@ -20,6 +20,8 @@ For each preset (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K):
   conservative for us);
 - the KL target: KL(ours) <= KL(llama.cpp) with tensor data no larger (our file also carries `arrow_quant.*`
   keys, per-tensor quality and the settings: a few kB; the whole-file ratio is reported beside it);
+- rows no 256-element block fits (a second model, widths 896 / 4864 as Qwen2-0.5B's): both tools' per-tensor types
+  and tensor bytes, per preset (the row fallback follows llama-quantize's table);
 - the file check: metadata equal to the source's except the keys a re-quantization is meant to change
   (`general.file_type`, `general.quantization_version`, `general.alignment`, and our `arrow_quant.*` keys), tensor
   names and order equal.
@@ -64,6 +66,8 @@ REWRITTEN = {"general.file_type", "general.quantization_version", "general.align
 
 FULL = {"n_layer": 8, "n_embd": 1024, "n_head": 16, "n_head_kv": 4, "n_ff": 2816, "n_vocab": 8192}
 QUICK = {"n_layer": 2, "n_embd": 256, "n_head": 4, "n_head_kv": 1, "n_ff": 768, "n_vocab": 1024}
+# Rows no 256-element block fits (Qwen2-0.5B's widths): both tools' per-tensor types and tensor bytes compared
+UNFIT = {"n_layer": 2, "n_embd": 896, "n_head": 14, "n_head_kv": 2, "n_ff": 4864, "n_vocab": 1024}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,6 +432,23 @@ def main() -> None:
                   + ("" if row["file_ok"] else f"  FILE CHECK: {ours['metadata_changed']} "
                      f"{ours['metadata_added']} order={ours['names_and_order_equal']}")
                   + (f"  types differ: {len(row['types_differ'])}" if row["types_differ"] else ""), flush=True)
+        # the fallback for rows no K block fits: the same types and size as llama-quantize's
+        unfit = work / "unfit-F16.gguf"
+        write_model(unfit, UNFIT)
+        report["unfit_rows"] = {}
+        for preset in presets:
+            got = {}
+            for tool, run in (("ours", quantize_ours), ("llama.cpp", quantize_llama)):
+                out = work / f"unfit-{tool.replace('.', '')}.gguf"
+                run(unfit, out, preset, None)
+                _, _, got[tool], got[tool + " bytes"] = fields(out)
+                out.unlink()
+            differ = sorted(n for n, t in got["ours"].items() if got["llama.cpp"].get(n) != t)
+            ratio = got["ours bytes"] / got["llama.cpp bytes"]
+            report["unfit_rows"][preset] = {"types_differ": differ, "tensor_size_ratio": ratio,
+                                            "types": sorted(set(got["llama.cpp"].values()))}
+            print(f"rows of 896, {preset:7}: llama.cpp's types {sorted(set(got['llama.cpp'].values()))}; "
+                  f"ours differ on {len(differ)} tensors; tensor bytes ratio {ratio:.4f}")
     write_json(output_path(NAME, args.quick, args.output), report)
 
 

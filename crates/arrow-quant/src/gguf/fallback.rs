@@ -38,13 +38,15 @@ pub fn block_fallback(ty: GgmlType) -> Option<GgmlType> {
     }
 }
 
-/// llama-quantize's stand-in for `ty` on rows its 256-element blocks do not fit (`llama_tensor_get_type`'s
-/// incompatible-shape switch): Q2_K, Q3_K and IQ4_XS -> IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; `None`
-/// for the 32-element-block and float types.
+/// llama-quantize's stand-in for `ty` on rows its 256-element blocks do not fit (`tensor_type_fallback` in
+/// `src/llama-quant.cpp`; checked against `llama_model_quantize` of llama-cpp-python 0.3.36 on rows of 896):
+/// Q2_K and Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; `None` for the
+/// 32-element-block and float types.
 pub fn llama_fallback(ty: GgmlType) -> Option<GgmlType> {
     use GgmlType as T;
     match ty {
-        T::Q2_K | T::Q3_K | T::IQ4_XS => Some(T::IQ4_NL),
+        T::Q2_K | T::Q3_K => Some(T::Q4_0),
+        T::IQ4_XS => Some(T::IQ4_NL),
         T::Q4_K => Some(T::Q5_0),
         T::Q5_K => Some(T::Q5_1),
         T::Q6_K => Some(T::Q8_0),

@@ -10,6 +10,8 @@
 //!   `use_more_bits` schedule: the first and last eighth of the layers and every third one between) and shape of
 //!   the model (grouped-query attention, 8 experts).
 //!
+//! - with an imatrix: no IQ4 ffn-down bump; the first eighth of ffn-down Q4_1 / Q5_1 at Q4_0 / Q5_0.
+//!
 //! Not followed: llama.cpp's 70B rule (it needs its model-size table) and its Falcon exceptions; the IQ1 / IQ2 /
 //! IQ3 presets, which we do not write.
 
@@ -96,6 +98,9 @@ pub struct LlmModel {
     pub n_expert: usize,
     /// No `output.weight`: the output shares the token embeddings, which then get the output's type.
     pub tied_embeddings: bool,
+    /// An imatrix is given (`--imatrix`): llama.cpp then drops the IQ4 ffn-down bump and guards the first eighth of
+    /// a Q4_0 / Q5_0 model's ffn-down with Q4_1 / Q5_1.
+    pub has_imatrix: bool,
     /// Index of each value-like tensor among them, and their count.
     attn_v_index: HashMap<String, usize>,
     n_attn_v: usize,
@@ -135,6 +140,7 @@ impl LlmModel {
             n_gqa: heads.checked_div(kv_heads).unwrap_or(1),
             n_expert,
             tied_embeddings: !names.contains(&"output.weight"),
+            has_imatrix: false,
             n_attn_v: attn_v_index.len(),
             attn_v_index,
         })
@@ -190,8 +196,10 @@ impl LlmModel {
                     P::Q3_K_M => Some(if i < n / 16 { T::Q5_K } else { T::Q4_K }),
                     P::Q3_K_L => Some(T::Q5_K),
                     P::Q4_K_M | P::Q5_K_M if use_more_bits(i, n) => Some(T::Q6_K),
-                    P::IQ4_NL | P::IQ4_XS if i < n / 8 => Some(T::Q5_K),
+                    P::IQ4_NL | P::IQ4_XS if i < n / 8 && !self.has_imatrix => Some(T::Q5_K),
                     P::Q4_K_S if i < n / 8 => Some(T::Q5_K),
+                    P::Q4_0 if i < n / 8 && self.has_imatrix => Some(T::Q4_1),
+                    P::Q5_0 if i < n / 8 && self.has_imatrix => Some(T::Q5_1),
                     _ => None,
                 }
             }
@@ -332,6 +340,15 @@ mod tests {
             ty(&moe, Preset::Q4_K_M, "blk.8.ffn_down_exps.weight"),
             T::Q4_K
         );
+        // with an imatrix, llama.cpp's guards: Q4_0's first eighth of ffn-down Q4_1, no IQ4 ffn-down bump
+        let (mut im, _) = model(16, 8, 0, true);
+        assert_eq!(ty(&im, Preset::Q4_0, "blk.1.ffn_down.weight"), T::Q4_0);
+        assert_eq!(ty(&im, Preset::IQ4_XS, "blk.1.ffn_down.weight"), T::Q5_K);
+        im.has_imatrix = true;
+        assert_eq!(ty(&im, Preset::Q4_0, "blk.1.ffn_down.weight"), T::Q4_1);
+        assert_eq!(ty(&im, Preset::Q4_0, "blk.2.ffn_down.weight"), T::Q4_0);
+        assert_eq!(ty(&im, Preset::Q5_0, "blk.0.ffn_down.weight"), T::Q5_1);
+        assert_eq!(ty(&im, Preset::IQ4_XS, "blk.1.ffn_down.weight"), T::IQ4_XS);
         // an output whose rows the base type does not fit: Q8_0
         assert_eq!(
             m.type_for(Preset::Q4_K_M, "output.weight", 4000),

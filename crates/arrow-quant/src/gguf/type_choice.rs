@@ -86,8 +86,8 @@ pub enum RowFallback {
     /// The nearest size: ComfyUI's shape fix to rows of 256 where the family allows it, else the
     /// [`block_fallback`] table (closest weight error at about the same size).
     Size,
-    /// llama-quantize's table ([`llama_fallback`]: Q2_K / Q3_K / IQ4_XS -> IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1,
-    /// Q6_K -> Q8_0), in the tensor's own shape: the default for a language model re-quantized from its GGUF, so
+    /// llama-quantize's table ([`llama_fallback`]: Q2_K / Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, Q4_K -> Q5_0, Q5_K ->
+    /// Q5_1, Q6_K -> Q8_0), in the tensor's own shape: the default for a language model re-quantized from its GGUF, so
     /// that its file has the types and size of llama-quantize's.
     Llama,
 }

@@ -636,8 +636,8 @@ fn the_llama_fallback_is_llama_quantizes_table_in_the_own_shape() {
         (Preset::Q4_K_M, T::Q5_0),
         (Preset::Q5_K_M, T::Q5_1),
         (Preset::Q6_K, T::Q8_0),
-        (Preset::Q3_K_M, T::IQ4_NL),
-        (Preset::Q2_K, T::IQ4_NL),
+        (Preset::Q3_K_M, T::Q4_0),
+        (Preset::Q2_K, T::Q4_0),
         (Preset::IQ4_XS, T::IQ4_NL),
     ] {
         let choice = c(preset, &[4864, 896]);

@@ -134,6 +134,9 @@ pub(crate) fn quantize_model_gguf(
         .as_deref()
         .map(Imatrix::open)
         .transpose()?;
+    if let Some(llm) = &mut types.llm {
+        llm.has_imatrix = imatrix.is_some();
+    }
     let mut no_imatrix_entry = Vec::new();
     let mut planned = Vec::with_capacity(tensors.len());
     for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
