@@ -325,7 +325,8 @@ def fields(path: Path) -> tuple[dict[str, Any], list[str], dict[str, str], int]:
     with gguf-py."""
     from gguf import GGUFReader
 
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    if str(REPO_ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT / "tests"))
     from gguf_fields import field
 
     reader = GGUFReader(str(path))

@@ -16,6 +16,16 @@ from safetensors.numpy import save_file
 REWRITTEN = {"general.file_type", "general.quantization_version", "general.alignment"}
 
 
+def _write(w, tensors):
+    """Adds `tensors` (name -> array) to gguf-py writer `w` and writes the file."""
+    for name, t in tensors.items():
+        w.add_tensor(name, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 @pytest.fixture()
 def llm_f16(tmp_path, rng):
     """A llama-architecture F16 GGUF as llama.cpp's converter writes one (names, hyper-parameters, tokenizer)."""
@@ -39,12 +49,7 @@ def llm_f16(tmp_path, rng):
         "output_norm.weight": np.ones(256, dtype=np.float32),
         "output.weight": (rng.standard_normal((64, 256)) * 0.02).astype(np.float16),
     }
-    for name, t in tensors.items():
-        w.add_tensor(name, t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _write(w, tensors)
     return path, tensors
 
 
@@ -180,13 +185,11 @@ def _imatrix_gguf(path, entries):
     w.add_array("imatrix.datasets", ["test.txt"])
     w.add_uint32("imatrix.chunk_count", 10)
     w.add_uint32("imatrix.chunk_size", 512)
+    tensors = {}
     for name, (sums, count) in entries.items():
-        w.add_tensor(f"{name}.in_sum2", np.asarray(sums, dtype=np.float32).reshape(1, -1))
-        w.add_tensor(f"{name}.counts", np.full((1, 1), count, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        tensors[f"{name}.in_sum2"] = np.asarray(sums, dtype=np.float32).reshape(1, -1)
+        tensors[f"{name}.counts"] = np.full((1, 1), count, dtype=np.float32)
+    _write(w, tensors)
 
 
 def _imatrix_dat(path, entries):
@@ -224,6 +227,7 @@ def test_an_imatrix_is_searched_with_and_a_missing_entry_is_a_warning(llm_f16, t
     assert r.returncode == 0, r.stderr
     # the tensors without an entry (attn_v, the embeddings, the output) are named in one warning
     assert "warning: the imatrix" in r.stderr and "no entry for 3 of the 5 quantized tensors" in r.stderr, r.stderr
+    assert "(the first: 'token_embd.weight'); they were searched without importance" in r.stderr, r.stderr
     report = json.loads(r.stdout)
     assert len(report["warnings"]) == 1
     layers = {entry["name"]: entry for entry in report["layers"]}
@@ -273,12 +277,7 @@ def test_a_language_model_falls_back_as_llama_quantize_on_rows_no_k_block_fits(t
         "blk.0.ffn_down.weight": (rng.standard_normal((896, 256)) * 0.02).astype(np.float16),
         "output.weight": (rng.standard_normal((64, 896)) * 0.02).astype(np.float16),
     }
-    for name, t in tensors.items():
-        w.add_tensor(name, t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _write(w, tensors)
 
     def types(*flags):
         out = tmp_path / "out.gguf"

@@ -12,6 +12,7 @@
 use super::safetensors::{Dtype, SafetensorsFile, TensorEntry};
 use crate::error::{QuantError, Result};
 use crate::gguf::{dequantize_rows, GgmlType, GgufFile, MetaValue};
+use crate::pipeline::atomic_file::unnamed_file_in;
 use memmap2::Mmap;
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
@@ -67,17 +68,8 @@ pub(super) fn open_gguf(path: &Path) -> Result<(SafetensorsFile, Vec<(String, Me
 /// An unnamed read-write file in the system's temporary folder, gone once closed.
 fn anonymous_temp_file() -> std::io::Result<File> {
     let dir = std::env::temp_dir();
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Ok(f) = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_TMPFILE)
-            .open(&dir)
-        {
-            return Ok(f);
-        }
+    if let Some(f) = unnamed_file_in(&dir) {
+        return Ok(f);
     }
     let name = dir.join(format!(".arrow-quant-dequantized.{}", std::process::id()));
     let f = OpenOptions::new()
@@ -99,7 +91,8 @@ fn dequantized(path: &Path, file: &GgufFile) -> Result<(Mmap, Vec<TensorEntry>)>
             &std::io::Error::new(
                 e.kind(),
                 format!(
-                    "dequantizing {} into a temporary file: {e} (set TMPDIR to a folder with room for 4 bytes per                      weight)",
+                    "dequantizing {} into a temporary file: {e} (set TMPDIR to a folder with room for 4 bytes per \
+                     weight)",
                     path.display()
                 ),
             ),

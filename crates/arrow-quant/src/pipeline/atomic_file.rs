@@ -22,6 +22,25 @@ fn temp_name(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.{}.partial", std::process::id()))
 }
 
+/// A read-write file in `dir` that has no name (Linux `O_TMPFILE`): invisible, and gone once closed unless linked
+/// into place; `None` where the system or the filesystem offers none.
+#[cfg(target_os = "linux")]
+pub(crate) fn unnamed_file_in(dir: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .ok()
+}
+
+/// A read-write file in `dir` that has no name: none off Linux.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn unnamed_file_in(_dir: &Path) -> Option<File> {
+    None
+}
+
 impl AtomicFile {
     /// Starts writing `target` (its folder must exist, and it must not be a folder). Errors name `target`, never
     /// the temporary file.
@@ -31,22 +50,13 @@ impl AtomicFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            if let Ok(file) = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_TMPFILE)
-                .open(&dir)
-            {
-                return Ok(Self {
-                    file,
-                    target: target.to_path_buf(),
-                    named_temp: None,
-                    committed: false,
-                });
-            }
+        if let Some(file) = unnamed_file_in(&dir) {
+            return Ok(Self {
+                file,
+                target: target.to_path_buf(),
+                named_temp: None,
+                committed: false,
+            });
         }
         let temp = temp_name(target);
         let file = OpenOptions::new()

@@ -58,6 +58,14 @@ fn meta_set(metadata: &mut Vec<(String, MetaValue)>, key: &str, value: MetaValue
     }
 }
 
+/// Two optional report notes as one, `"a; b"`.
+fn joined(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What the run decided for one tensor before quantizing it.
 struct Planned<'c> {
     file: &'c crate::checkpoint::SafetensorsFile,
@@ -140,7 +148,7 @@ pub(crate) fn quantize_model_gguf(
     let mut no_imatrix_entry = Vec::new();
     let mut planned = Vec::with_capacity(tensors.len());
     for (i, ((file, entry), decision)) in tensors.iter().zip(&decisions).enumerate() {
-        let (choice, kept, note) = match decision {
+        let (choice, kept, mut note) = match decision {
             _ if arch.is_ignored(&entry.name) => (
                 None,
                 Some(format!(
@@ -178,18 +186,13 @@ pub(crate) fn quantize_model_gguf(
                 .as_ref()
                 .map(|a| a.iter().map(|v| v * v).collect())
         };
-        let mut note = note;
         let importance = match (&imatrix, &choice) {
             (Some(im), Some(c)) if !c.ty.is_float() => {
                 match im.columns(&entry.name, &entry.shape)? {
                     Some(columns) => Some(columns),
                     None => {
                         no_imatrix_entry.push(entry.name.as_str());
-                        let missing = "no imatrix entry: searched without it";
-                        note = Some(match note {
-                            Some(n) => format!("{n}; {missing}"),
-                            None => missing.to_string(),
-                        });
+                        note = joined(note, Some("no imatrix entry: searched without it".into()));
                         calibration_importance()
                     }
                 }
@@ -301,7 +304,8 @@ pub(crate) fn quantize_model_gguf(
             .filter(|p| p.choice.as_ref().is_some_and(|c| !c.ty.is_float()))
             .count();
         report.warnings.push(format!(
-            "the imatrix {} has no entry for {} of the {quantized} quantized tensors (the first: '{first}');              they were searched without importance",
+            "the imatrix {} has no entry for {} of the {quantized} quantized tensors (the first: '{first}'); \
+             they were searched without importance",
             im.path.display(),
             no_imatrix_entry.len()
         ));
@@ -350,11 +354,7 @@ pub(crate) fn quantize_model_gguf(
                 bytes_out,
                 encoded.quality,
             );
-            layer.fallback = match (&p.note, encoded.fallback) {
-                (None, f) => f,
-                (Some(n), None) => Some(n.clone()),
-                (Some(n), Some(f)) => Some(format!("{n}; {f}")),
-            };
+            layer.fallback = joined(p.note.clone(), encoded.fallback);
             cosines.push(encoded.quality.cosine as f32);
             rel_mses.push(encoded.quality.rel_mse as f32);
         } else {
