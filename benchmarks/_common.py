@@ -9,7 +9,8 @@ with `from _common import ...`. What lives here:
 - `load_shared_weights`: the standard tensor and metrics of `../shared/bench/weights.py`;
 - `time_once`, `best_time`, `best_time_and_result`, `timed`, `interleaved_best`: best-of-N timing;
 - `load_average`, `load_before_run`: the 1-minute load average, with a warning when the machine is busy;
-- `rayon_threads`, `describe_rayon_threads`, `machine_info`: the environment a run was measured in.
+- `rayon_threads`, `describe_rayon_threads`, `machine_info`: the environment a run was measured in;
+- `rerun_with_env`: re-runs the script with environment variables that must be set before the process starts.
 """
 
 from __future__ import annotations
@@ -173,6 +174,16 @@ def rayon_threads() -> str | None:
 def describe_rayon_threads() -> str:
     """RAYON_NUM_THREADS for a report line, or what rayon does when it is unset."""
     return os.environ.get("RAYON_NUM_THREADS", f"unset (rayon default; {os.cpu_count()} CPUs)")
+
+
+def rerun_with_env(env: dict[str, str]) -> None:
+    """Re-runs the calling script (same arguments) with `env` added, unless it already has those values: for
+    settings read once, when a library starts (rayon's RAYON_NUM_THREADS, when its pool starts; OpenBLAS's
+    OPENBLAS_NUM_THREADS, when numpy loads it)."""
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    script = str(Path(sys.argv[0]).resolve())
+    os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], {**os.environ, **env})
 
 
 def machine_info(processor: bool = False, **versions: object) -> dict[str, object]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ from _common import (
     load_shared_weights,
     machine_info,
     output_path,
+    rerun_with_env,
     write_json,
 )
 
@@ -372,10 +372,7 @@ def main() -> None:
     add_output_option(parser, NAME)
     args = parser.parse_args()
 
-    if os.environ.get("RAYON_NUM_THREADS") != THREADS:
-        # rayon reads RAYON_NUM_THREADS once, when its pool starts: re-run this script with it set.
-        env = {**os.environ, "RAYON_NUM_THREADS": THREADS}
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], env)
+    rerun_with_env({"RAYON_NUM_THREADS": THREADS})
 
     weights: ModuleType = load_shared_weights()
     import arrow_quant_v2

@@ -35,7 +35,6 @@ RAYON_NUM_THREADS=2. MB = 1e6 bytes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import load_before_run, machine_info, output_path, write_json
+from _common import load_before_run, machine_info, output_path, rerun_with_env, write_json
 
 NAME = "bench_e2e"
 THREADS = "2"
@@ -338,10 +337,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="JSON output path")
     args = parser.parse_args()
 
-    if os.environ.get("RAYON_NUM_THREADS") != THREADS:
-        # rayon reads RAYON_NUM_THREADS once, when its pool starts: re-run this script with it set.
-        env = {**os.environ, "RAYON_NUM_THREADS": THREADS}
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], env)
+    rerun_with_env({"RAYON_NUM_THREADS": THREADS})
 
     import _e2e_models as e2e
     import onnxruntime

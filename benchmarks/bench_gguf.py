@@ -3,8 +3,9 @@
 Sections:
 - `types`: for every ggml block type, on the standard tensor (shared/bench/weights.py, 4096 x 4096 float32) and on
   the MiniLM tensors whose rows fit the type's block: weight rel-MSE and MB/s of float32 input of
-  `ArrowQuantV2().quantize(w, encoding=T)` on RAYON_NUM_THREADS=2 threads against llama.cpp's quantizer
-  (shared/bench/ggml_ref.py, one thread: its `ggml_quantize_chunk` is single-threaded) and the speed target
+  `ArrowQuantV2().quantize(w, encoding=T)` on RAYON_NUM_THREADS=2 threads (numpy's BLAS on one: THREADS) against
+  llama.cpp's quantizer (shared/bench/ggml_ref.py, one thread: its `ggml_quantize_chunk` is single-threaded) and
+  the speed target
   (ours >= k x 2 x llama.cpp 1-thread: k = 10 for Q2_K / Q4_K / Q5_K / Q6_K / IQ4_NL / IQ4_XS, 2 for Q3_K, 1 for the
   block-32 types); best of `--repeats` runs each.
 - `e2e`: for every type, the output error of the terrain UNet and the MiniLM embedding error when the tensors the
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -45,9 +45,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import REPO_ROOT, load_before_run, load_shared_weights, machine_info, output_path, write_json
+from _common import (
+    REPO_ROOT,
+    load_before_run,
+    load_shared_weights,
+    machine_info,
+    output_path,
+    rerun_with_env,
+    write_json,
+)
 
-os.environ.setdefault("RAYON_NUM_THREADS", "2")
+# Our kernels on 2 threads; numpy's OpenBLAS on 1. OpenBLAS's workers busy-wait for a while after every matrix
+# product (the rel-MSE dots here), and on a 2-core machine that took one core from our 2 threads while llama.cpp's
+# single-threaded quantizer ran beside it undisturbed: Q4_1 measured 0.83-0.93x its target so, 1.5-1.8x without.
+THREADS = {"RAYON_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "1"}
 
 NAME = "bench_gguf"
 CLI = REPO_ROOT / "target" / "release" / "arrow-quant"
@@ -312,6 +323,7 @@ def main() -> None:
     parser.add_argument("--cli-gb", type=float, default=1.0, help="size of the DiT-like checkpoint of `cli`")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    rerun_with_env(THREADS)
     sections = args.only or ["types", "e2e", "files", "cli"]
     load = load_before_run()
     sys.path.insert(0, str(Path(__file__).parent))
@@ -320,7 +332,7 @@ def main() -> None:
     g = ggml()
     if g is None:
         raise SystemExit("error: llama.cpp's library is not built; run `make peers`")
-    res: dict[str, Any] = {"benchmark": NAME, "rayon_threads": os.environ.get("RAYON_NUM_THREADS")}
+    res: dict[str, Any] = {"benchmark": NAME, "threads": THREADS}
     if "types" in sections:
         res["types"] = type_section(g, args.repeats)
     if "e2e" in sections:

@@ -140,6 +140,11 @@ def test_cli_writes_a_gguf_that_gguf_py_reads_bit_for_bit(quantizer, flux_gguf):
     # rows of 320 are no K-quant: the report says which type it fell back to and why
     linear2 = layers["single_blocks.0.linear2.weight"]
     assert linear2["encoding"] not in ("Q4_K", "F16", "F32") and "320" in linear2["fallback"]
+    # the _M mix's bump of the fused qkv is a note, not a fallback: fallbacks count only rows that did not fit
+    qkv = layers["double_blocks.0.img_attn.qkv.weight"]
+    assert qkv["encoding"] != "Q4_K" and qkv["fallback"] is None and "qkv" in qkv["note"], qkv
+    fell_back = [n for n, entry in layers.items() if entry["fallback"]]
+    assert report["totals"]["fallbacks"] == len(fell_back) and "double_blocks.0.img_attn.qkv.weight" not in fell_back
 
 
 def test_validate_and_export_read_a_gguf(flux_gguf, tmp_path):

@@ -231,8 +231,8 @@ def test_an_imatrix_is_searched_with_and_a_missing_entry_is_a_warning(llm_f16, t
     report = json.loads(r.stdout)
     assert len(report["warnings"]) == 1
     layers = {entry["name"]: entry for entry in report["layers"]}
-    assert "no imatrix entry" in layers["blk.0.attn_v.weight"]["fallback"]
-    assert layers["blk.0.attn_q.weight"]["fallback"] is None
+    assert "no imatrix entry" in layers["blk.0.attn_v.weight"]["note"]
+    assert layers["blk.0.attn_q.weight"]["note"] is None
     a, b = GGUFReader(str(plain)), GGUFReader(str(with_im))
     for name, imp in importance.items():
         w = tensors[name].astype(np.float32)

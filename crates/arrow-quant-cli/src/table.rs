@@ -27,7 +27,12 @@ pub fn print_report(report: &Report) {
         "name", "shape", "enc", "bits/w", "cosine", "rel-MSE"
     );
     for l in &report.layers {
-        let note = l.fallback.as_deref().or(l.kept.as_deref()).unwrap_or("");
+        let note = l
+            .fallback
+            .as_deref()
+            .or(l.note.as_deref())
+            .or(l.kept.as_deref())
+            .unwrap_or("");
         println!(
             "{:<width$} {:>16} {:>6} {:>7.3} {:>9.6} {:>10.3e}  {}",
             l.name,

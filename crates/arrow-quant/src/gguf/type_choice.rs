@@ -163,6 +163,14 @@ pub struct TypeChoice {
     pub reason: Option<String>,
 }
 
+impl TypeChoice {
+    /// Whether the rows did not fit the wanted type's blocks and a wider type stores them (the run report's
+    /// fallbacks; a flattened layout of the wanted type is not one).
+    pub fn fell_back(&self) -> bool {
+        self.ty != self.wanted
+    }
+}
+
 impl TypePlan {
     /// A plan with no overrides, the shape fix and the family keep rules on.
     pub fn new(arch: Arch, preset: Preset) -> Self {

@@ -74,7 +74,10 @@ struct Planned<'c> {
     choice: Option<TypeChoice>,
     /// Why it is kept in a float type or not written.
     kept: Option<String>,
-    /// Why the type differs from the preset's (an override, a fallback for its row length).
+    /// Why a wider type than wanted stores it (its rows do not fit the wanted type's blocks).
+    fallback: Option<String>,
+    /// Why the type differs from the preset's otherwise (an override, a mix's bump, a flattened layout, no
+    /// imatrix entry).
     note: Option<String>,
     /// Importance per column of the source's 2-D view: the imatrix's entry, else from calibration (squared
     /// channel magnitudes).
@@ -181,6 +184,8 @@ pub(crate) fn quantize_model_gguf(
                 (Some(c), kept, note)
             }
         };
+        let fell_back = choice.as_ref().is_some_and(|c| c.fell_back());
+        let fallback = if fell_back { note.take() } else { None };
         let calibration_importance = || {
             calibrated.channel_absmax[i]
                 .as_ref()
@@ -204,6 +209,7 @@ pub(crate) fn quantize_model_gguf(
             entry,
             choice,
             kept,
+            fallback,
             note,
             importance,
         });
@@ -354,7 +360,8 @@ pub(crate) fn quantize_model_gguf(
                 bytes_out,
                 encoded.quality,
             );
-            layer.fallback = joined(p.note.clone(), encoded.fallback);
+            layer.fallback = joined(p.fallback.clone(), encoded.fallback);
+            layer.note = p.note.clone();
             cosines.push(encoded.quality.cosine as f32);
             rel_mses.push(encoded.quality.rel_mse as f32);
         } else {

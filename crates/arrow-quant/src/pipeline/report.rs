@@ -33,6 +33,9 @@ pub struct LayerReport {
     pub kept: Option<String>,
     /// Why a wider encoding than asked was used, if one was.
     pub fallback: Option<String>,
+    /// Why the encoding is not the one asked for, when that is not a fallback (GGUF: an override, a preset
+    /// mix's bump, a flattened layout, a missing imatrix entry), if it is not.
+    pub note: Option<String>,
     /// Entropy of the weights in bits over 256 bins (a sensitivity signal; quantizable layers only).
     pub entropy: Option<f64>,
     /// The exponent channel scaling chose (layers with calibration magnitudes).
@@ -62,6 +65,7 @@ impl LayerReport {
             bytes_out: 0,
             kept: None,
             fallback: None,
+            note: None,
             entropy: None,
             channel_alpha: None,
             weighted_error: None,
@@ -106,7 +110,7 @@ impl LayerReport {
             "name": l.name, "shape": l.shape, "dtype": l.dtype, "encoding": l.encoding, "bits": l.bits,
             "bits_per_weight": l.bits_per_weight, "cosine": l.quality.cosine, "rel_mse": l.quality.rel_mse,
             "bytes_in": l.bytes_in, "bytes_out": l.bytes_out, "kept": l.kept, "fallback": l.fallback,
-            "entropy": l.entropy, "channel_alpha": l.channel_alpha, "weighted_error": l.weighted_error,
+            "note": l.note, "entropy": l.entropy, "channel_alpha": l.channel_alpha, "weighted_error": l.weighted_error,
             "time_groups": l.time_groups.as_ref().map(|g| g.len()),
             "time_spread": l.time_spread.map(|s| serde_json::json!({
                 "chosen": s.chosen, "uniform": s.uniform, "global": s.global,
@@ -162,6 +166,7 @@ impl LayerReport {
             bytes_out: count("bytes_out")?,
             kept: optional_text("kept"),
             fallback: optional_text("fallback"),
+            note: optional_text("note"),
             entropy: value["entropy"].as_f64(),
             channel_alpha: value["channel_alpha"].as_f64().map(|a| a as f32),
             weighted_error: value["weighted_error"].as_f64(),
@@ -331,6 +336,7 @@ mod tests {
             bytes_out: 6912,
             kept: None,
             fallback: Some("int2 missed the floor".into()),
+            note: Some("overridden by --tensor-type".into()),
             entropy: Some(7.123_456_789_012_345),
             channel_alpha: None,
             weighted_error: None,
