@@ -334,7 +334,9 @@ def test_plain_at_q2_k_and_q3_k_keeps_each_super_blocks_gain_at_one(quantizer, r
     # the unbiased one within their rounding of 1
     assert np.all(gains(searched) < 0.995)
     assert np.all(np.abs(gains(plain) - 1) < 2e-3)
-    assert plain.rel_mse < 1.2 * searched.rel_mse
+    # Q2_K's plain search fits an absolute error (llama.cpp's objective), which costs weight error for a lower
+    # output error (about 1.3x the search's rel-MSE here); Q3_K's fits the magnitude-weighted squared error
+    assert plain.rel_mse < (1.4 if ty == "Q2_K" else 1.2) * searched.rel_mse
 
 
 def test_rtn_errors_name_what_is_wrong(quantizer):
@@ -365,15 +367,21 @@ def test_gguf_runs_round_convolutions_and_conditioning_plainly_below_8_bits(tmp_
                  for n in (conv, emb, proj)}
         # the policy's layers get llama.cpp's reference rounding below 8 bits; linear layers (and Q8_0) our search
         assert plain == {conv: ty != "Q8_0", emb: ty != "Q8_0", proj: False}, ty
+        # and the report says which layers were rounded plainly, and how
+        notes = {entry["name"]: entry["note"] or "" for entry in json.loads(r.stdout)["layers"]}
+        assert {n: "rounded plainly (round-to-nearest)" in notes[n] for n in notes} == plain, notes
     # and the K-quants' plain roundings (a conditioning projection; convolutions' rows never fit 256)
     src = tmp_path / "k.safetensors"
     tensors = _checkpoint(src, {"input_blocks.1.0.emb_layers.1.weight": (256, 512),
                                 "input_blocks.1.1.proj_in.weight": (256, 1024)}, rng)
     q = aq.ArrowQuantV2()
-    for ty in ("Q6_K", "Q3_K"):
+    for ty, how in (("Q6_K", "round-to-nearest"), ("Q3_K", "gain-unbiased search"), ("Q2_K", "gain-unbiased search")):
         out = tmp_path / f"k-{ty}.gguf"
         r = run_cli("quantize", src, out, "--type", ty, "--json", "--quiet")
         assert r.returncode == 0, r.stderr
+        notes = {entry["name"]: entry["note"] or "" for entry in json.loads(r.stdout)["layers"]}
+        assert f"rounded plainly ({how})" in notes["input_blocks.1.0.emb_layers.1.weight"], notes
+        assert "rounded plainly" not in notes["input_blocks.1.1.proj_in.weight"], notes
         data = {t.name: t.data.tobytes() for t in GGUFReader(str(out)).tensors}
         for (n, w), method in zip(tensors.items(), ("plain", "auto"), strict=True):
             w2 = w.astype(np.float32)

@@ -37,9 +37,10 @@ pub enum Rounding {
     /// rounding byte for byte at the block-32 types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), the same rule at Q6_K
     /// (llama.cpp's Q6_K is a search); the other types have none.
     Nearest,
-    /// Our search with each element's error weighted by its magnitude plus its super-block's RMS, then each
-    /// super-block's scales rescaled to a gain of one (Q2_K and Q3_K, where the plain search's shrinkage
-    /// attenuated the terrain UNet's convolutions: `gguf/blocks/k_quants/unbiased.rs`).
+    /// A search that keeps the large weights from being clipped (Q2_K: the magnitude-weighted absolute error,
+    /// llama.cpp's objective; Q3_K: the squared error weighted by magnitude plus the super-block's RMS), then
+    /// each super-block's scales rescaled to a gain of one (where the plain search's shrinkage attenuated the
+    /// terrain UNet's convolutions: `gguf/blocks/k_quants/unbiased.rs`).
     Unbiased,
 }
 
@@ -55,6 +56,15 @@ impl Rounding {
             Self::Searched => block_codec(ty),
             Self::Nearest => nearest_codec(ty),
             Self::Unbiased => unbiased_codec(ty),
+        }
+    }
+
+    /// What the run report calls it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Searched => "searched",
+            Self::Nearest => "round-to-nearest",
+            Self::Unbiased => "gain-unbiased search",
         }
     }
 

@@ -18,7 +18,7 @@ use crate::gguf::llm_mix::LlmModel;
 use crate::gguf::stored_shape::ORIG_SHAPE_KEY_PREFIX;
 use crate::gguf::{
     meta_get, resolve_arch, Arch, GgufTensorSpec, GgufWriter, Imatrix, MetaArray, MetaValue,
-    Preset, RowFallback, RowWeights, TypeChoice, TypeOverrides, TypePlan, ALIGNMENT_KEY,
+    Preset, Rounding, RowFallback, RowWeights, TypeChoice, TypeOverrides, TypePlan, ALIGNMENT_KEY,
 };
 use crate::importance::ChannelWeights;
 use crate::quantized::Quality;
@@ -361,7 +361,14 @@ pub(crate) fn quantize_model_gguf(
                 encoded.quality,
             );
             layer.fallback = joined(p.fallback.clone(), encoded.fallback);
-            layer.note = p.note.clone();
+            // the layer policy's plain rounding of convolutions and conditioning layers, where it applied
+            let rounded = (encoded.rounding != Rounding::Searched).then(|| {
+                format!(
+                    "rounded plainly ({}): a convolution or conditioning layer",
+                    encoded.rounding.describe()
+                )
+            });
+            layer.note = joined(p.note.clone(), rounded);
             cosines.push(encoded.quality.cosine as f32);
             rel_mses.push(encoded.quality.rel_mse as f32);
         } else {

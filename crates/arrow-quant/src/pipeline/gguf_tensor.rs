@@ -63,6 +63,8 @@ pub(crate) struct Encoded {
     pub quality: Quality,
     /// Why a wider type than the chosen one was written, if one was.
     pub fallback: Option<String>,
+    /// How its blocks were rounded.
+    pub rounding: Rounding,
 }
 
 /// The ranges of whole ggml rows (of `cols` elements, `elem_bytes` each in the source) that make the parts of a
@@ -143,6 +145,7 @@ pub(crate) fn encode_tensor(
                         ty,
                         quality,
                         fallback,
+                        rounding,
                     });
                 }
                 if fail_fast {

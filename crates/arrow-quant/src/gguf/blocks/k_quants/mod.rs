@@ -5,6 +5,7 @@
 //! `codec::two_level`).
 
 mod asym;
+mod mad;
 mod nearest;
 mod q2_k;
 mod q3_k;

@@ -5,9 +5,10 @@
 //! `dl = d * sc; ml = dmin * m; y = dl * q - ml`.
 
 use super::asym::{search_row, AsymSearch};
+use super::mad::search_super_block;
 use super::row_weights;
 use super::scales::{read_f16, write_f16};
-use super::unbiased::{magnitude_weights, unbias_gains};
+use super::unbiased::unbias_gains;
 use super::{KQuantCodec, QK_K};
 use crate::codec::two_level::format::SuperBlockParams;
 use crate::codec::two_level::search::{Knobs, SearchShape};
@@ -79,21 +80,36 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// Quantizes one row into its blocks for [`UNBIASED`]: the search weighted by
-    /// [`magnitude_weights`], then [`unbias_gains`].
-    fn quantize_unbiased(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
-        let mut w = vec![0f32; x.len()];
-        magnitude_weights(x, importance, &mut w);
-        let weights = row_weights(Some(&w));
-        // the larger search, with or without calibration: these layers are few, and it found lower output
-        // errors than the default one (1.00x llama.cpp's against 1.10x)
-        let search = &SEARCH_WEIGHTED;
-        search_row::<16>(search, x, weights, |b, p, codes| {
-            write_block(p, codes, &mut out[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]);
-        })?;
-        Ok(unbias_gains(x, importance, out, BLOCK_BYTES, [80, 82], dequantize))
+/// Quantizes one row into its blocks for [`UNBIASED`]: the absolute-error search of [`super::mad`] (weights
+/// `|x|`, times the importance when given), then [`unbias_gains`].
+fn quantize_unbiased(
+    x: &[f32],
+    importance: Option<&[f32]>,
+    out: &mut [u8],
+) -> Result<[f64; 3], OutOfRange> {
+    let mut w = [0f32; QK_K];
+    for (b, (xs, blk)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        for (i, (o, v)) in w.iter_mut().zip(xs).enumerate() {
+            *o = v.abs() * importance.map_or(1.0, |imp| imp[b * QK_K + i]);
+        }
+        let (p, codes) = search_super_block(xs, &w);
+        if !(p.d.is_finite() && p.dmin.is_finite()) {
+            return Err(OutOfRange { block: b });
+        }
+        write_block(&p, &codes, blk);
     }
+    Ok(unbias_gains(
+        x,
+        importance,
+        out,
+        BLOCK_BYTES,
+        [80, 82],
+        dequantize,
+    ))
 }
 
 /// The magnitude-weighted, gain-unbiased codec of this type (see [`super::unbiased`]).

@@ -4,16 +4,17 @@
 //! `Σxy = Σy²`, so the gain `Σxy / Σx²` is about one minus the relative error (0.95 at Q2_K, 0.98 at Q3_K),
 //! and every layer's output comes out attenuated by as much. Noise of the same energy spreads over directions
 //! the network damps; the attenuation does not. On the terrain UNet (`benchmarks/bench_gguf.py`, the eight
-//! tensors whose rows fit 256, eight input sets) our plain least-squares search gave 1.55x (Q2_K) and 1.24x
-//! (Q3_K) llama.cpp's output error although its weight error was 7-9% lower. So these two types
-//! 1. weight each element's squared error by its magnitude plus the super-block's RMS (llama.cpp's own
-//!    weighting of Q4_K / Q5_K; times the calibration importance when given), which keeps the large weights
-//!    from being clipped, and
+//! tensors whose rows fit 256) our plain least-squares search gave 1.55x (Q2_K) and 1.24x (Q3_K) llama.cpp's
+//! output error although its weight error was 7-9% lower. So these two types
+//! 1. search with an objective that keeps the large weights from being clipped: Q3_K its squared error weighted
+//!    by each element's magnitude plus the super-block's RMS (llama.cpp's own weighting of Q4_K / Q5_K; times
+//!    the calibration importance when given), Q2_K llama.cpp's own magnitude-weighted absolute error
+//!    ([`super::mad`]), and
 //! 2. rescale each super-block's float16 scales by `Σwx² / Σwxy` after the search, so that its gain is one.
 //!
-//! Measured there, with the types' larger (calibrated) search: Q3_K 0.85x llama.cpp's output error, lower on all
-//! eight input sets; Q2_K 1.00x (from 1.55x), lower on three. With the default search's effort: 0.91x and 1.10x.
-//! Either costs more than half the speed (the weighted search, a second decode), so this is the GGUF layer
+//! Measured there over sixteen input sets: Q3_K 0.91x llama.cpp's output error (lower on 13); Q2_K 0.96x with the
+//! absolute error, where the magnitude-weighted least squares gave 1.22x (1.00x on the first eight sets, which is
+//! why it was kept before). The weighted search costs more than half the speed, so this is the GGUF layer
 //! policy's rounding of convolution kernels and conditioning projections at these types
 //! ([`crate::gguf::Rounding::Unbiased`]), not the default search.
 
