@@ -43,8 +43,26 @@ def quantize(src: str, dst: str, ftype: int, threads: int, imatrix: str | None =
     return {"seconds": time.perf_counter() - t0, "rc": int(rc)}
 
 
+def cpu_buffers_only() -> None:
+    """Load weights into plain CPU buffers (`llama_model_params.use_extra_bufts = false`): the AMX weight repacking
+    that a GGML_NATIVE build turns on where the CPU has AMX (Sapphire Rapids and later) crashes in
+    `ggml_backend_amx_mul_mat` on every quantized file, llama.cpp's own as ours (llama-cpp-python 0.3.36)."""
+    import llama_cpp.llama_cpp as api  # the module `Llama` takes its defaults from
+
+    defaults = api.llama_model_default_params
+
+    def params():
+        p = defaults()
+        p.use_extra_bufts = False
+        return p
+
+    api.llama_model_default_params = params
+
+
 def evaluate(model: str, tokens_path: str, out: str, threads: int) -> dict:
     from llama_cpp import Llama
+
+    cpu_buffers_only()
 
     tokens = np.load(tokens_path)
     n_seq, n_tok = tokens.shape

@@ -21,10 +21,13 @@ Sections:
   all-searched figure is
   reported beside it. (In a GGUF file a convolution's rows are its kernel width, so it is stored flattened to a
   block-32 type's rows; these 2-D views are what llama.cpp's quantizer is compared on.)
-- `files`: whole-model GGUF files: the terrain UNet through `arrow-quant quantize ... --type Q4_K_M`, read back with
-  gguf-py's GGUFReader and dequantizers and run, against "the llama.cpp way" (llama.cpp's Q4_K where rows fit,
-  float16 elsewhere: what llama-quantize does to a diffusion model) and llama.cpp's Q4_0 on the tensors our file
-  quantizes: file size and output rel-error.
+- `files`: whole-model GGUF files: the terrain UNet through `arrow-quant quantize ... --type P --fallback F` for
+  every preset P (`--presets`) and, where P's base type has 256-element blocks, every row fallback F
+  (`--fallbacks`: quality, size), read back with gguf-py's GGUFReader and dequantizers and run, against "the
+  llama.cpp way" (llama.cpp's base type where the rows fit, float16 elsewhere: what llama-quantize does to a
+  diffusion model) and against llama.cpp's quantizer at our file's own types, on the tensors our file quantizes,
+  in our file's stored shapes: tensor bytes and output rel-error. At Q4_K_M also llama.cpp's Q4_0 on the tensors we
+  quantize (the acceptance of issue 14).
 - `cli`: a whole-checkpoint CLI run at --type Q4_K_M on bench_model.py's DiT-like float16 checkpoint: GB/s of
   float16 input (target >= 1 GB/s).
 
@@ -207,83 +210,135 @@ def e2e_section(g: Any) -> dict[str, Any]:
     return out
 
 
-def read_gguf(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str], str]:
+def read_gguf(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, tuple[int, ...]], str]:
     """Every tensor of a GGUF file dequantized by gguf-py (shaped as the source: ggml dims reversed, or the
-    `comfy.gguf.orig_shape.<name>` key), its type names and general.architecture."""
+    `comfy.gguf.orig_shape.<name>` key), its type names, its stored shapes (source order) and
+    general.architecture."""
     import gguf
 
     reader = gguf.GGUFReader(str(path))
     arch_field = reader.get_field("general.architecture")
     arch = arch_field.contents() if arch_field is not None else ""
-    out, types = {}, {}
+    out, types, stored = {}, {}, {}
     for t in reader.tensors:
-        shape = tuple(int(v) for v in reversed(t.shape))
+        shape = stored[t.name] = tuple(int(v) for v in reversed(t.shape))
         orig = reader.get_field(f"comfy.gguf.orig_shape.{t.name}")
         if orig is not None:
             shape = tuple(int(v) for v in orig.contents())
         out[t.name] = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
         types[t.name] = t.tensor_type.name
-    return out, types, arch
+    return out, types, stored, arch
 
 
-def files_section(g: Any, preset: str) -> dict[str, Any]:
+FLOAT_TYPES = ("F16", "F32", "BF16")
+# each preset's base type: what llama-quantize gives the tensors whose rows fit it
+PRESET_BASE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "Q4_0": "Q4_0",
+               "Q3_K_M": "Q3_K", "Q2_K": "Q2_K", "IQ4_XS": "IQ4_XS"}
+
+
+def llama_way(g: Any, weights: dict[str, np.ndarray], base: str) -> tuple[dict[str, np.ndarray], int]:
+    """llama-quantize on a diffusion model: `base` where the 2-D view's rows fit its blocks, float16 elsewhere;
+    the weights and their tensor bytes."""
+    way, nbytes = {}, 0
+    for n, w in weights.items():
+        w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+        if fits(base, w2.shape[1], g):
+            blob = g.quantize(w2, base)
+            way[n] = g.dequantize(blob, base, w2.shape).reshape(w.shape)
+            nbytes += blob.nbytes
+        else:
+            way[n] = w.astype(np.float16).astype(np.float32)
+            nbytes += 2 * w.size
+    return way, nbytes
+
+
+def llama_same_types(g: Any, weights: dict[str, np.ndarray], types: dict[str, str],
+                     stored: dict[str, tuple[int, ...]], only: str | None = None) -> dict[str, np.ndarray]:
+    """llama.cpp's quantizer on the tensors our file quantizes, each at our file's type (`only`: at that type
+    instead, where its rows fit) in our file's stored shape; the rest float32."""
+    out = {}
+    for n, w in weights.items():
+        ty = types[n]
+        if ty in FLOAT_TYPES:
+            continue
+        shape = stored[n] if only is None else (w.shape[0], w.size // w.shape[0])
+        ty = only or ty
+        if not fits(ty, shape[-1], g):
+            continue
+        w2 = np.ascontiguousarray(w.reshape(-1, shape[-1]))
+        out[n] = g.dequantize(g.quantize(w2, ty), ty, w2.shape).reshape(w.shape)
+    return out
+
+
+def files_section(g: Any, presets: list[str], fallbacks: list[str]) -> dict[str, Any]:
+    """The terrain UNet through the CLI at every preset and row fallback, against the llama.cpp way and against
+    llama.cpp's quantizer at our file's own types on the same tensors."""
     from _e2e_models import Terrain, output_metrics
 
     model = Terrain.shared()
     weights = model.weights()
     ref = model.reference()
+
+    def err(ws: dict[str, np.ndarray]) -> float:
+        return output_metrics(ref, model.run(ws))["rel_error"]
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-gguf-"))
+    out: dict[str, Any] = {}
     try:
         src = model.safetensors_path()
-        dst = tmp / f"terrain-{preset}.gguf"
-        t = time.perf_counter()
-        proc = subprocess.run([str(CLI), "quantize", str(src), str(dst), "--type", preset, "--json", "--quiet"],
-                              capture_output=True, text=True)
-        seconds = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise SystemExit(f"arrow-quant quantize --type {preset} failed: {proc.stderr.strip()}")
-        report = json.loads(proc.stdout)
-        back, types, arch = read_gguf(dst)
-        ours = {n: back[n] for n in weights}
-        ours_err = output_metrics(ref, model.run(ours))["rel_error"]
-        quantized = [n for n in weights if types[n] not in ("F16", "F32", "BF16")]
-        # the llama.cpp way: Q4_K where the rows fit, float16 elsewhere (and its size as a GGUF of these tensors)
-        way, way_bytes = {}, 0
-        q40, q40_names = {}, []
-        for n, w in weights.items():
-            w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
-            if fits("Q4_K", w2.shape[1], g):
-                blob = g.quantize(w2, "Q4_K")
-                way[n] = g.dequantize(blob, "Q4_K", w2.shape).reshape(w.shape)
-                way_bytes += blob.nbytes
-            else:
-                way[n] = w.astype(np.float16).astype(np.float32)
-                way_bytes += 2 * w.size
-            if n in quantized and fits("Q4_0", w2.shape[1], g):
-                q40[n] = g.dequantize(g.quantize(w2, "Q4_0"), "Q4_0", w2.shape).reshape(w.shape)
-                q40_names.append(n)
-        ours_on_q40 = {n: back[n] for n in q40_names}
-        way_err = output_metrics(ref, model.run(way))["rel_error"]
-        q40_err = output_metrics(ref, model.run(q40))["rel_error"]
-        ours_q40_set_err = output_metrics(ref, model.run(ours_on_q40))["rel_error"]
-        ours_bytes = sum(layer["bytes_out"] for layer in report["layers"] if layer["name"] in weights)
-        res = {
-            "preset": preset, "architecture": arch, "file_bytes": dst.stat().st_size, "seconds": seconds,
-            "tensor_bytes_ours": ours_bytes, "tensor_bytes_llama_way": way_bytes,
-            "output_rel_error_ours": ours_err, "output_rel_error_llama_way": way_err,
-            "types": {k: sum(1 for v in types.values() if v == k) for k in sorted(set(types.values()))},
-            "q4_0_tensors": len(q40_names), "output_rel_error_llama_q4_0_same_tensors": q40_err,
-            "output_rel_error_ours_same_tensors": ours_q40_set_err,
-            "fallbacks": sum(1 for layer in report["layers"] if layer.get("fallback")),
-        }
-        res["ok"] = (ours_bytes < way_bytes and ours_err < way_err and ours_q40_set_err <= q40_err)
-        print(f"[files] terrain {preset}: {arch or '(no arch)'}; tensors {ours_bytes / MB:.2f} MB vs llama.cpp way "
-              f"{way_bytes / MB:.2f} MB; output rel-error {ours_err:.4e} vs {way_err:.4e}; on the {len(q40_names)} "
-              f"tensors we quantize: ours {ours_q40_set_err:.4e} vs llama.cpp Q4_0 {q40_err:.4e}; types "
-              f"{res['types']}", flush=True)
-        return res
+        for preset in presets:
+            base = PRESET_BASE[preset]
+            way, way_bytes = llama_way(g, weights, base)
+            way_err = err(way)
+            # the fallback only matters where the base type's block is 256 elements
+            for fallback in fallbacks if g.BLOCK[base][0] == 256 else fallbacks[:1]:
+                dst = tmp / f"terrain-{preset}-{fallback}.gguf"
+                t = time.perf_counter()
+                proc = subprocess.run([str(CLI), "quantize", str(src), str(dst), "--type", preset, "--fallback",
+                                       fallback, "--json", "--quiet"], capture_output=True, text=True)
+                seconds = time.perf_counter() - t
+                if proc.returncode != 0:
+                    raise SystemExit(f"arrow-quant quantize --type {preset} --fallback {fallback} failed: "
+                                     f"{proc.stderr.strip()}")
+                report = json.loads(proc.stdout)
+                back, types, stored, arch = read_gguf(dst)
+                ours = {n: back[n] for n in weights}
+                ours_err = err(ours)
+                same = llama_same_types(g, weights, types, stored)
+                same_err, ours_same_err = err(same), err({n: back[n] for n in same})
+                ours_bytes = sum(layer["bytes_out"] for layer in report["layers"] if layer["name"] in weights)
+                res = {
+                    "preset": preset, "fallback": fallback, "architecture": arch,
+                    "file_bytes": dst.stat().st_size, "seconds": seconds,
+                    "tensor_bytes_ours": ours_bytes, "tensor_bytes_llama_way": way_bytes,
+                    "output_rel_error_ours": ours_err, "output_rel_error_llama_way": way_err,
+                    "types": {k: sum(1 for v in types.values() if v == k) for k in sorted(set(types.values()))},
+                    "same_types_tensors": len(same), "output_rel_error_llama_same_types": same_err,
+                    "output_rel_error_ours_same_tensors": ours_same_err,
+                    "flattened": sum(1 for n in weights if stored[n] != tuple(weights[n].shape)),
+                    "fallbacks": sum(1 for layer in report["layers"] if layer.get("fallback")),
+                }
+                res["ok"] = ours_bytes < way_bytes and ours_err < way_err and ours_same_err <= same_err
+                if preset == "Q4_K_M":  # the acceptance: at most llama.cpp's Q4_0 on the tensors we quantize
+                    q40 = llama_same_types(g, weights, types, stored, only="Q4_0")
+                    res["q4_0_tensors"] = len(q40)
+                    res["output_rel_error_llama_q4_0_same_tensors"] = err(q40)
+                    res["output_rel_error_ours_q4_0_tensors"] = err({n: back[n] for n in q40})
+                    res["ok"] = res["ok"] and (res["output_rel_error_ours_q4_0_tensors"]
+                                               <= res["output_rel_error_llama_q4_0_same_tensors"])
+                out[f"{preset}/{fallback}"] = res
+                q40_note = (f"; on the {res['q4_0_tensors']} Q4_0 fits: ours "
+                            f"{res['output_rel_error_ours_q4_0_tensors']:.4e} vs llama.cpp Q4_0 "
+                            f"{res['output_rel_error_llama_q4_0_same_tensors']:.4e}" if "q4_0_tensors" in res
+                            else "")
+                print(f"[files] terrain {preset} --fallback {fallback}: {arch or '(no arch)'}; tensors "
+                      f"{ours_bytes / MB:.2f} MB vs llama.cpp way {way_bytes / MB:.2f} MB; output rel-error "
+                      f"{ours_err:.4e} vs {way_err:.4e}; our types on the {len(same)} tensors we quantize: ours "
+                      f"{ours_same_err:.4e} vs llama.cpp {same_err:.4e}{q40_note}; types {res['types']}, "
+                      f"{res['flattened']} flattened; {'ok' if res['ok'] else 'NOT ok'}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def cli_section(target_gb: float) -> dict[str, Any]:
@@ -321,7 +376,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", choices=["types", "e2e", "files", "cli"], default=None)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--preset", default="Q4_K_M")
+    parser.add_argument("--presets", default=",".join(PRESET_BASE), help="comma-separated presets of `files`")
+    parser.add_argument("--fallbacks", default="quality,size", help="comma-separated --fallback values of `files`")
     parser.add_argument("--cli-gb", type=float, default=1.0, help="size of the DiT-like checkpoint of `cli`")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
@@ -340,7 +396,11 @@ def main() -> None:
     if "e2e" in sections:
         res["e2e"] = e2e_section(g)
     if "files" in sections:
-        res["files"] = files_section(g, args.preset)
+        presets = [p for p in args.presets.split(",") if p]
+        unknown = [p for p in presets if p not in PRESET_BASE]
+        if unknown:
+            raise SystemExit(f"error: unknown preset(s) {unknown}; known: {list(PRESET_BASE)}")
+        res["files"] = files_section(g, presets, [f for f in args.fallbacks.split(",") if f])
     if "cli" in sections:
         res["cli"] = cli_section(args.cli_gb)
     res["machine"] = machine_info(processor=True)
