@@ -339,6 +339,33 @@ def test_plain_at_q2_k_and_q3_k_keeps_each_super_blocks_gain_at_one(quantizer, r
     assert plain.rel_mse < (1.4 if ty == "Q2_K" else 1.2) * searched.rel_mse
 
 
+@pytest.mark.parametrize("ty,block", [("IQ4_NL", 32), ("IQ4_XS", 256)])
+def test_plain_at_iq4_weights_by_the_square_and_keeps_each_blocks_gain_at_one(quantizer, rng, ty, block):
+    w = (rng.standard_t(5, (8, 1024)) * 0.02).astype(np.float32)
+    plain, searched = (quantizer.quantize(w, encoding=ty, method=m) for m in ("plain", "auto"))
+    assert plain.method is None and plain.data.tobytes() != searched.data.tobytes()
+    np.testing.assert_array_equal(_bits(plain.dequantize()), _bits(_gguf_py_decode(plain.data, ty, w.shape)))
+    x = w.reshape(-1, block).astype(np.float64)
+    y = plain.dequantize().reshape(-1, block).astype(np.float64)
+    wx = x * x * x  # the x^2-weighted gain: sum w x y / sum w x^2
+    assert np.all(np.abs((wx * y).sum(1) / (wx * x).sum(1) - 1) < 2e-3)
+    # the x^2 weighting trades weight error for the large weights' accuracy
+    assert searched.rel_mse < plain.rel_mse < 1.3 * searched.rel_mse
+
+
+@pytest.mark.parametrize("ty", ["Q4_K", "Q5_K"])
+def test_plain_at_q4_k_and_q5_k_is_the_magnitude_weighted_search(quantizer, rng, ty):
+    w = (rng.standard_t(5, (8, 1024)) * 0.02).astype(np.float32)
+    plain, searched = (quantizer.quantize(w, encoding=ty, method=m) for m in ("plain", "auto"))
+    assert plain.method is None and plain.data.tobytes() != searched.data.tobytes()
+    np.testing.assert_array_equal(_bits(plain.dequantize()), _bits(_gguf_py_decode(plain.data, ty, w.shape)))
+    # the weighting trades weight error for the large weights' accuracy: their error is lower than the search's
+    big = np.abs(w) > 3 * np.abs(w).mean()
+    err = {k: float(np.square(q.dequantize() - w)[big].mean()) for k, q in (("plain", plain), ("auto", searched))}
+    assert err["plain"] < err["auto"], err
+    assert plain.rel_mse < 1.3 * searched.rel_mse  # (the weighted search's larger effort can even lower it)
+
+
 def test_rtn_errors_name_what_is_wrong(quantizer):
     w = np.ones((2, 256), dtype=np.float32)
     with pytest.raises(aq.ConfigurationError, match="round-to-nearest"):
@@ -365,8 +392,8 @@ def test_gguf_runs_round_convolutions_and_conditioning_plainly_below_8_bits(tmp_
         assert {t.tensor_type.name for t in data.values()} == {ty}
         plain = {n: data[n].data.tobytes() == _reference_bytes(tensors[n].astype(np.float32), ty)
                  for n in (conv, emb, proj)}
-        # the policy's layers get llama.cpp's reference rounding below 8 bits; linear layers (and Q8_0) our search
-        assert plain == {conv: ty != "Q8_0", emb: ty != "Q8_0", proj: False}, ty
+        # the policy's layers get llama.cpp's reference rounding at Q4_0; linear layers (and Q5_1, Q8_0) our search
+        assert plain == {conv: ty == "Q4_0", emb: ty == "Q4_0", proj: False}, ty
         # and the report says which layers were rounded plainly, and how
         notes = {entry["name"]: entry["note"] or "" for entry in json.loads(r.stdout)["layers"]}
         assert {n: "rounded plainly (round-to-nearest)" in notes[n] for n in notes} == plain, notes
@@ -375,7 +402,8 @@ def test_gguf_runs_round_convolutions_and_conditioning_plainly_below_8_bits(tmp_
     tensors = _checkpoint(src, {"input_blocks.1.0.emb_layers.1.weight": (256, 512),
                                 "input_blocks.1.1.proj_in.weight": (256, 1024)}, rng)
     q = aq.ArrowQuantV2()
-    for ty, how in (("Q6_K", "round-to-nearest"), ("Q3_K", "gain-unbiased search"), ("Q2_K", "gain-unbiased search")):
+    for ty in ("Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL", "Q4_K", "Q5_K"):
+        how = "magnitude-weighted search" if ty in ("Q4_K", "Q5_K") else "gain-unbiased search"
         out = tmp_path / f"k-{ty}.gguf"
         r = run_cli("quantize", src, out, "--type", ty, "--json", "--quiet")
         assert r.returncode == 0, r.stderr
@@ -388,3 +416,8 @@ def test_gguf_runs_round_convolutions_and_conditioning_plainly_below_8_bits(tmp_
             assert data[n] == q.quantize(w2, encoding=ty, method=method).data.tobytes(), (ty, n)
         emb = next(iter(tensors))  # the plain rounding is not the search
         assert data[emb] != q.quantize(tensors[emb].astype(np.float32), encoding=ty).data.tobytes()
+    # Q6_K keeps its search on those layers too (round-to-nearest raised the output error of the convolutions)
+    out = tmp_path / "k-Q6_K.gguf"
+    r = run_cli("quantize", src, out, "--type", "Q6_K", "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert not any("rounded plainly" in (e["note"] or "") for e in json.loads(r.stdout)["layers"])

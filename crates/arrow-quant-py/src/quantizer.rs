@@ -292,8 +292,9 @@ impl ArrowQuantV2 {
     /// `bit_width` (other than the default), `layout`, `group_size`, `symmetric`, `scale_dtype`, `method` (other
     /// than "auto", its search; "rtn" for round-to-nearest: llama.cpp's reference rounding of Q8_0 / Q4_0 / Q4_1 /
     /// Q5_0 / Q5_1, the extremes' scales at Q6_K; or "plain", the rounding GGUF runs give convolution kernels and
-    /// conditioning projections: round-to-nearest below 8 bits where the type has it, the magnitude-weighted,
-    /// gain-unbiased search at Q2_K / Q3_K, else the search; "rtn" and "plain" take no `importance`) and
+    /// conditioning projections: round-to-nearest at Q4_0, the weighted, gain-unbiased
+    /// search at Q2_K / Q3_K / IQ4_NL / IQ4_XS, the magnitude-weighted search at Q4_K / Q5_K, else the search;
+    /// "rtn" and "plain" take no `importance`) and
     /// `channel_absmax` cannot be combined with it; `importance` can.
     #[pyo3(signature = (weights, bit_width = 4, group_size = None, symmetric = None, method = "auto",
                         scale_dtype = None, name = "weights", importance = None,

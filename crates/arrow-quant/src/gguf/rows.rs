@@ -3,7 +3,7 @@
 
 use crate::codec::driver::{QualitySums, CHUNK_ELEMENTS};
 use crate::error::{QuantError, Result};
-use crate::gguf::blocks::{block_codec, nearest_codec, unbiased_codec, BlockCodec};
+use crate::gguf::blocks::{block_codec, nearest_codec, unbiased_codec, weighted_codec, BlockCodec};
 use crate::gguf::GgmlType;
 use crate::importance::ChannelWeights;
 use crate::simd::multiversion;
@@ -38,10 +38,15 @@ pub enum Rounding {
     /// (llama.cpp's Q6_K is a search); the other types have none.
     Nearest,
     /// A search that keeps the large weights from being clipped (Q2_K: the magnitude-weighted absolute error,
-    /// llama.cpp's objective; Q3_K: the squared error weighted by magnitude plus the super-block's RMS), then
-    /// each super-block's scales rescaled to a gain of one (where the plain search's shrinkage attenuated the
-    /// terrain UNet's convolutions: `gguf/blocks/k_quants/unbiased.rs`).
+    /// llama.cpp's objective; Q3_K: the squared error weighted by magnitude plus the super-block's RMS; IQ4_NL,
+    /// IQ4_XS: the squared error weighted by `x²`, llama.cpp's weighting), then each block's float16 scales
+    /// rescaled to a gain of one (where the plain search's shrinkage attenuated the terrain UNet's convolutions:
+    /// `gguf/blocks/k_quants/unbiased.rs`, `gguf/blocks/iq4_unbiased.rs`).
     Unbiased,
+    /// Our search with each element's squared error weighted to keep the large weights from being clipped: Q4_K
+    /// by `x²` plus its super-block's mean square, Q5_K by `|x|` plus its sub-block's RMS (llama.cpp's weighting;
+    /// `gguf/blocks/k_quants/unbiased.rs`).
+    Weighted,
 }
 
 impl Rounding {
@@ -56,6 +61,7 @@ impl Rounding {
             Self::Searched => block_codec(ty),
             Self::Nearest => nearest_codec(ty),
             Self::Unbiased => unbiased_codec(ty),
+            Self::Weighted => weighted_codec(ty),
         }
     }
 
@@ -65,6 +71,7 @@ impl Rounding {
             Self::Searched => "searched",
             Self::Nearest => "round-to-nearest",
             Self::Unbiased => "gain-unbiased search",
+            Self::Weighted => "magnitude-weighted search",
         }
     }
 
@@ -73,7 +80,7 @@ impl Rounding {
         match self {
             Self::Searched => "auto",
             Self::Nearest => "rtn",
-            Self::Unbiased => "plain",
+            Self::Unbiased | Self::Weighted => "plain",
         }
     }
 
@@ -82,11 +89,19 @@ impl Rounding {
         if self.applies_to(ty) {
             return Ok(());
         }
+        if self == Self::Weighted {
+            return Err(QuantError::config(
+                "rounding",
+                format!("weighted with {}", ty.name()),
+                "Q4_K or Q5_K (the other types' plain rounding is round-to-nearest or another search)",
+            ));
+        }
         if self == Self::Unbiased {
             return Err(QuantError::config(
                 "rounding",
                 format!("unbiased with {}", ty.name()),
-                "Q2_K or Q3_K (the other types' plain rounding is round-to-nearest or their search)",
+                "Q2_K, Q3_K, IQ4_NL or IQ4_XS (the other types' plain rounding is round-to-nearest or their \
+                 search)",
             ));
         }
         Err(QuantError::config(
@@ -332,6 +347,57 @@ mod tests {
         assert_eq!(sums.ee, 0.0);
         let back = dequantize_rows(GgmlType::F16, &bytes, &[3, 32], "w").unwrap();
         assert!(back.iter().zip(&x).all(|(a, b)| *a == b.to_f32()));
+    }
+
+    #[test]
+    fn every_plain_rounding_writes_the_types_own_blocks_and_follows_importance() {
+        let x: Vec<f32> = (0..4096)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * (1.0 + (i % 7) as f32 * 0.3))
+            .collect();
+        let t = TensorView::new("conv", &[8, 512], TensorData::F32(&x)).unwrap();
+        let imp: Vec<f32> = (0..512).map(|i| 0.5 + (i % 3) as f32).collect();
+        let mut seen = 0;
+        for rounding in [Rounding::Nearest, Rounding::Unbiased, Rounding::Weighted] {
+            for ty in crate::codec::ggml::BLOCK_TYPES {
+                if !rounding.applies_to(ty) {
+                    assert!(rounding.check(ty).is_err(), "{rounding:?} {ty:?}");
+                    continue;
+                }
+                seen += 1;
+                let (bytes, sums) = quantize_rows_with(&t, ty, RowWeights::None, rounding).unwrap();
+                let (searched, s) = quantize_rows(&t, ty, None).unwrap();
+                assert_eq!(bytes.len(), searched.len());
+                assert_ne!(bytes, searched, "{rounding:?} {ty:?}");
+                // the type's own decoder reads them, and the quality sums are the decoded blocks'
+                let back = dequantize_rows(ty, &bytes, &[8, 512], "conv").unwrap();
+                let ee: f64 = x
+                    .iter()
+                    .zip(&back)
+                    .map(|(a, b)| f64::from(a - b).powi(2))
+                    .sum();
+                assert!(
+                    (ee - sums.ee).abs() <= 1e-3 * ee,
+                    "{rounding:?} {ty:?}: {ee} {}",
+                    sums.ee
+                );
+                assert!(
+                    sums.ee < 2.5 * s.ee,
+                    "{rounding:?} {ty:?}: {} vs {}",
+                    sums.ee,
+                    s.ee
+                );
+                if rounding != Rounding::Nearest {
+                    let w = RowWeights::Row(&imp);
+                    let (weighted, _) = quantize_rows_with(&t, ty, w, rounding).unwrap();
+                    assert_ne!(weighted, bytes, "{rounding:?} {ty:?} ignores importance");
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            6 + 4 + 2,
+            "Nearest: Q8_0, 4 block-32 types, Q6_K; Unbiased 4; Weighted 2"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod codec_tests;
 mod fixtures;
 mod float;
 mod iq4;
+mod iq4_unbiased;
 mod k_quants;
 mod lanes;
 mod reference;
@@ -78,10 +79,19 @@ pub(crate) fn nearest_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
     reference::reference_codec(ty).or_else(|| k_quants::nearest_codec(ty))
 }
 
-/// The magnitude-weighted, gain-unbiased codec of `ty` ([`crate::gguf::Rounding::Unbiased`]; Q2_K and Q3_K),
-/// `None` for the other types.
+/// The weighted, gain-unbiased codec of `ty` ([`crate::gguf::Rounding::Unbiased`]: Q2_K and Q3_K weighted by
+/// magnitude, IQ4_NL and IQ4_XS by `x²`), `None` for the other types.
 pub(crate) fn unbiased_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
-    k_quants::unbiased_codec(ty)
+    match ty {
+        GgmlType::IQ4_NL => Some(&iq4_unbiased::IQ4_NL),
+        GgmlType::IQ4_XS => Some(&iq4_unbiased::IQ4_XS),
+        _ => k_quants::unbiased_codec(ty),
+    }
+}
+
+/// The weighted codec of `ty` ([`crate::gguf::Rounding::Weighted`]: Q4_K and Q5_K), `None` for the other types.
+pub(crate) fn weighted_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
+    k_quants::weighted_codec(ty)
 }
 
 /// The codec of `ty` (every type has one; `Option` for callers that name a type from a file).

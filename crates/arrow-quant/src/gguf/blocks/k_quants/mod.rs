@@ -57,6 +57,16 @@ pub(super) fn unbiased_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
     }
 }
 
+/// The weighted codec of a K-quant type (Q4_K: [`unbiased::square_weights`], Q5_K:
+/// [`unbiased::sub_block_magnitude_weights`]), `None` for the others.
+pub(super) fn weighted_codec(ty: GgmlType) -> Option<&'static dyn BlockCodec> {
+    match ty {
+        GgmlType::Q4_K => Some(&q4_k::WEIGHTED),
+        GgmlType::Q5_K => Some(&q5_k::WEIGHTED),
+        _ => None,
+    }
+}
+
 /// A row quantizer: the row, its importance, its blocks out; the quality sums `[Σx², Σ(x - y)², Σy²]` back.
 type RowQuantizer = fn(&[f32], Option<&[f32]>, &mut [u8]) -> Result<[f64; 3], OutOfRange>;
 

@@ -6,6 +6,7 @@
 use super::asym::{search_row, AsymSearch};
 use super::row_weights;
 use super::scales::{pack_scale_min_k4, read_f16, unpack_scale_min_k4, write_f16};
+use super::unbiased::square_weights;
 use super::{KQuantCodec, QK_K};
 use crate::codec::two_level::format::SuperBlockParams;
 use crate::codec::two_level::search::{Knobs, SearchShape};
@@ -79,6 +80,18 @@ multiversion! {
 }
 
 multiversion! {
+    /// Quantizes one row into its blocks for [`WEIGHTED`]: the weighted search with each element's squared error
+    /// weighted by [`square_weights`].
+    fn quantize_weighted(x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) -> Result<[f64; 3], OutOfRange> {
+        let mut w = vec![0f32; x.len()];
+        square_weights(x, importance, &mut w);
+        search_row::<32>(&SEARCH_WEIGHTED, x, row_weights(Some(&w)), |b, p, codes| {
+            write_block(p, codes, &mut out[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]);
+        })
+    }
+}
+
+multiversion! {
     /// Decodes the blocks of one row exactly as ggml's `dequantize_row_q4_K`.
     fn dequantize(blocks: &[u8], out: &mut [f32]) -> () {
         for (b, y) in blocks.chunks_exact(BLOCK_BYTES).zip(out.chunks_exact_mut(QK_K)) {
@@ -105,5 +118,12 @@ multiversion! {
 /// The Q4_K codec.
 pub(super) static CODEC: KQuantCodec = KQuantCodec {
     quantize,
+    dequantize,
+};
+
+/// The Q4_K codec of the plain rounding ([`crate::gguf::Rounding::Weighted`]): the search weighted by
+/// [`square_weights`].
+pub(super) static WEIGHTED: KQuantCodec = KQuantCodec {
+    quantize: quantize_weighted,
     dequantize,
 };
