@@ -17,9 +17,10 @@ Sections:
   one set of eight samples a type's ratio to llama.cpp moved by up to 2x from set to set, and eight sets were still
   too few; the first set's figure and every set's ratio are printed beside it. Ours follows the GGUF runs' layer
   policy: those layers get each type's plain rounding (`method="plain"`, pipeline::policy::gguf_rounding:
-  llama.cpp's reference rounding at Q4_0 / Q4_1 / Q5_0 / Q5_1, so those tensors equal llama.cpp's there; the
-  gain-unbiased weighted searches at Q2_K / Q3_K / IQ4_NL / IQ4_XS; our search elsewhere), with the all-searched
-  figure beside it where that differs. MiniLM: its linear layers whose rows fit the type's block, as 2-D views.
+  llama.cpp's reference rounding at Q4_0, so those tensors equal llama.cpp's there; the gain-unbiased weighted
+  searches at Q2_K / Q3_K / IQ4_NL / IQ4_XS; the magnitude-weighted searches at Q4_K / Q5_K; our search at Q8_0 /
+  Q4_1 / Q5_0 / Q5_1 / Q6_K), with the all-searched figure beside it where that differs. MiniLM: its linear
+  layers whose rows fit the type's block, as 2-D views.
 - `files`: whole-model GGUF files: the terrain UNet through `arrow-quant quantize ... --type P --fallback F` for
   every preset P (`--presets`) and, where P's base type has 256-element blocks, every row fallback F
   (`--fallbacks`: quality, size), read back with gguf-py's GGUFReader and dequantizers and run, against "the
@@ -150,8 +151,9 @@ def plain_rounded(name: str, ndim: int, patterns: list[str]) -> bool:
 
 def gguf_quantized(path: Path) -> set[str]:
     """The tensors of a checkpoint that a GGUF run quantizes (its report's layers of a block type at --type Q8_0)."""
-    proc = subprocess.run([str(CLI), "quantize", str(path), str(Path(tempfile.mkdtemp()) / "probe.gguf"), "--type",
-                           "Q8_0", "--json", "--quiet"], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="bench-gguf-probe-") as tmp:
+        proc = subprocess.run([str(CLI), "quantize", str(path), str(Path(tmp) / "probe.gguf"), "--type", "Q8_0",
+                               "--json", "--quiet"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"arrow-quant quantize --type Q8_0 failed: {proc.stderr.strip()}")
     return {layer["name"] for layer in json.loads(proc.stdout)["layers"]

@@ -89,19 +89,16 @@ impl Rounding {
         if self.applies_to(ty) {
             return Ok(());
         }
-        if self == Self::Weighted {
+        let plain_types = match self {
+            Self::Weighted => Some(("weighted", "Q4_K or Q5_K", "another search")),
+            Self::Unbiased => Some(("unbiased", "Q2_K, Q3_K, IQ4_NL or IQ4_XS", "their search")),
+            Self::Searched | Self::Nearest => None,
+        };
+        if let Some((what, types, other)) = plain_types {
             return Err(QuantError::config(
                 "rounding",
-                format!("weighted with {}", ty.name()),
-                "Q4_K or Q5_K (the other types' plain rounding is round-to-nearest or another search)",
-            ));
-        }
-        if self == Self::Unbiased {
-            return Err(QuantError::config(
-                "rounding",
-                format!("unbiased with {}", ty.name()),
-                "Q2_K, Q3_K, IQ4_NL or IQ4_XS (the other types' plain rounding is round-to-nearest or their \
-                 search)",
+                format!("{what} with {}", ty.name()),
+                format!("{types} (the other types' plain rounding is round-to-nearest or {other})"),
             ));
         }
         Err(QuantError::config(

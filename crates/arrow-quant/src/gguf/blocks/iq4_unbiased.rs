@@ -38,7 +38,7 @@ pub(super) static IQ4_XS: Iq4Unbiased = Iq4Unbiased {
 
 /// Each element's weight: `x²` (times `importance`), plus a floor of 1e-6 of the row's mean square so that a
 /// block of zeros or of tiny values still has weight to fit.
-fn square_weights(x: &[f32], importance: Option<&[f32]>) -> Vec<f32> {
+fn squares_with_floor(x: &[f32], importance: Option<&[f32]>) -> Vec<f32> {
     let mean_sq =
         x.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>() / x.len().max(1) as f64;
     let floor = (1e-6 * mean_sq) as f32 + f32::MIN_POSITIVE;
@@ -86,7 +86,7 @@ impl BlockCodec for Iq4Unbiased {
         importance: Option<&[f32]>,
         out: &mut [u8],
     ) -> Result<(), OutOfRange> {
-        let w = square_weights(x, importance);
+        let w = squares_with_floor(x, importance);
         self.inner.quantize_row(x, Some(&w), out)?;
         self.unbias(x, &w, out);
         Ok(())
@@ -115,7 +115,7 @@ mod tests {
             codec.quantize_row(&x, None, &mut out).unwrap();
             let mut y = vec![0f32; x.len()];
             codec.dequantize_row(&out, &mut y);
-            let w = square_weights(&x, None);
+            let w = squares_with_floor(&x, None);
             for ((xs, ys), ws) in x
                 .chunks(codec.block)
                 .zip(y.chunks(codec.block))
@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn importance_multiplies_the_weights() {
         let x = [2.0f32, -1.0, 0.5, 0.0];
-        let w = square_weights(&x, Some(&[1.0, 2.0, 0.0, 1.0]));
+        let w = squares_with_floor(&x, Some(&[1.0, 2.0, 0.0, 1.0]));
         assert!(
             (w[0] - 4.0).abs() < 1e-5 && (w[1] - 2.0).abs() < 1e-5 && w[2] == 0.0 && w[3] > 0.0
         );
